@@ -1,0 +1,154 @@
+"""Datasets. Each returns whole batches: ``get_batch([(index, flip), ...])`` -> :class:`Batch`.
+
+Fetching a batch at a time lets in-memory datasets index one tensor instead of collating thousands of
+items, and lets the sampler decide flips, so augmentation is reproducible whatever the worker count.
+Images stay uint8 until they reach the device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .transforms import center_crop_arr, pil_to_uint8, resize_uint8, to_mode
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+@dataclass
+class Batch:
+    images: Tensor  # (B, C, H, W) uint8
+    labels: Tensor  # (B,) int64 (zeros for unconditional data)
+    indices: Tensor  # (B,) dataset indices
+    bad_files: list[str] = field(default_factory=list)  # unreadable files replaced in this batch
+
+    def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
+        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.indices, self.bad_files)
+
+
+class ImageDataset:
+    num_classes: int = 0
+    channels: int = 3
+    resolution: int = 32
+    class_names: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def get_batch(self, items: list[tuple[int, bool]]) -> Batch:
+        raise NotImplementedError
+
+    # DataLoader with batch_size=None hands each element of the batch sampler (a list) to __getitem__.
+    def __getitem__(self, items: list[tuple[int, bool]]) -> Batch:
+        return self.get_batch(items)
+
+
+class TensorImageDataset(ImageDataset):
+    """Images held in memory as one uint8 tensor (Fashion-MNIST, MNIST, synthetic data)."""
+
+    def __init__(self, images: Tensor, labels: Tensor, num_classes: int, class_names: tuple[str, ...] = ()):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"expected (N, C, H, W) uint8 images, got {tuple(images.shape)} {images.dtype}")
+        self.images, self.labels = images, labels
+        self.num_classes, self.class_names = num_classes, class_names
+        self.channels, self.resolution = images.shape[1], images.shape[-1]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def get_batch(self, items):
+        idx = torch.tensor([i for i, _ in items], dtype=torch.long)
+        flip = torch.tensor([f for _, f in items], dtype=torch.bool)
+        images = self.images[idx]
+        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        return Batch(images=images, labels=self.labels[idx], indices=idx)
+
+
+def prepare_tensor_images(images: Tensor, resolution: int, channels: int) -> Tensor:
+    """Resize (N, c, h, w) uint8 images to the target resolution and channel count."""
+    images = resize_uint8(images, resolution)
+    if images.shape[1] == 1 and channels == 3:
+        images = images.expand(-1, 3, -1, -1).contiguous()
+    if images.shape[1] == 3 and channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        images = (images.float() * weights).sum(1, keepdim=True).round().to(torch.uint8)
+    return images
+
+
+class ImageFolderDataset(ImageDataset):
+    """ImageNet layout (``root/<class>/<image>``, classes in sorted order) or a flat folder (unconditional),
+    or an explicit list of files. Unreadable files are replaced by the next readable one and reported."""
+
+    def __init__(self, root: str | Path, resolution: int, channels: int = 3, files: list[Path] | None = None):
+        self.root = Path(root)
+        self.resolution, self.channels = resolution, channels
+        if files is None:
+            if not self.root.is_dir():
+                raise FileNotFoundError(f"image folder '{self.root}' does not exist")
+            class_dirs = sorted(d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+            if class_dirs:
+                self.class_names = tuple(d.name for d in class_dirs)
+                pairs = [(f, k) for k, d in enumerate(class_dirs) for f in sorted(_images_in(d))]
+            else:
+                self.class_names = ()
+                pairs = [(f, 0) for f in sorted(_images_in(self.root))]
+        else:
+            self.class_names, pairs = (), [(Path(f), 0) for f in files]
+        if not pairs:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) found under '{self.root}'")
+        self.files = [f for f, _ in pairs]
+        self.labels = torch.tensor([k for _, k in pairs], dtype=torch.long)
+        self.num_classes = len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, index: int) -> Tensor:
+        with Image.open(self.files[index]) as img:
+            img.load()
+            img = to_mode(img, self.channels)
+        return pil_to_uint8(center_crop_arr(img, self.resolution))
+
+    def get_batch(self, items):
+        images, indices, bad = [], [], []
+        for index, flip in items:
+            for attempt in range(len(self)):  # substitute the next readable image
+                j = (index + attempt) % len(self)
+                try:
+                    img = self.load(j)
+                    break
+                except Exception:  # PIL raises many types for corrupt files
+                    bad.append(str(self.files[j]))
+            else:
+                raise RuntimeError(f"no readable image in '{self.root}'")
+            images.append(img.flip(-1) if flip else img)
+            indices.append(j)
+        idx = torch.tensor(indices, dtype=torch.long)
+        return Batch(images=torch.stack(images), labels=self.labels[idx], indices=idx, bad_files=bad)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+
+
+def synthetic_images(n: int, resolution: int, channels: int, num_classes: int, seed: int = 0) -> TensorImageDataset:
+    """Class-dependent coloured discs on a noisy background: learnable, deterministic, no files needed."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % max(num_classes, 1)
+    coords = torch.linspace(-1, 1, resolution)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    k = max(num_classes, 1)
+    angle = 2 * math.pi * labels.float() / k
+    cx, cy = 0.5 * torch.cos(angle), 0.5 * torch.sin(angle)
+    radius = 0.25 + 0.1 * torch.rand(n, generator=g)
+    disc = ((xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2) < radius[:, None, None] ** 2
+    colour = torch.stack([(labels + c) % 3 == 0 for c in range(channels)], 1).float()  # (N, C)
+    background = 0.2 * torch.rand(n, channels, resolution, resolution, generator=g)
+    images = background + disc[:, None].float() * (0.3 + 0.7 * colour[:, :, None, None])
+    images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    return TensorImageDataset(images, labels, num_classes)

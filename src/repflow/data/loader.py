@@ -1,0 +1,117 @@
+"""Building datasets and a resumable, distributed-aware loader.
+
+The data order is a pure function of (seed, position): epoch ``e`` is a fixed permutation of the dataset
+(with fixed flip bits), and the stream of epochs is cut into global batches. Global batch ``s`` is split
+into ``accum x world`` micro-batches; micro-step ``a`` of rank ``r`` takes chunk ``a * world + r``. So the
+union over ranks and accumulation steps is the same global batch whatever the process count, and resuming
+at step ``s`` needs no replay.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import DataConfig
+from .datasets import (
+    ImageDataset,
+    ImageFolderDataset,
+    TensorImageDataset,
+    prepare_tensor_images,
+    synthetic_images,
+)
+from .offline import FASHION_CLASSES, load_fashion_mnist, load_mnist
+
+
+def build_dataset(cfg: DataConfig, num_classes_hint: int = 10) -> ImageDataset:
+    if cfg.dataset in ("fashion_mnist", "mnist"):
+        loader = load_fashion_mnist if cfg.dataset == "fashion_mnist" else load_mnist
+        images, labels = loader(cfg.split, cfg.root)
+        if cfg.subset:
+            images, labels = images[: cfg.subset], labels[: cfg.subset]
+        names = FASHION_CLASSES if cfg.dataset == "fashion_mnist" else tuple(str(i) for i in range(10))
+        images = prepare_tensor_images(images, cfg.resolution, cfg.channels)
+        return TensorImageDataset(images, labels, 10, names)
+    if cfg.dataset == "synthetic":
+        return synthetic_images(cfg.synthetic_size, cfg.resolution, cfg.channels, max(num_classes_hint, 1))
+    if cfg.dataset == "image_folder":
+        if not cfg.root:
+            raise ValueError("data.dataset=image_folder needs data.root=/path/to/images")
+        ds = ImageFolderDataset(cfg.root, cfg.resolution, cfg.channels)
+        if cfg.subset:
+            ds.files, ds.labels = ds.files[: cfg.subset], ds.labels[: cfg.subset]
+        return ds
+    raise ValueError(f"unknown dataset {cfg.dataset!r}")
+
+
+class ResumableBatchSampler:
+    """Infinite iterator over this rank's micro-batches of ``(index, flip)`` pairs, from ``start_step``."""
+
+    def __init__(
+        self,
+        size: int,
+        global_batch: int,
+        seed: int,
+        hflip: bool = False,
+        rank: int = 0,
+        world: int = 1,
+        accum: int = 1,
+        start_step: int = 0,
+    ):
+        if size <= 0:
+            raise ValueError("the dataset is empty")
+        if global_batch % (world * accum):
+            raise ValueError(
+                f"global batch {global_batch} is not divisible by processes x accumulation = {world} x {accum}"
+            )
+        self.size, self.global_batch, self.seed, self.hflip = size, global_batch, seed, hflip
+        self.rank, self.world, self.accum, self.start_step = rank, world, accum, start_step
+        self.micro = global_batch // (world * accum)
+        self._epoch, self._perm, self._flip = -1, None, None
+
+    def _epoch_order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(self.size, generator=g)
+            self._flip = (torch.rand(self.size, generator=g) < 0.5) & self.hflip
+            self._epoch = epoch
+        return self._perm, self._flip
+
+    def items(self, step: int, micro_step: int) -> list[tuple[int, bool]]:
+        chunk = micro_step * self.world + self.rank
+        start = step * self.global_batch + chunk * self.micro
+        out = []
+        for k in range(start, start + self.micro):
+            perm, flip = self._epoch_order(k // self.size)
+            j = k % self.size
+            out.append((int(perm[j]), bool(flip[j])))
+        return out
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+        step = self.start_step
+        while True:
+            for a in range(self.accum):
+                yield self.items(step, a)
+            step += 1
+
+
+def default_workers(dataset: ImageDataset) -> int:
+    if isinstance(dataset, TensorImageDataset):
+        return 0  # in memory and vectorised: worker processes would only add IPC
+    return min(8, os.cpu_count() or 1)
+
+
+def build_loader(dataset: ImageDataset, sampler: ResumableBatchSampler, workers: int = -1) -> DataLoader:
+    workers = default_workers(dataset) if workers < 0 else workers
+    return DataLoader(
+        dataset,
+        sampler=sampler,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )

@@ -1,0 +1,109 @@
+"""The flow-matching loss: one callable holding only its hyperparameters (edm2 style).
+
+Every stream of the state (the image ``x``; REG's class token ``cls``) is noised with the *same* t and its own
+noise. The network predicts ``prediction`` (v, x or eps); prediction and target are both converted to
+``loss_space`` with the same clipped conversion, so the loss is exactly zero at the true target (JiT's x-pred
+with a v-space loss is ``prediction="x", loss_space="v"``).
+
+Randomness (t, noise, label dropout) is drawn for the *global* batch from a generator shared by all
+processes and then sliced (:class:`FlowDraw`), so a sample's noise does not depend on how the batch is split
+over processes or accumulation steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .path import Kind, Path
+from .timesteps import TimeSampler
+
+
+@dataclass
+class LossOutput:
+    """The scalar to minimise and its named, unweighted terms (for logging)."""
+
+    total: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class FlowDraw:
+    """The random quantities of one flow-matching step: times, noise per stream, label-drop mask."""
+
+    t: Tensor  # (B,)
+    eps: dict[str, Tensor]
+    drop: Tensor  # (B,) bool
+
+    def chunk(self, index: int, size: int) -> FlowDraw:
+        sl = slice(index * size, (index + 1) * size)
+        return FlowDraw(self.t[sl], {k: v[sl] for k, v in self.eps.items()}, self.drop[sl])
+
+
+@dataclass
+class FlowSample:
+    """What one flow-matching evaluation saw and produced; extra loss terms read from it."""
+
+    t: Tensor  # (B,)
+    x_t: dict[str, Tensor]
+    y: Tensor | None  # labels after dropout
+    output: object  # ModelOutput: .pred per stream, .hidden per block
+
+
+def mean_flat(x: Tensor) -> Tensor:
+    """Mean over every dimension but the batch."""
+    return x.reshape(x.shape[0], -1).mean(dim=1)
+
+
+@dataclass
+class FlowMatching:
+    path: Path
+    time_sampler: TimeSampler
+    prediction: Kind = "v"
+    loss_space: Kind = "v"
+    min_denominator: float = 0.05
+    class_dropout: float = 0.0
+    null_label: int = 0  # the label that means "no class" (the model's extra embedding row)
+
+    def draw(
+        self, shapes: Mapping[str, Sequence[int]], n: int, generator: torch.Generator | None, device=None
+    ) -> FlowDraw:
+        """Draw t, noise for every stream (per-sample shapes) and the label-drop mask for n samples."""
+        t = self.time_sampler.sample(n, self.path, generator, device=device)
+        eps = {k: torch.randn((n, *shapes[k]), generator=generator, device=device) for k in sorted(shapes)}
+        drop = torch.rand(n, generator=generator, device=device) < self.class_dropout
+        return FlowDraw(t, eps, drop)
+
+    def stream_loss(self, pred: Tensor, clean: Tensor, eps: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """Per-sample squared error in ``loss_space`` (B,)."""
+        target = self.path.target(self.prediction, clean, eps, t)
+        convert = lambda q: self.path.convert(  # noqa: E731
+            q, self.prediction, self.loss_space, x_t, t, self.min_denominator
+        )
+        return mean_flat((convert(pred.float()) - convert(target.float())) ** 2)
+
+    def __call__(
+        self,
+        model,
+        clean: Mapping[str, Tensor],
+        y: Tensor | None,
+        weights: Mapping[str, float] | None = None,
+        draw: FlowDraw | None = None,
+        generator: torch.Generator | None = None,
+        return_hidden: Sequence[int] = (),
+    ) -> tuple[LossOutput, FlowSample]:
+        weights = weights or {}
+        x = clean["x"]
+        if draw is None:
+            draw = self.draw({k: v.shape[1:] for k, v in clean.items()}, x.shape[0], generator, x.device)
+        t = draw.t
+        x_t = {k: self.path.interpolate(v.float(), draw.eps[k], t) for k, v in clean.items()}
+        if y is not None and self.class_dropout > 0:  # classifier-free guidance training
+            y = torch.where(draw.drop, torch.full_like(y, self.null_label), y)
+        out = model(x_t, t, y, return_hidden=tuple(return_hidden))
+        terms = {f"flow_{k}": self.stream_loss(out.pred[k], clean[k], draw.eps[k], x_t[k], t).mean() for k in clean}
+        total = sum(weights.get(k, 1.0) * terms[f"flow_{k}"] for k in clean)
+        return LossOutput(total=total, terms=terms), FlowSample(t=t, x_t=x_t, y=y, output=out)

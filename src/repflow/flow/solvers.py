@@ -1,0 +1,124 @@
+"""Samplers as pure functions: integrate a velocity field from t = 1 (noise) to t = 0 (data).
+
+The state is a dict of tensors (the image ``x`` and, for REG, the class token ``cls``): every stream is
+integrated jointly on the same time grid with the same scheme. ``velocity(state, t)`` takes a Python float
+and returns a dict of the same shapes. Every solver returns the final state and the number of velocity
+evaluations (NFE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .path import Path
+
+State = dict[str, Tensor]
+Velocity = Callable[[State, float], State]
+NoiseFn = Callable[[State], State]
+
+
+@dataclass
+class Solution:
+    state: State
+    nfe: int
+
+
+def _axpy(a: float, x: State, y: State) -> State:
+    """y + a * x, stream by stream."""
+    return {k: y[k] + a * x[k] for k in y}
+
+
+def _check_steps(steps: int, minimum: int = 1) -> None:
+    if steps < minimum:
+        raise ValueError(f"the sampler needs at least {minimum} steps, got {steps}")
+
+
+def euler(velocity: Velocity, state: State, steps: int, t_start: float = 1.0, t_end: float = 0.0) -> Solution:
+    _check_steps(steps)
+    grid = torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64).tolist()
+    for t_cur, t_next in zip(grid[:-1], grid[1:], strict=True):
+        state = _axpy(t_next - t_cur, velocity(state, t_cur), state)
+    return Solution(state, steps)
+
+
+def heun(velocity: Velocity, state: State, steps: int, t_start: float = 1.0, t_end: float = 0.0) -> Solution:
+    """Heun's 2nd-order method; the last step is a plain Euler step (no evaluation at t_end = 0)."""
+    _check_steps(steps)
+    grid = torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64).tolist()
+    nfe = 0
+    for i, (t_cur, t_next) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
+        dt = t_next - t_cur
+        d_cur = velocity(state, t_cur)
+        nfe += 1
+        proposal = _axpy(dt, d_cur, state)
+        if i < steps - 1:
+            d_next = velocity(proposal, t_next)
+            nfe += 1
+            state = {k: state[k] + dt * 0.5 * (d_cur[k] + d_next[k]) for k in state}
+        else:
+            state = proposal
+    return Solution(state, nfe)
+
+
+def sde_diffusion(t: float) -> float:
+    """g(t)^2 of the reverse SDE: 2t (SiT/REPA/REG), vanishing at the data end."""
+    return 2.0 * t
+
+
+def euler_maruyama(
+    velocity: Velocity,
+    state: State,
+    steps: int,
+    path: Path,
+    noise: NoiseFn,
+    t_last: float = 0.04,
+    diffusion: Callable[[float], float] = sde_diffusion,
+) -> Solution:
+    """Reverse-time SDE with the same marginals as the flow: dx = [v - g^2/2 * score] dt + g dW.
+
+    Stochastic Euler-Maruyama steps on ``linspace(1, t_last, steps)``, then one noise-free mean step from
+    ``t_last`` to 0 (SPEC §1): the final sample carries no injected noise. NFE = steps.
+    """
+    _check_steps(steps, minimum=2)
+    grid = torch.linspace(1.0, t_last, steps, dtype=torch.float64).tolist() + [0.0]
+
+    def drift(s: State, t: float) -> State:
+        v = velocity(s, t)
+        g2 = diffusion(t)
+        return {k: v[k] - 0.5 * g2 * path.score_from_velocity(v[k], s[k], torch.tensor(t)) for k in s}
+
+    for t_cur, t_next in zip(grid[:-2], grid[1:-1], strict=True):
+        dt = t_next - t_cur
+        d = drift(state, t_cur)
+        z = noise(state)
+        g = diffusion(t_cur) ** 0.5
+        state = {k: state[k] + dt * d[k] + g * abs(dt) ** 0.5 * z[k] for k in state}
+    t_cur, t_next = grid[-2], grid[-1]
+    state = _axpy(t_next - t_cur, drift(state, t_cur), state)  # mean step, no noise
+    return Solution(state, steps)
+
+
+def dopri5(velocity: Velocity, state: State, rtol: float = 1e-4, atol: float = 1e-4) -> Solution:
+    """Adaptive Dormand-Prince through torchdiffeq; NFE is whatever the step-size control needed."""
+    from torchdiffeq import odeint
+
+    keys = sorted(state)
+    nfe = 0
+
+    def func(t: Tensor, y: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        nonlocal nfe
+        nfe += 1
+        v = velocity(dict(zip(keys, y, strict=True)), float(t))
+        return tuple(v[k] for k in keys)
+
+    y0 = tuple(state[k] for k in keys)
+    t = torch.tensor([1.0, 0.0], dtype=torch.float64, device=y0[0].device)
+    ys = odeint(func, y0, t, rtol=rtol, atol=atol, method="dopri5")
+    return Solution({k: ys[i][-1] for i, k in enumerate(keys)}, nfe)
+
+
+SAMPLERS = ("euler", "heun", "sde", "dopri5")

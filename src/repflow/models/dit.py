@@ -1,0 +1,150 @@
+"""The SiT/DiT backbone: a plain transformer over patch tokens with adaLN-Zero conditioning.
+
+The network knows nothing about noise or paths; it maps noised *streams* to predictions:
+
+- ``"x"``: the image (pixels or latents), ``(B, C, H, W)``, patchified into tokens;
+- optional vector streams (REG's class token), each ``(B, D)`` and carried as one token at the front of the
+  sequence, with a zero position embedding and a zero-initialised output head.
+
+It can return the hidden states after chosen blocks (1-indexed, all tokens including the front ones), which
+is what REPA aligns and what CKNNA analyses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ..config import ModelConfig
+from .layers import DiTBlock, FinalNorm, LabelEmbedder, TimestepEmbedder, sincos_pos_embed_2d
+
+
+@dataclass
+class ModelOutput:
+    pred: dict[str, Tensor]  # one prediction per stream, same shapes as the inputs
+    hidden: dict[int, Tensor] = field(default_factory=dict)  # block index -> (B, T, D)
+
+
+class FlowTransformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, vector_streams: dict[str, int] | None = None):
+        super().__init__()
+        for key in ("depth", "hidden_size", "num_heads", "patch_size", "input_size", "in_channels"):
+            if getattr(cfg, key) <= 0:
+                raise ValueError(f"model.{key} is not resolved ({getattr(cfg, key)}); build via build_model()")
+        if cfg.input_size % cfg.patch_size:
+            raise ValueError(f"input size {cfg.input_size} is not divisible by patch size {cfg.patch_size}")
+        self.cfg = cfg
+        d, p = cfg.hidden_size, cfg.patch_size
+        self.patch_size = p
+        self.in_channels = cfg.in_channels
+        self.num_classes = max(cfg.num_classes, 0)
+        self.grad_checkpointing = False
+
+        self.x_embedder = nn.Conv2d(cfg.in_channels, d, kernel_size=p, stride=p)
+        self.t_embedder = TimestepEmbedder(d, time_scale=cfg.time_scale)
+        self.y_embedder = (
+            LabelEmbedder(self.num_classes, d, null_class=cfg.class_dropout > 0) if self.num_classes else None
+        )
+        grid = cfg.input_size // p
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(d, grid, grid), persistent=False)
+        self.blocks = nn.ModuleList(
+            DiTBlock(d, cfg.num_heads, cfg.mlp_ratio, qk_norm=cfg.qk_norm) for _ in range(cfg.depth)
+        )
+        self.final_norm = FinalNorm(d)
+        self.out_x = nn.Linear(d, p * p * cfg.in_channels)
+
+        # REG-style vector streams: Linear + LayerNorm in, zero-initialised Linear out.
+        self.vector_streams = dict(vector_streams or {})
+        self.stream_in = nn.ModuleDict(
+            {k: nn.Sequential(nn.Linear(dim, d), nn.LayerNorm(d)) for k, dim in self.vector_streams.items()}
+        )
+        self.stream_out = nn.ModuleDict({k: nn.Linear(d, dim) for k, dim in self.vector_streams.items()})
+        self.initialize_weights()
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes  # the extra embedding row
+
+    def initialize_weights(self) -> None:
+        """All initialisation in one place (DiT): xavier linears, adaLN-Zero, zero output heads."""
+
+        def basic(m: nn.Module) -> None:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+        self.apply(basic)
+        w = self.x_embedder.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.bias)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_norm.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_norm.adaLN_modulation[-1].bias)
+        for head in [self.out_x, *self.stream_out.values()]:
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def position_embedding(self, grid_h: int, grid_w: int) -> Tensor:
+        if self.pos_embed.shape[0] == grid_h * grid_w and grid_h == grid_w:
+            return self.pos_embed
+        return sincos_pos_embed_2d(self.cfg.hidden_size, grid_h, grid_w).to(self.pos_embed.device)
+
+    def unpatchify(self, tokens: Tensor, grid_h: int, grid_w: int) -> Tensor:
+        """(B, N, p*p*C) -> (B, C, H, W), DiT's (h, w, p, q, c) token layout."""
+        b, p, c = tokens.shape[0], self.patch_size, self.in_channels
+        x = tokens.reshape(b, grid_h, grid_w, p, p, c)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(b, c, grid_h * p, grid_w * p)
+
+    def condition(self, t: Tensor, y: Tensor | None) -> Tensor:
+        c = self.t_embedder(t)  # (B, D)
+        if self.y_embedder is not None:
+            if y is None:
+                y = torch.full_like(t, self.null_label, dtype=torch.long)
+            c = c + self.y_embedder(y)
+        return c
+
+    def forward(
+        self, states: dict[str, Tensor], t: Tensor, y: Tensor | None = None, return_hidden: Sequence[int] = ()
+    ) -> ModelOutput:
+        x = states["x"]
+        b, _, h, w = x.shape
+        p = self.patch_size
+        if h % p or w % p:
+            raise ValueError(f"input {h}x{w} is not divisible by the patch size {p}")
+        gh, gw = h // p, w // p
+        tokens = self.x_embedder(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        tokens = tokens + self.position_embedding(gh, gw).to(tokens.dtype)
+        if self.vector_streams:  # front tokens carry no position embedding
+            front = [self.stream_in[k](states[k]).unsqueeze(1) for k in self.vector_streams]  # (B, 1, D) each
+            tokens = torch.cat([*front, tokens], dim=1)  # (B, S + N, D)
+        c = self.condition(t, y)
+
+        hidden: dict[int, Tensor] = {}
+        for i, block in enumerate(self.blocks, start=1):
+            if self.grad_checkpointing and self.training:
+                tokens = checkpoint(block, tokens, c, use_reentrant=False)
+            else:
+                tokens = block(tokens, c)
+            if i in return_hidden:
+                hidden[i] = tokens
+        missing = set(return_hidden) - set(hidden)
+        if missing:
+            raise ValueError(f"hidden states requested after blocks {sorted(missing)}, model has {len(self.blocks)}")
+
+        tokens = self.final_norm(tokens, c)
+        s = len(self.vector_streams)
+        pred = {"x": self.unpatchify(self.out_x(tokens[:, s:]), gh, gw)}
+        for j, k in enumerate(self.vector_streams):
+            pred[k] = self.stream_out[k](tokens[:, j])
+        return ModelOutput(pred=pred, hidden=hidden)

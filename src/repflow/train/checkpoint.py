@@ -1,0 +1,153 @@
+"""Checkpoints: written atomically, loaded without unpickling code.
+
+A checkpoint is a directory ``<run>/checkpoints/ckpt-<step>/`` holding
+
+- ``model.safetensors``: the raw network weights;
+- ``ema-<decay>.safetensors``: one file per EMA decay;
+- ``objective.safetensors``: training-only modules (REPA projectors), absent when there are none;
+- ``state.pt``: optimiser, scheduler, RNG states, step and data position (plain tensors and numbers, loaded
+  with ``weights_only=True``);
+- ``config.yaml``: the resolved config, so ``sample`` and ``eval`` rebuild the model from the checkpoint alone.
+
+It is written into a hidden temporary directory, flushed to disk, then renamed into place: a process killed
+while writing leaves the previous checkpoint untouched and loadable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ..config import Config, ConfigError, from_yaml, to_yaml
+
+CKPT_RE = re.compile(r"^ckpt-(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A missing, corrupt or incompatible checkpoint, explained in one line."""
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    weights: dict[str, dict[str, Tensor]],
+    state: dict,
+    cfg: Config,
+    keep: int = 0,
+) -> Path:
+    """Write ``weights`` (name -> tensors) and ``state`` atomically; keep the newest ``keep`` (0: all)."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"ckpt-{step:08d}"
+    tmp = ckpt_root / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for name, tensors in weights.items():
+        if tensors:
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                str(tmp / f"{name}.safetensors"),
+            )
+    torch.save(state, tmp / "state.pt")
+    (tmp / "config.yaml").write_text(to_yaml(cfg))
+    for f in tmp.iterdir():
+        _fsync(f)
+    _fsync(tmp)
+    if final.exists():  # re-saving the same step: move the old one aside first
+        old = ckpt_root / f".old-{final.name}-{os.getpid()}"
+        final.rename(old)
+        shutil.rmtree(old)
+    tmp.rename(final)
+    _fsync(ckpt_root)
+    if keep > 0:
+        for stale in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary directories are ignored)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and CKPT_RE.match(p.name)]
+    return sorted(found, key=lambda p: int(CKPT_RE.match(p.name).group(1)))
+
+
+def clean_stale_temporaries(run_dir: Path) -> None:
+    root = Path(run_dir) / "checkpoints"
+    if root.is_dir():
+        for p in root.glob(".tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+        for p in root.glob(".old-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or the newest checkpoint of a run directory."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"'{path}' does not exist; pass a run directory or a checkpoint directory")
+    if (path / "state.pt").is_file() or (path / "model.safetensors").is_file():
+        return path
+    ckpts = list_checkpoints(path)
+    if not ckpts:
+        raise CheckpointError(f"'{path}' holds no checkpoint (expected {path}/checkpoints/ckpt-<step>/)")
+    return ckpts[-1]
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: Config
+
+    def weight_names(self) -> list[str]:
+        return sorted(p.name[: -len(".safetensors")] for p in self.path.glob("*.safetensors"))
+
+    def weights(self, name: str) -> dict[str, Tensor]:
+        f = self.path / f"{name}.safetensors"
+        if not f.is_file():
+            have = ", ".join(self.weight_names()) or "none"
+            raise CheckpointError(f"checkpoint {self.path} has no '{name}' weights (it has: {have})")
+        try:
+            return load_file(str(f))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{f} is corrupt or truncated ({err}); use an earlier checkpoint") from err
+
+    def state(self) -> dict:
+        f = self.path / "state.pt"
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {self.path} has no state.pt: it holds weights only, not resumable")
+        try:
+            return torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises several types for corrupt archives
+            raise CheckpointError(f"{f} is corrupt or not a repflow state file ({err})") from err
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    ckpt = resolve_checkpoint(path)
+    cfg_file = ckpt / "config.yaml"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"checkpoint {ckpt} has no config.yaml; it was not written by repflow")
+    try:
+        cfg = from_yaml(cfg_file.read_text())
+    except ConfigError as err:
+        raise CheckpointError(f"{cfg_file}: {err}") from err
+    return Checkpoint(ckpt, cfg)

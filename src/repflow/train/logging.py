@@ -1,0 +1,99 @@
+"""Run logging: console progress bar, TensorBoard scalars and images, metrics.jsonl, the loss plot."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool = True):
+        self.run_dir, self.enabled = Path(run_dir), enabled
+        self.bar = None
+        self.tb = None
+        self._t0, self._step0 = time.perf_counter(), start_step
+        if not enabled:
+            return
+        tty = sys.stderr.isatty()
+        self.bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=0.5 if tty else 10.0,
+        )
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run_dir / "tb"))
+        except ImportError:  # TensorBoard is optional
+            self.tb = None
+        self.metrics = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
+
+    def step(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def log(self, step: int, scalars: dict[str, float], images_per_step: int) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        rate = (step - self._step0) * images_per_step / max(now - self._t0, 1e-9)
+        self._t0, self._step0 = now, step
+        scalars = {**scalars, "img_per_s": rate}
+        self.bar.set_postfix(loss=f"{scalars.get('loss', float('nan')):.4f}", img_s=f"{rate:.0f}", refresh=False)
+        self.metrics.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.metrics.flush()
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(f"train/{k}", v, step)
+
+    def image(self, tag: str, grid_chw, step: int) -> None:
+        if self.enabled and self.tb is not None:
+            self.tb.add_image(tag, grid_chw, step)
+
+    def write(self, message: str) -> None:
+        if self.enabled:
+            (self.bar.write if self.bar is not None else print)(message)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        self.metrics.close()
+
+
+def plot_loss(metrics_file: Path, out_png: Path) -> Path | None:
+    """Training loss (and extra terms) against steps, log scale, with a moving average."""
+    rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in rows[-1] if k == "loss" or k.startswith("flow_")]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    for key in keys:
+        pts = [(r["step"], r[key]) for r in rows if key in r and r[key] == r[key] and r[key] > 0]
+        if not pts:
+            continue
+        steps, vals = zip(*pts, strict=True)
+        ax.plot(steps, vals, lw=1.2, label=key)
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss (mean over log interval)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    ax.set_title("repflow training loss")
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png

@@ -1,0 +1,259 @@
+"""The training loop: the only one in repflow. Methods plug in through the objective, never here."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..build import build_network, build_objective, codec_for, resolve_config
+from ..config import Config, to_dict, to_yaml
+from ..data import ResumableBatchSampler, build_dataset, build_loader
+from ..data.transforms import uint8_to_model
+from ..objectives import ModelWithObjective, TrainBatch
+from ..sample.export import make_grid, save_grid
+from ..sample.generate import autocast_for
+from .checkpoint import (
+    CheckpointError,
+    clean_stale_temporaries,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from .distributed import DistInfo, all_reduce_max, all_reduce_mean, barrier, setup_distributed
+from .ema import EMA, ema_name
+from .logging import RunLogger, plot_loss
+from .optim import build_optimizer, build_scheduler
+from .preview import ema_preview
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    last_checkpoint: Path | None
+    final_loss: float
+    seconds: float
+
+
+def _architecture_key(cfg: Config) -> dict:
+    """The parts of a config a checkpoint's weights depend on (everything else may change on resume)."""
+    return to_dict(cfg.model)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: str | Path, dist: DistInfo | None = None, resume: bool = True):
+        self.dist = dist or setup_distributed()
+        self.run_dir = Path(run_dir)
+        self.device = self.dist.device
+        torch.manual_seed(cfg.seed)  # model initialisation; identical on every rank
+        self.dataset = build_dataset(cfg.data, num_classes_hint=max(cfg.model.num_classes, 1))
+        cfg = resolve_config(cfg, self.dataset)
+        t = cfg.train
+        if t.batch_size % (self.dist.world * t.grad_accum):
+            raise ValueError(
+                f"train.batch_size={t.batch_size} must be divisible by processes x grad_accum "
+                f"= {self.dist.world} x {t.grad_accum}"
+            )
+        self.cfg = cfg
+        self.codec = codec_for(cfg)
+        self.model = build_network(cfg).to(self.device)
+        self.model.grad_checkpointing = t.grad_checkpointing
+        self.objective = build_objective(cfg, self.model).to(self.device)
+        self.module = ModelWithObjective(self.model, self.objective)
+        self.ema = EMA(self.model, t.ema_decays, warmup=t.ema_warmup)
+        self.optimizer = build_optimizer(self.module, t, self.device)
+        self.scheduler = build_scheduler(self.optimizer, t)
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed)  # same on every rank (see FlowDraw)
+        self.step = 0
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            clean_stale_temporaries(self.run_dir)
+        barrier(self.dist)
+        if resume and list_checkpoints(self.run_dir):
+            self._resume(list_checkpoints(self.run_dir)[-1])
+        elif self.dist.is_main:
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        self.micro = t.batch_size // (self.dist.world * t.grad_accum)
+        sampler = ResumableBatchSampler(
+            len(self.dataset), t.batch_size, cfg.seed, cfg.data.hflip,
+            rank=self.dist.rank, world=self.dist.world, accum=t.grad_accum, start_step=self.step,
+        )  # fmt: skip
+        self.loader = iter(build_loader(self.dataset, sampler, cfg.data.workers))
+        wrapped: nn.Module = self.module
+        if self.dist.enabled:
+            wrapped = DDP(self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.ddp = wrapped
+        self.forward = torch.compile(wrapped) if t.compile else wrapped
+        self.bad_files: list[str] = []
+        self.last_checkpoint: Path | None = None
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def _resume(self, ckpt_dir: Path) -> None:
+        ckpt = load_checkpoint(ckpt_dir)
+        if _architecture_key(ckpt.config) != _architecture_key(self.cfg):
+            diff = [k for k, v in _architecture_key(self.cfg).items() if _architecture_key(ckpt.config).get(k) != v]
+            raise CheckpointError(
+                f"cannot resume from {ckpt.path}: model config differs in {', '.join('model.' + k for k in diff)}; "
+                "use a new --out directory or the checkpoint's config"
+            )
+        self.model.load_state_dict(ckpt.weights("model"))
+        if any(True for _ in self.objective.parameters()):
+            self.objective.load_state_dict(ckpt.weights("objective"))
+        for d in self.ema.decays:
+            name = ema_name(d)
+            self.ema.load_state_dict(d, ckpt.weights(name) if name in ckpt.weight_names() else ckpt.weights("model"))
+        state = ckpt.state()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["rng"]["generator"].to(self.generator.get_state().device))
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.step = int(state["step"])
+        self.last_checkpoint = ckpt.path
+
+    def save(self) -> Path | None:
+        path = None
+        if self.dist.is_main:
+            weights = {"model": self.model.state_dict()}
+            weights.update({ema_name(d): self.ema.state_dict(d) for d in self.ema.decays})
+            obj = self.objective.state_dict()
+            if obj:
+                weights["objective"] = obj
+            rng = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
+            if self.device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            state = {
+                "step": self.step,
+                "images_seen": self.step * self.cfg.train.batch_size,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng,
+                "world_size": self.dist.world,
+            }
+            path = save_checkpoint(self.run_dir, self.step, weights, state, self.cfg, keep=self.cfg.train.keep_ckpts)
+            self.last_checkpoint = path
+        barrier(self.dist)
+        return path
+
+    # -- one step -------------------------------------------------------------------------------------------
+    def prepare(self, raw) -> TrainBatch:
+        images = uint8_to_model(raw.images.to(self.device, non_blocking=True))
+        if raw.bad_files:
+            self.bad_files.extend(raw.bad_files)
+        y = raw.labels.to(self.device, non_blocking=True) if self.cfg.model.num_classes > 0 else None
+        with torch.no_grad():
+            x = self.codec.encode(images)
+        return TrainBatch(x=x, y=y)
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        t = self.cfg.train
+        self.optimizer.zero_grad(set_to_none=True)
+        logged: dict[str, torch.Tensor] = {}
+        for a in range(t.grad_accum):
+            batch = self.prepare(next(self.loader))
+            if a == 0:  # randomness for the whole global batch, sliced per rank and micro-step
+                draw = self.objective.draw(batch, t.batch_size, self.generator)
+            chunk = draw.chunk(a * self.dist.world + self.dist.rank, self.micro)
+            sync = a == t.grad_accum - 1 or not self.dist.enabled
+            ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
+            with ctx, autocast_for(self.device, t.precision):
+                out = self.forward(batch, chunk)
+            with ctx:
+                (out.total / t.grad_accum).backward()
+            for k, v in {"loss": out.total, **out.terms}.items():
+                logged[k] = logged.get(k, 0.0) + v.detach().float() / t.grad_accum
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
+        logged["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update(self.model, updates_done=self.step)
+        self.step += 1
+        return logged
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def fit(self, stop_at: int | None = None) -> TrainResult:
+        t = self.cfg.train
+        end = min(t.steps, stop_at) if stop_at is not None else t.steps
+        logger = RunLogger(self.run_dir, t.steps, self.step, enabled=self.dist.is_main)
+        sums: dict[str, torch.Tensor] = {}
+        count, bad_step = 0, torch.full((), -1, dtype=torch.long, device=self.device)
+        last_loss, start_step = float("nan"), self.step
+        t0 = time.perf_counter()
+        try:
+            while self.step < end:
+                logged = self.train_step()
+                finite = torch.isfinite(logged["loss"]) & torch.isfinite(logged["grad_norm"])
+                # remember the first bad step without a host sync (checked at log/checkpoint time)
+                bad_step = torch.where((bad_step < 0) & ~finite, self.step, bad_step)
+                for k, v in logged.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                logger.step()
+                due_ckpt = self.step % t.ckpt_every == 0 or self.step == end
+                if self.step % t.log_every == 0 or due_ckpt or self.step == end:
+                    self._check_finite(bad_step)
+                    means = {k: all_reduce_mean(v / count, self.dist).item() for k, v in sums.items()}
+                    means["lr"] = self.scheduler.get_last_lr()[0]
+                    last_loss = means["loss"]
+                    logger.log(self.step, means, t.batch_size)
+                    sums, count = {}, 0
+                    self._report_bad_files(logger)
+                if due_ckpt:
+                    self.save()
+                if t.sample_every and self.step % t.sample_every == 0 and self.step != end:
+                    self.preview(logger)
+            if self.step == t.steps and self.dist.is_main:
+                self.preview(logger)
+                plot = plot_loss(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+                if plot:
+                    logger.write(f"loss curve: {plot}")
+        finally:
+            logger.close()
+        return TrainResult(self.run_dir, self.step - start_step, self.last_checkpoint, last_loss,
+                           time.perf_counter() - t0)  # fmt: skip
+
+    def _check_finite(self, bad_step: torch.Tensor) -> None:
+        first = int(all_reduce_max(bad_step, self.dist).item())
+        if first >= 0:
+            last = self.last_checkpoint or "none (no checkpoint was written yet)"
+            raise NonFiniteLossError(
+                f"loss or gradient became NaN/inf at step {first}; stopped without saving. Last good checkpoint: "
+                f"{last}. Try a lower train.lr, train.grad_clip=1.0 or train.precision=fp32."
+            )
+
+    def _report_bad_files(self, logger: RunLogger) -> None:
+        if self.bad_files:
+            shown = ", ".join(self.bad_files[:3])
+            logger.write(f"warning: skipped {len(self.bad_files)} unreadable image(s), first: {shown}")
+            self.bad_files.clear()
+
+    def preview(self, logger: RunLogger) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        images, nrow = ema_preview(self.model, self.ema, self.cfg, self.codec)
+        path = save_grid(images, self.run_dir / "samples" / f"step-{self.step:08d}.png", nrow=nrow)
+        logger.image("samples/ema", make_grid(images, nrow), self.step)
+        logger.write(f"samples: {path}")
+        self.last_preview = path
+        return path
+
+
+def train(cfg: Config, run_dir: str | Path, resume: bool = True, stop_at: int | None = None) -> TrainResult:
+    """Train ``cfg`` into ``run_dir`` (resuming from its newest checkpoint if there is one)."""
+    return Trainer(cfg, run_dir, resume=resume).fit(stop_at=stop_at)
+
+
+__all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "train"]

@@ -1,0 +1,47 @@
+"""Shared test helpers. Everything runs on CPU, offline, with tiny models (< 3M params, <= 64 tokens)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from repflow.config import Config, load_config  # noqa: E402
+
+torch.set_num_threads(1)  # pytest-xdist runs one worker per core
+
+TINY = [
+    "data.dataset=synthetic",
+    "data.resolution=8",
+    "data.channels=3",
+    "data.synthetic_size=64",
+    "model.arch=SiT-T/2",
+    "model.depth=2",
+    "model.hidden_size=32",
+    "model.num_heads=2",
+    "model.num_classes=4",
+    "train.batch_size=8",
+    "train.steps=4",
+    "train.lr=1e-3",
+    "train.log_every=1",
+    "train.ckpt_every=2",
+    "train.sample_num=4",
+    "train.ema_decays=[0.9]",
+    "sample.steps=2",
+    "sample.batch_size=4",
+    "sample.sampler=euler",
+]
+
+
+def tiny_config(*overrides: str) -> Config:
+    """A config that trains in well under a second per step on one CPU thread."""
+    return load_config(None, TINY + list(overrides))
+
+
+@pytest.fixture
+def tiny():
+    return tiny_config

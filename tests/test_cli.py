@@ -1,0 +1,44 @@
+import numpy as np
+from PIL import Image
+
+from repflow.cli import main
+
+from .conftest import TINY
+
+
+def test_presets_lists(capsys):
+    assert main(["presets"]) == 0
+    assert "demo-fashion" in capsys.readouterr().out
+
+
+def test_dry_run_prints_resolved_config(capsys):
+    assert main(["train", "demo-fashion", "train.steps=3", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "steps: 3" in out and "arch: SiT-T/4" in out
+
+
+def test_config_error_is_one_line_and_exit_code_2(capsys):
+    assert main(["train", "demo-fashion", "train.lrr=1", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("repflow: error: unknown config key 'train.lrr'") and "\n" not in err
+
+
+def test_train_then_sample_pngs_grid_and_npz(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "demo-fashion", *TINY, "--out", str(run)]) == 0
+    assert (run / "config.yaml").is_file()
+    out = tmp_path / "samples"
+    code = main(["sample", str(run), "--num", "6", "--sampler", "heun", "--steps", "2", "--cfg", "2.0",
+                 "--cfg-interval", "0,0.7", "--seed", "3", "--out", str(out), "--npz"])  # fmt: skip
+    assert code == 0
+    pngs = sorted(p.name for p in out.glob("0*.png"))
+    assert pngs == [f"{i:06d}.png" for i in range(6)]
+    assert Image.open(out / "000000.png").size == (8, 8)
+    arr = np.load(out / "samples.npz")["arr_0"]
+    assert arr.shape == (6, 8, 8, 3) and arr.dtype == np.uint8
+    assert "NFE 3" in capsys.readouterr().out
+
+
+def test_sample_missing_run_is_a_clear_error(tmp_path, capsys):
+    assert main(["sample", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
