@@ -79,7 +79,8 @@ def plot_loss(metrics_file: Path, out_png: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in rows[-1] if k == "loss" or k.startswith("flow_")]
+    terms = [k for k in rows[-1] if k.startswith(("flow_", "repa", "reg"))]
+    keys = ["loss", *terms] if len(terms) > 1 else ["loss"]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     for key in keys:
         pts = [(r["step"], r[key]) for r in rows if key in r and r[key] == r[key] and r[key] > 0]

@@ -44,6 +44,7 @@ class TrainResult:
     last_checkpoint: Path | None
     final_loss: float
     seconds: float
+    preview: Path | None = None  # the EMA sample grid written at the end
 
 
 def _architecture_key(cfg: Config) -> dict:
@@ -97,6 +98,7 @@ class Trainer:
         self.forward = torch.compile(wrapped) if t.compile else wrapped
         self.bad_files: list[str] = []
         self.last_checkpoint: Path | None = None
+        self.last_preview: Path | None = None
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def _resume(self, ckpt_dir: Path) -> None:
@@ -222,8 +224,10 @@ class Trainer:
                     logger.write(f"loss curve: {plot}")
         finally:
             logger.close()
-        return TrainResult(self.run_dir, self.step - start_step, self.last_checkpoint, last_loss,
-                           time.perf_counter() - t0)  # fmt: skip
+        seconds = time.perf_counter() - t0
+        return TrainResult(
+            self.run_dir, self.step - start_step, self.last_checkpoint, last_loss, seconds, self.last_preview
+        )
 
     def _check_finite(self, bad_step: torch.Tensor) -> None:
         first = int(all_reduce_max(bad_step, self.dist).item())
