@@ -1,4 +1,6 @@
 # `make demo` and `make test` each set up (or refresh) .venv and then run.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +13,8 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 
 $(VENV)/.stamp: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check $(CONSTRAINTS) -e '.[hub,dev]'
+	$(PY) -m pip install -q --disable-pip-version-check $(CONSTRAINTS) -e '.[hub,dev]' 2>&1 \
+		| { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 	touch $@
 
 venv: $(VENV)/.stamp

@@ -40,6 +40,47 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class CodecConfig:
+    """Pixels <-> model space. ``pixel``: the identity; ``sd_vae``: a diffusers AutoencoderKL."""
+
+    kind: Literal["pixel", "sd_vae"] = "pixel"
+    path: str = ""  # sd_vae: local directory or hub id, e.g. stabilityai/sd-vae-ft-ema
+    scale: float = 0.18215  # z_model = (z_vae - shift) * scale
+    shift: float = 0.0
+    cache: str = ""  # directory of cached latents (repflow cache latents); "" encodes on the fly
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """A frozen representation encoder (DINOv2, CLIP, SigLIP, MAE, or repflow's tiny ViT)."""
+
+    name: str = "dinov2-vitb14"  # see `repflow.encoders.ENCODERS`
+    path: str = ""  # local file / directory or hub id; "" uses the name's default hub id
+    resolution: int = 0  # input size; 0: 224, or 448 when the data is 512 px
+    cache: str = ""  # directory of cached features (repflow cache features); "" runs the encoder each step
+
+
+@dataclass(frozen=True)
+class RepaConfig:
+    """REPA: align the hidden state after block ``depth`` through an MLP projector with encoder patch tokens."""
+
+    enabled: bool = False
+    weight: float = 0.5  # lambda
+    depth: int = 0  # 1-indexed block; 0: 4 for models up to B, 8 for L and XL
+    projector_dim: int = 2048
+
+
+@dataclass(frozen=True)
+class RegConfig:
+    """REG: denoise the encoder's global vector jointly with the image, as one extra token."""
+
+    enabled: bool = False
+    weight: float = 0.03  # beta
+    source: Literal["cls", "patch_mean", "learnable"] = "cls"
+    dim: int = 0  # width of the global vector; 0: from the encoder (filled in the resolved config)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     arch: str = "SiT-S/2"  # a name from models.presets; depth/width/heads/patch of 0 are taken from it
     depth: int = 0
@@ -110,6 +151,7 @@ class SampleConfig:
     ema: float = -1.0  # EMA decay to sample from; -1: the first EMA, 0: the raw weights
     batch_size: int = 64
     seed: int = 0
+    cfg_cls: float = -1.0  # REG: guidance scale of the class token; -1: same as cfg
 
 
 @dataclass(frozen=True)
@@ -117,8 +159,12 @@ class Config:
     name: str = "run"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    encoders: tuple[EncoderConfig, ...] = ()  # frozen encoders for REPA / REG (REG uses the first)
     model: ModelConfig = field(default_factory=ModelConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+    repa: RepaConfig = field(default_factory=RepaConfig)
+    reg: RegConfig = field(default_factory=RegConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
@@ -150,6 +196,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"config key '{key}' expects a list of {len(args)} values, got {value!r}")
         if args[-1] is Ellipsis:
+            if dataclasses.is_dataclass(args[0]):
+                return tuple(from_dict(args[0], v, prefix=f"{key}[{i}].") for i, v in enumerate(value))
             return tuple(_coerce(v, args[0], key) for v in value)
         if len(value) != len(args):
             raise ConfigError(f"config key '{key}' expects {len(args)} values, got {len(value)}: {value!r}")

@@ -26,9 +26,13 @@ class Batch:
     labels: Tensor  # (B,) int64 (zeros for unconditional data)
     indices: Tensor  # (B,) dataset indices
     bad_files: list[str] = field(default_factory=list)  # unreadable files replaced in this batch
+    # cached per-sample arrays read instead of recomputed (latent posteriors, encoder features), by name
+    arrays: dict[str, Tensor] = field(default_factory=dict)
 
     def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
-        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.indices, self.bad_files)
+        images = self.images.pin_memory() if self.images.numel() else self.images
+        arrays = {k: v.pin_memory() for k, v in self.arrays.items()}
+        return Batch(images, self.labels.pin_memory(), self.indices, self.bad_files, arrays)
 
 
 class ImageDataset:

@@ -15,10 +15,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..build import build_network, build_objective, codec_for, resolve_config
 from ..config import Config, to_dict, to_yaml
 from ..data import ResumableBatchSampler, build_dataset, build_loader
-from ..data.transforms import uint8_to_model
 from ..objectives import ModelWithObjective, TrainBatch
 from ..sample.export import make_grid, save_grid
 from ..sample.generate import autocast_for
+from .batching import BatchPreparer
 from .checkpoint import (
     CheckpointError,
     clean_stale_temporaries,
@@ -68,6 +68,7 @@ class Trainer:
             )
         self.cfg = cfg
         self.codec = codec_for(cfg)
+        self.preparer = BatchPreparer(cfg, self.codec, self.device)
         self.model = build_network(cfg).to(self.device)
         self.model.grad_checkpointing = t.grad_checkpointing
         self.objective = build_objective(cfg, self.model).to(self.device)
@@ -151,13 +152,9 @@ class Trainer:
 
     # -- one step -------------------------------------------------------------------------------------------
     def prepare(self, raw) -> TrainBatch:
-        images = uint8_to_model(raw.images.to(self.device, non_blocking=True))
         if raw.bad_files:
             self.bad_files.extend(raw.bad_files)
-        y = raw.labels.to(self.device, non_blocking=True) if self.cfg.model.num_classes > 0 else None
-        with torch.no_grad():
-            x = self.codec.encode(images)
-        return TrainBatch(x=x, y=y)
+        return self.preparer(raw, self.generator)
 
     def train_step(self) -> dict[str, torch.Tensor]:
         t = self.cfg.train
