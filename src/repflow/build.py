@@ -13,15 +13,21 @@ from .flow.loss import FlowMatching
 from .flow.path import build_path
 from .flow.timesteps import TimeSampler, dimension_shift
 from .models import FlowTransformer, build_model, resolve_arch
-from .objectives import Objective
+from .objectives import Objective, RegTerm, RepaTerm
+from .objectives.repa import default_depth
 
 
 def codec_for(cfg: Config) -> Codec:
     return build_codec("pixel")
 
 
+def needs_encoders(cfg: Config) -> bool:
+    return cfg.repa.enabled or (cfg.reg.enabled and cfg.reg.source != "learnable")
+
+
 def resolve_config(cfg: Config, dataset: ImageDataset) -> Config:
-    """Fill every derived field (architecture dims, classes, input size, channels, time shift)."""
+    """Fill every derived field (architecture dims, classes, input size, channels, time shift, encoder input
+    sizes, REPA depth). REG's vector width needs the encoder itself: see :func:`resolve_encoder_dims`."""
     c, h, _ = codec_for(cfg).model_shape(cfg.data.channels, cfg.data.resolution)
     model = resolve_arch(cfg.model)
     num_classes = dataset.num_classes if model.num_classes < 0 else model.num_classes
@@ -39,16 +45,70 @@ def resolve_config(cfg: Config, dataset: ImageDataset) -> Config:
     time = cfg.flow.time
     if time.shift_base_dim > 0:
         time = dataclasses.replace(time, shift=dimension_shift(c * h * h, time.shift_base_dim))
-    flow = dataclasses.replace(cfg.flow, time=time)
-    return dataclasses.replace(cfg, model=model, flow=flow)
+    cfg = dataclasses.replace(cfg, model=model, flow=dataclasses.replace(cfg.flow, time=time))
+    return _resolve_representation(cfg)
+
+
+def _resolve_representation(cfg: Config) -> Config:
+    if needs_encoders(cfg) and not cfg.encoders:
+        method = "repa" if cfg.repa.enabled else "reg"
+        raise ConfigError(f"{method}.enabled needs a frozen encoder: add one under 'encoders' (e.g. dinov2-vitb14)")
+    from .encoders import default_resolution  # light: the registry only
+
+    grid = cfg.model.input_size // cfg.model.patch_size
+    encoders = tuple(dataclasses.replace(e, resolution=default_resolution(e, grid)) for e in cfg.encoders)
+    repa = cfg.repa
+    if repa.enabled:
+        depth = repa.depth or default_depth(cfg.model.depth)
+        if not 1 <= depth <= cfg.model.depth:
+            raise ConfigError(f"repa.depth={depth} must lie in 1..{cfg.model.depth} (the model's blocks)")
+        repa = dataclasses.replace(repa, depth=depth)
+    return dataclasses.replace(cfg, encoders=encoders, repa=repa)
+
+
+def resolve_encoder_dims(cfg: Config, dims: list[int]) -> Config:
+    """Record REG's vector width from the (first) encoder's actual width."""
+    if not (cfg.reg.enabled and cfg.reg.source != "learnable"):
+        return cfg
+    if cfg.reg.dim and cfg.reg.dim != dims[0]:
+        raise ConfigError(f"reg.dim={cfg.reg.dim} but encoder {cfg.encoders[0].name} gives {dims[0]}; leave it at 0")
+    return dataclasses.replace(cfg, reg=dataclasses.replace(cfg.reg, dim=dims[0]))
+
+
+def vector_streams(cfg: Config) -> dict[str, int]:
+    """Streams denoised besides the image, with their widths (REG's class token)."""
+    if cfg.reg.enabled and cfg.reg.source != "learnable":
+        if cfg.reg.dim <= 0:
+            raise ConfigError("reg.dim is not resolved; build the model from a trained checkpoint's config")
+        return {"cls": cfg.reg.dim}
+    return {}
+
+
+def stream_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
+    """Per-sample shape of every generated stream, for the samplers."""
+    m = cfg.model
+    return {"x": (m.in_channels, m.input_size, m.input_size), **{k: (d,) for k, d in vector_streams(cfg).items()}}
+
+
+def guidance_scales(cfg: Config, opts=None) -> dict[str, float]:
+    opts = opts or cfg.sample
+    cls_scale = opts.cfg if opts.cfg_cls < 0 else opts.cfg_cls
+    return {k: (opts.cfg if k == "x" else cls_scale) for k in stream_shapes(cfg)}
 
 
 def build_network(cfg: Config) -> FlowTransformer:
     """The denoising network of a resolved config."""
-    return build_model(cfg.model)
+    learned = 1 if cfg.reg.enabled and cfg.reg.source == "learnable" else 0
+    return build_model(cfg.model, vector_streams=vector_streams(cfg), learned_tokens=learned)
 
 
-def build_objective(cfg: Config, model: nn.Module) -> Objective:
+def build_encoders(cfg: Config, device=None) -> list:
+    from .encoders import build_encoder
+
+    return [build_encoder(e, e.resolution, device=device) for e in cfg.encoders]
+
+
+def build_objective(cfg: Config, model: nn.Module, encoder_dims: list[int] | None = None) -> Objective:
     t = cfg.flow.time
     flow = FlowMatching(
         path=build_path(cfg.flow.path),
@@ -59,7 +119,30 @@ def build_objective(cfg: Config, model: nn.Module) -> Objective:
         class_dropout=cfg.model.class_dropout if cfg.model.num_classes > 0 else 0.0,
         null_label=getattr(model, "null_label", 0),
     )
-    return Objective(flow, terms=[])
+    terms: list = []
+    if cfg.reg.enabled:
+        terms.append(RegTerm(cfg.reg.weight, cfg.reg.source))
+    if cfg.repa.enabled:
+        if not encoder_dims:
+            raise ConfigError("repa.enabled needs the encoders' widths to build its projectors")
+        align = cfg.reg.source if cfg.reg.enabled and cfg.reg.source != "learnable" else ""
+        terms.append(
+            RepaTerm(
+                cfg.model.hidden_size, encoder_dims, cfg.repa.depth, cfg.repa.weight, cfg.repa.projector_dim,
+                front_tokens=getattr(model, "num_front_tokens", 0), align_front=align,
+            )
+        )  # fmt: skip
+    return Objective(flow, terms=terms)
 
 
-__all__ = ["build_dataset", "build_network", "build_objective", "codec_for", "resolve_config"]
+__all__ = [
+    "build_dataset",
+    "build_encoders",
+    "build_network",
+    "build_objective",
+    "codec_for",
+    "guidance_scales",
+    "resolve_config",
+    "resolve_encoder_dims",
+    "stream_shapes",
+]

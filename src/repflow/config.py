@@ -56,6 +56,7 @@ class EncoderConfig:
 
     name: str = "dinov2-vitb14"  # see `repflow.encoders.ENCODERS`
     path: str = ""  # local file / directory or hub id; "" uses the name's default hub id
+    format: Literal["auto", "timm", "transformers", "torchhub", "repflow"] = "auto"
     resolution: int = 0  # input size; 0: 224, or 448 when the data is 512 px
     cache: str = ""  # directory of cached features (repflow cache features); "" runs the encoder each step
 

@@ -15,8 +15,9 @@ from ..objectives import TrainBatch
 
 
 class BatchPreparer:
-    def __init__(self, cfg: Config, codec, device: torch.device):
+    def __init__(self, cfg: Config, codec, device: torch.device, encoders: list | None = None):
         self.cfg, self.codec, self.device = cfg, codec, device
+        self.encoders = list(encoders or [])
         self.conditional = cfg.model.num_classes > 0
 
     @torch.no_grad()
@@ -24,4 +25,8 @@ class BatchPreparer:
         images = uint8_to_model(raw.images.to(self.device, non_blocking=True))
         y = raw.labels.to(self.device, non_blocking=True) if self.conditional else None
         x = self.codec.encode(images)
-        return TrainBatch(x=x, y=y)
+        features = {}
+        for i, encoder in enumerate(self.encoders):  # frozen: no graph, bf16 on GPU
+            out = encoder(images)
+            features[f"{i}.patch"], features[f"{i}.cls"] = out.patch, out.cls
+        return TrainBatch(x=x, y=y, features=features)

@@ -12,7 +12,15 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..build import build_network, build_objective, codec_for, resolve_config
+from ..build import (
+    build_encoders,
+    build_network,
+    build_objective,
+    codec_for,
+    needs_encoders,
+    resolve_config,
+    resolve_encoder_dims,
+)
 from ..config import Config, to_dict, to_yaml
 from ..data import ResumableBatchSampler, build_dataset, build_loader
 from ..objectives import ModelWithObjective, TrainBatch
@@ -49,7 +57,11 @@ class TrainResult:
 
 def _architecture_key(cfg: Config) -> dict:
     """The parts of a config a checkpoint's weights depend on (everything else may change on resume)."""
-    return to_dict(cfg.model)
+    key = {f"model.{k}": v for k, v in to_dict(cfg.model).items()}
+    key.update({f"reg.{k}": getattr(cfg.reg, k) for k in ("enabled", "source", "dim")})
+    key.update({f"repa.{k}": getattr(cfg.repa, k) for k in ("enabled", "depth", "projector_dim")})
+    key["encoders"] = [e.name for e in cfg.encoders] if needs_encoders(cfg) else []
+    return key
 
 
 class Trainer:
@@ -60,6 +72,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # model initialisation; identical on every rank
         self.dataset = build_dataset(cfg.data, num_classes_hint=max(cfg.model.num_classes, 1))
         cfg = resolve_config(cfg, self.dataset)
+        self.encoders = build_encoders(cfg, self.device) if needs_encoders(cfg) else []
+        encoder_dims = [e.embed_dim for e in self.encoders]
+        cfg = resolve_encoder_dims(cfg, encoder_dims)
         t = cfg.train
         if t.batch_size % (self.dist.world * t.grad_accum):
             raise ValueError(
@@ -68,10 +83,10 @@ class Trainer:
             )
         self.cfg = cfg
         self.codec = codec_for(cfg)
-        self.preparer = BatchPreparer(cfg, self.codec, self.device)
+        self.preparer = BatchPreparer(cfg, self.codec, self.device, self.encoders)
         self.model = build_network(cfg).to(self.device)
         self.model.grad_checkpointing = t.grad_checkpointing
-        self.objective = build_objective(cfg, self.model).to(self.device)
+        self.objective = build_objective(cfg, self.model, encoder_dims).to(self.device)
         self.module = ModelWithObjective(self.model, self.objective)
         self.ema = EMA(self.model, t.ema_decays, warmup=t.ema_warmup)
         self.optimizer = build_optimizer(self.module, t, self.device)
@@ -107,7 +122,7 @@ class Trainer:
         if _architecture_key(ckpt.config) != _architecture_key(self.cfg):
             diff = [k for k, v in _architecture_key(self.cfg).items() if _architecture_key(ckpt.config).get(k) != v]
             raise CheckpointError(
-                f"cannot resume from {ckpt.path}: model config differs in {', '.join('model.' + k for k in diff)}; "
+                f"cannot resume from {ckpt.path}: the config differs in {', '.join(diff)}; "
                 "use a new --out directory or the checkpoint's config"
             )
         self.model.load_state_dict(ckpt.weights("model"))
