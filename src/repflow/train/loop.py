@@ -181,10 +181,10 @@ class Trainer:
                 draw = self.objective.draw(batch, t.batch_size, self.generator)
             chunk = draw.chunk(a * self.dist.world + self.dist.rank, self.micro)
             sync = a == t.grad_accum - 1 or not self.dist.enabled
-            ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
-            with ctx, autocast_for(self.device, t.precision):
-                out = self.forward(batch, chunk)
-            with ctx:
+            # DDP all-reduces gradients only on the last micro-step
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                with autocast_for(self.device, t.precision):
+                    out = self.forward(batch, chunk)
                 (out.total / t.grad_accum).backward()
             for k, v in {"loss": out.total, **out.terms}.items():
                 logged[k] = logged.get(k, 0.0) + v.detach().float() / t.grad_accum
