@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..build import (
     build_encoders,
@@ -23,9 +19,8 @@ from ..build import (
 )
 from ..config import Config, to_dict, to_yaml
 from ..data import ResumableBatchSampler, build_dataset, build_loader
-from ..objectives import ModelWithObjective, TrainBatch
+from ..objectives import TrainBatch
 from ..sample.export import make_grid, save_grid
-from ..sample.generate import autocast_for
 from .batching import BatchPreparer
 from .checkpoint import (
     CheckpointError,
@@ -35,10 +30,10 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .distributed import DistInfo, all_reduce_max, all_reduce_mean, barrier, setup_distributed
-from .ema import EMA, ema_name
+from .ema import ema_name
 from .logging import RunLogger, plot_loss
-from .optim import build_optimizer, build_scheduler
 from .preview import ema_preview
+from .state import TrainState
 
 
 class NonFiniteLossError(RuntimeError):
@@ -69,6 +64,9 @@ class Trainer:
         self.dist = dist or setup_distributed()
         self.run_dir = Path(run_dir)
         self.device = self.dist.device
+        if self.device.type == "cuda":  # TF32 matmuls for whatever runs in fp32 (bf16 autocast covers the rest)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.seed)  # model initialisation; identical on every rank
         self.dataset = build_dataset(cfg.data, num_classes_hint=max(cfg.model.num_classes, 1))
         cfg = resolve_config(cfg, self.dataset)
@@ -76,23 +74,15 @@ class Trainer:
         encoder_dims = [e.embed_dim for e in self.encoders]
         cfg = resolve_encoder_dims(cfg, encoder_dims)
         t = cfg.train
-        if t.batch_size % (self.dist.world * t.grad_accum):
-            raise ValueError(
-                f"train.batch_size={t.batch_size} must be divisible by processes x grad_accum "
-                f"= {self.dist.world} x {t.grad_accum}"
-            )
         self.cfg = cfg
         self.codec = codec_for(cfg)
         self.preparer = BatchPreparer(cfg, self.codec, self.device, self.encoders)
-        self.model = build_network(cfg).to(self.device)
-        self.model.grad_checkpointing = t.grad_checkpointing
-        self.objective = build_objective(cfg, self.model, encoder_dims).to(self.device)
-        self.module = ModelWithObjective(self.model, self.objective)
-        self.ema = EMA(self.model, t.ema_decays, warmup=t.ema_warmup)
-        self.optimizer = build_optimizer(self.module, t, self.device)
-        self.scheduler = build_scheduler(self.optimizer, t)
-        self.generator = torch.Generator(self.device).manual_seed(cfg.seed)  # same on every rank (see FlowDraw)
-        self.step = 0
+        model = build_network(cfg).to(self.device)
+        model.grad_checkpointing = t.grad_checkpointing
+        self.state = TrainState(cfg, self.dist, model, build_objective(cfg, model, encoder_dims).to(self.device))
+        s = self.state
+        self.model, self.objective, self.module, self.ema = s.model, s.objective, s.module, s.ema
+        self.optimizer, self.scheduler, self.generator = s.optimizer, s.scheduler, s.generator
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             clean_stale_temporaries(self.run_dir)
@@ -101,17 +91,12 @@ class Trainer:
             self._resume(list_checkpoints(self.run_dir)[-1])
         elif self.dist.is_main:
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
-        self.micro = t.batch_size // (self.dist.world * t.grad_accum)
         sampler = ResumableBatchSampler(
             len(self.dataset), t.batch_size, cfg.seed, cfg.data.hflip,
             rank=self.dist.rank, world=self.dist.world, accum=t.grad_accum, start_step=self.step,
         )  # fmt: skip
         self.loader = iter(build_loader(self.dataset, sampler, cfg.data.workers))
-        wrapped: nn.Module = self.module
-        if self.dist.enabled:
-            wrapped = DDP(self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.ddp = wrapped
-        self.forward = torch.compile(wrapped) if t.compile else wrapped
+        self.state.distribute()
         self.bad_files: list[str] = []
         self.last_checkpoint: Path | None = None
         self.last_preview: Path | None = None
@@ -138,7 +123,7 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-        self.step = int(state["step"])
+        self.state.step = int(state["step"])
         self.last_checkpoint = ckpt.path
 
     def save(self) -> Path | None:
@@ -172,30 +157,11 @@ class Trainer:
         return self.preparer(raw, self.generator)
 
     def train_step(self) -> dict[str, torch.Tensor]:
-        t = self.cfg.train
-        self.optimizer.zero_grad(set_to_none=True)
-        logged: dict[str, torch.Tensor] = {}
-        for a in range(t.grad_accum):
-            batch = self.prepare(next(self.loader))
-            if a == 0:  # randomness for the whole global batch, sliced per rank and micro-step
-                draw = self.objective.draw(batch, t.batch_size, self.generator)
-            chunk = draw.chunk(a * self.dist.world + self.dist.rank, self.micro)
-            sync = a == t.grad_accum - 1 or not self.dist.enabled
-            # DDP all-reduces gradients only on the last micro-step
-            with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                with autocast_for(self.device, t.precision):
-                    out = self.forward(batch, chunk)
-                (out.total / t.grad_accum).backward()
-            for k, v in {"loss": out.total, **out.terms}.items():
-                logged[k] = logged.get(k, 0.0) + v.detach().float() / t.grad_accum
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
-        logged["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.ema.update(self.model, updates_done=self.step)
-        self.step += 1
-        return logged
+        return self.state.run_step(lambda: self.prepare(next(self.loader)))
+
+    @property
+    def step(self) -> int:
+        return self.state.step
 
     # -- the loop -------------------------------------------------------------------------------------------
     def fit(self, stop_at: int | None = None) -> TrainResult:
