@@ -114,9 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("overrides", nargs="*", help="dotted overrides for the demo preset")
     d.set_defaults(func=_demo)
 
+    from .bench.cli import add_commands as bench_commands
     from .encoders.cli import add_commands as encoder_commands
 
     encoder_commands(sub)
+    bench = sub.add_parser("bench", help="benchmarks: training / sampling throughput")
+    bench_commands(bench.add_subparsers(dest="bench_command", required=True))
     return p
 
 
