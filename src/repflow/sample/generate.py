@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..build import guidance_scales, stream_shapes
 from ..config import FlowConfig, SampleConfig
+from ..data.transforms import model_to_uint8
 from ..flow.guidance import classifier_free
 from ..flow.path import Path, build_path, expand_t
 from ..flow.solvers import dopri5, euler, euler_maruyama, heun
@@ -120,9 +122,6 @@ def sample_images(
 
     Labels default to balanced classes (index mod num_classes). Batches of ``opts.batch_size``.
     """
-    from ..build import guidance_scales, stream_shapes
-    from ..data.transforms import model_to_uint8
-
     opts = opts or cfg.sample
     indices = list(indices)
     if labels is None:
