@@ -73,6 +73,7 @@ def save_tiny(model: TinyViT, path: Path, meta: dict) -> Path:
     weights = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(tmp), metadata={"config": json.dumps(asdict(model.cfg)), "meta": json.dumps(meta)})
     tmp.replace(path)
+    path.chmod(0o644)  # a shipped artefact: readable by everyone
     return path
 
 
