@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..build import build_network, build_objective, codec_for, resolve_config
+from ..build import attach_caches, build_network, build_objective, codec_for, resolve_config
 from ..config import Config, to_dict, to_yaml
 from ..data import ResumableBatchSampler, build_dataset, build_loader
 from ..objectives import ModelWithObjective, TrainBatch
@@ -48,8 +48,11 @@ class TrainResult:
 
 
 def _architecture_key(cfg: Config) -> dict:
-    """The parts of a config a checkpoint's weights depend on (everything else may change on resume)."""
-    return to_dict(cfg.model)
+    """The parts of a config a checkpoint's weights depend on (everything else may change on resume): the
+    architecture and the latent space it learned (the VAE path may change: a local copy of the same VAE)."""
+    key = {f"model.{k}": v for k, v in to_dict(cfg.model).items()}
+    key.update({f"codec.{k}": getattr(cfg.codec, k) for k in ("kind", "scale", "shift")})
+    return key
 
 
 class Trainer:
@@ -59,7 +62,8 @@ class Trainer:
         self.device = self.dist.device
         torch.manual_seed(cfg.seed)  # model initialisation; identical on every rank
         self.dataset = build_dataset(cfg.data, num_classes_hint=max(cfg.model.num_classes, 1))
-        cfg = resolve_config(cfg, self.dataset)
+        self.codec = codec_for(cfg, self.device)
+        cfg = resolve_config(cfg, self.dataset, self.codec)
         t = cfg.train
         if t.batch_size % (self.dist.world * t.grad_accum):
             raise ValueError(
@@ -67,7 +71,7 @@ class Trainer:
                 f"= {self.dist.world} x {t.grad_accum}"
             )
         self.cfg = cfg
-        self.codec = codec_for(cfg)
+        self.dataset = attach_caches(cfg, self.dataset, self.codec)  # refuses a cache made for another run
         self.preparer = BatchPreparer(cfg, self.codec, self.device)
         self.model = build_network(cfg).to(self.device)
         self.model.grad_checkpointing = t.grad_checkpointing
@@ -107,7 +111,7 @@ class Trainer:
         if _architecture_key(ckpt.config) != _architecture_key(self.cfg):
             diff = [k for k, v in _architecture_key(self.cfg).items() if _architecture_key(ckpt.config).get(k) != v]
             raise CheckpointError(
-                f"cannot resume from {ckpt.path}: model config differs in {', '.join('model.' + k for k in diff)}; "
+                f"cannot resume from {ckpt.path}: the config differs in {', '.join(diff)}; "
                 "use a new --out directory or the checkpoint's config"
             )
         self.model.load_state_dict(ckpt.weights("model"))
@@ -151,20 +155,23 @@ class Trainer:
         return path
 
     # -- one step -------------------------------------------------------------------------------------------
-    def prepare(self, raw) -> TrainBatch:
+    def prepare(self, raw, chunk: int) -> TrainBatch:
         if raw.bad_files:
             self.bad_files.extend(raw.bad_files)
-        return self.preparer(raw, self.generator)
+        return self.preparer(raw, chunk)
 
     def train_step(self) -> dict[str, torch.Tensor]:
         t = self.cfg.train
         self.optimizer.zero_grad(set_to_none=True)
         logged: dict[str, torch.Tensor] = {}
         for a in range(t.grad_accum):
-            batch = self.prepare(next(self.loader))
-            if a == 0:  # randomness for the whole global batch, sliced per rank and micro-step
+            raw, index = next(self.loader), a * self.dist.world + self.dist.rank
+            if a == 0:  # randomness for the whole global batch (codec noise, then the flow's), sliced below
+                self.preparer.begin_step(self.generator, t.batch_size)
+            batch = self.prepare(raw, index)
+            if a == 0:
                 draw = self.objective.draw(batch, t.batch_size, self.generator)
-            chunk = draw.chunk(a * self.dist.world + self.dist.rank, self.micro)
+            chunk = draw.chunk(index, self.micro)
             sync = a == t.grad_accum - 1 or not self.dist.enabled
             ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
             with ctx, autocast_for(self.device, t.precision):
