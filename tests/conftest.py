@@ -45,3 +45,33 @@ def tiny_config(*overrides: str) -> Config:
 @pytest.fixture
 def tiny():
     return tiny_config
+
+
+def save_tiny_vae(path, seed: int = 0, **overrides):
+    """A randomly initialised diffusers AutoencoderKL of the real architecture, tiny (factor 2, 4 latent
+    channels, ~44k params), saved like a hub checkpoint (``save_pretrained``)."""
+    from repflow._compat import require
+
+    diffusers = require("diffusers")
+    torch.manual_seed(seed)
+    kwargs = dict(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=16,
+    )
+    kwargs.update(overrides)
+    vae = diffusers.AutoencoderKL(**kwargs)
+    vae.save_pretrained(str(path))
+    return vae
+
+
+@pytest.fixture(scope="session")
+def tiny_vae(tmp_path_factory):
+    """Directory of a saved tiny random VAE (shared by the whole session; never modified)."""
+    path = tmp_path_factory.mktemp("vae") / "tiny-vae"
+    save_tiny_vae(path)
+    return path

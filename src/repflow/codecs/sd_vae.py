@@ -24,6 +24,13 @@ from torch import Tensor
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
+@contextlib.contextmanager
+def _quiet_hub():
+    with warnings.catch_warnings():  # diffusers passes huggingface_hub a deprecated argument on every load
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
+        yield
+
+
 def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
@@ -47,8 +54,7 @@ def locate_vae(path: str) -> tuple[str, str | None, dict]:
     errors = []
     for sub in (None, "vae"):
         try:
-            with warnings.catch_warnings():  # diffusers passes a deprecated argument to huggingface_hub
-                warnings.simplefilter("ignore", UserWarning)
+            with _quiet_hub():
                 return path, sub, dict(diffusers.AutoencoderKL.load_config(path, subfolder=sub))
         except (OSError, ValueError) as err:  # hub miss, offline, no such file
             errors.append(_first_line(err))
@@ -90,9 +96,10 @@ class SDVAECodec:
 
             diffusers = require("diffusers")
             try:
-                vae = diffusers.AutoencoderKL.from_pretrained(
-                    self.source, subfolder=self.subfolder, torch_dtype=torch.float32
-                )
+                with _quiet_hub():
+                    vae = diffusers.AutoencoderKL.from_pretrained(
+                        self.source, subfolder=self.subfolder, torch_dtype=torch.float32
+                    )
             except (OSError, ValueError) as err:
                 raise FileNotFoundError(f"cannot load the VAE weights of '{self.path}': {_first_line(err)}") from err
             self._vae = vae.eval().requires_grad_(False).to(self.device)

@@ -159,7 +159,8 @@ class ImageFolderDataset(ImageDataset):
                     img = self.load(j)
                     break
                 except Exception:  # PIL raises many types for corrupt files
-                    bad.append(str(self.files[j]))
+                    if str(self.files[j]) not in bad:  # a bad file before another is tried by both
+                        bad.append(str(self.files[j]))
             else:
                 raise RuntimeError(f"no readable image in '{self.root}'")
             images.append(img.flip(-1) if flip else img)

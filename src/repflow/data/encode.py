@@ -115,7 +115,7 @@ def encode_dataset(
         values = {name: v.detach().cpu() for name, v in encode(images).items()}
         values[SOURCE] = batch.indices.repeat_interleave(store.copies)
         store.write_items(lo, values)
-        shard_bad.extend(batch.bad_files)
+        shard_bad.extend(f for f in batch.bad_files if f not in shard_bad)
         report.encoded += (hi - lo) * store.copies
         bar.update((hi - lo) * store.copies)
         if hi == store.shard_items(k).stop:  # the shard's last batch: make it durable, then mark it
@@ -125,7 +125,7 @@ def encode_dataset(
     report.seconds = time.perf_counter() - t0
     if grouped:
         barrier(dist)
-    report.bad_files = [f for r in store.records() for f in r.get("bad_files", [])]
+    report.bad_files = list(dict.fromkeys(f for r in store.records() for f in r.get("bad_files", [])))
     return report
 
 

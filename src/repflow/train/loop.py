@@ -102,6 +102,7 @@ class Trainer:
         self.ddp = wrapped
         self.forward = torch.compile(wrapped) if t.compile else wrapped
         self.bad_files: list[str] = []
+        self.bad_files_seen: set[str] = set()  # each unreadable file is reported once, not once per epoch
         self.last_checkpoint: Path | None = None
         self.last_preview: Path | None = None
 
@@ -243,10 +244,14 @@ class Trainer:
             )
 
     def _report_bad_files(self, logger: RunLogger) -> None:
-        if self.bad_files:
-            shown = ", ".join(self.bad_files[:3])
-            logger.write(f"warning: skipped {len(self.bad_files)} unreadable image(s), first: {shown}")
-            self.bad_files.clear()
+        new = [f for f in dict.fromkeys(self.bad_files) if f not in self.bad_files_seen]
+        self.bad_files.clear()
+        if new:
+            self.bad_files_seen.update(new)
+            shown = ", ".join(new[:3])
+            logger.write(
+                f"warning: skipped {len(new)} unreadable image(s) ({len(self.bad_files_seen)} so far), first: {shown}"
+            )
 
     def preview(self, logger: RunLogger) -> Path | None:
         if not self.dist.is_main:
