@@ -75,3 +75,31 @@ def tiny_vae(tmp_path_factory):
     path = tmp_path_factory.mktemp("vae") / "tiny-vae"
     save_tiny_vae(path)
     return path
+
+
+def colour_folder(root, classes: int = 2, per_class: int = 6, size: int = 12):
+    """An ImageNet-layout folder of small PNGs (class k: a colour ramp), for latent-space tests."""
+    import numpy as np
+    from PIL import Image
+
+    for k in range(classes):
+        (root / f"class{k}").mkdir(parents=True)
+        for i in range(per_class):
+            ramp = np.linspace(0, 255, size, dtype=np.float64)[None, :, None]
+            colour = np.array([(37 * (k + 1) + 20 * i) % 256, 255 - 40 * k, 17 * i], dtype=np.float64)
+            img = (0.5 * ramp + 0.5 * colour[None, None, :]).repeat(size, 0).clip(0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / f"class{k}" / f"{i:03d}.png")
+    return root
+
+
+def latent_overrides(vae, root, *extra: str) -> list[str]:
+    """TINY, in the latent space of the tiny VAE (factor 2: 8 px images -> 4x4x4 latents -> 4 tokens)."""
+    return TINY + [
+        "data.dataset=image_folder",
+        f"data.root={root}",
+        "data.resolution=8",
+        "model.num_classes=-1",
+        "codec.kind=sd_vae",
+        f"codec.path={vae}",
+        *extra,
+    ]
