@@ -147,3 +147,29 @@ def test_resolved_config_stores_the_vae_and_latent_shape(tiny_vae):
         synthetic_images(2, 8, 3, 4),
     )
     assert enc.encoders[0].resolution == 448  # REPA at 512 px: the encoder sees 448 px
+
+
+@pytest.mark.parametrize(
+    "preset, arch, latent",
+    [("sit-b2-in256", "SiT-B/2", 32), ("sit-l2-in256", "SiT-L/2", 32), ("sit-xl2-in256", "SiT-XL/2", 32),
+     ("sit-xl2-in512", "SiT-XL/2", 64)],
+)  # fmt: skip
+def test_imagenet_presets_follow_the_official_recipe(preset, arch, latent, tmp_path):
+    import types
+
+    from repflow.config import load_config
+    from repflow.models.presets import arch_dims
+
+    cfg = load_config(preset)
+    assert cfg.codec.kind == "sd_vae" and cfg.codec.path == DEFAULT_VAE and cfg.codec.scale == 0.18215
+    t = cfg.train
+    assert (t.batch_size, t.lr, t.betas, t.weight_decay, t.schedule) == (256, 1e-4, (0.9, 0.999), 0.0, "constant")
+    assert (t.ema_decays, t.grad_clip, t.steps) == ((0.9999,), 1.0, 400_000)
+    assert (cfg.flow.path, cfg.flow.prediction, cfg.flow.time.kind) == ("linear", "v", "uniform")
+    assert (cfg.sample.sampler, cfg.sample.steps) == ("sde", 250)
+    (tmp_path / "config.json").write_text(json.dumps(SD_VAE_CONFIG))  # the real VAE's architecture
+    codec = SDVAECodec(str(tmp_path))
+    resolved = resolve_config(cfg, types.SimpleNamespace(num_classes=1000), codec)
+    m = resolved.model
+    assert (m.in_channels, m.input_size, m.num_classes) == (4, latent, 1000)
+    assert m.depth == arch_dims(arch)["depth"] and m.patch_size == 2
