@@ -39,6 +39,19 @@ SHARDS = "shards"
 SOURCE = "source"  # the encoding driver adds it to every store: the dataset index actually read for a row
 
 
+_TORCH_DTYPES = {
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int16": torch.int16,
+    "uint8": torch.uint8,
+    "int8": torch.int8,
+    "bool": torch.bool,
+}
+
+
 class StoreMismatchError(ValueError):
     """A store exists but was made for something else (another codec, resolution or dataset)."""
 
@@ -47,6 +60,10 @@ class StoreMismatchError(ValueError):
 class Field:
     shape: tuple[int, ...]  # per item
     dtype: str  # a NumPy dtype name: float16, float32, int64, uint8, ...
+
+    def __post_init__(self) -> None:
+        if np.dtype(self.dtype).name not in _TORCH_DTYPES:
+            raise ValueError(f"unsupported field dtype {self.dtype!r}; choose from {sorted(_TORCH_DTYPES)}")
 
     def to_json(self) -> dict:
         return {"shape": list(self.shape), "dtype": np.dtype(self.dtype).name}
@@ -333,13 +350,21 @@ class ArrayStore:
     ) -> dict[str, Tensor]:
         """Items ``(indices[i], flips[i])`` of every field (or of ``names``) as CPU tensors (B, *shape)."""
         rows = self.rows(indices, flips)
-        order = np.argsort(rows, kind="stable")  # ascending rows: sequential reads from the memory map
+        order = np.argsort(rows, kind="stable")  # ascending rows: the disk sees forward reads
+        # In a DataLoader worker the batch is built in shared memory: sending it to the main process then moves
+        # no bytes (otherwise torch copies every tensor into shared memory once more; 100 MB per batch of
+        # REPA features).
+        shared = torch.utils.data.get_worker_info() is not None
         out = {}
         for name in names or self.fields:
-            data = self.array(name)[rows[order]]
-            result = np.empty_like(data)
-            result[order] = data
-            out[name] = torch.from_numpy(result)
+            f, src = self.fields[name], self.array(name)
+            result = torch.empty((len(rows), *f.shape), dtype=_TORCH_DTYPES[np.dtype(f.dtype).name])
+            if shared:
+                result.share_memory_()
+            dst = result.numpy()
+            for i in order:  # one copy per row, straight from the page cache into the batch
+                dst[i] = src[rows[i]]
+            out[name] = result
         return out
 
     def __getstate__(self) -> dict:  # memory maps are reopened in the receiving process, never pickled
