@@ -140,3 +140,38 @@ def test_encoding_is_sharded_resumable_and_equal_to_a_clean_run(tmp_path):
     right = data.images.float()[..., 4:].mean((1, 2, 3))
     torch.testing.assert_close(ref_flip["stats"][:, 1], right)
     torch.testing.assert_close(ref_flip["stats"][:, 0], ref["stats"][:, 0])
+
+
+TORCHRUN_SCRIPT = """
+import sys, torch
+from repflow.data import synthetic_images, Field
+from repflow.data.encode import encode_dataset
+from repflow.train.distributed import cleanup, setup_distributed
+dist = setup_distributed("cpu")
+encode = lambda images: {"stats": images.float().mean((2, 3))}
+report = encode_dataset(synthetic_images(23, 8, 3, 4), sys.argv[1], {"stats": Field((3,), "float32")}, encode,
+                        {"kind": "stats"}, flips=True, batch_size=3, workers=0, progress=False, dist=dist)
+open(f"{sys.argv[1]}.rank{dist.rank}", "w").write(str(report.encoded))
+cleanup(dist)
+"""
+
+
+def test_torchrun_ranks_share_the_shards_through_a_process_group(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": os.path.join(root, "src"), "OMP_NUM_THREADS": "1"}
+    script = tmp_path / "encode.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    done = subprocess.run([*cmd, str(tmp_path / "s")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts = [int((tmp_path / f"s.rank{r}").read_text()) for r in range(2)]
+    assert sum(counts) == 46 and min(counts) > 0  # 23 images + mirrors, split between both ranks
+    store = ArrayStore.open(tmp_path / "s", expect={"kind": "stats"})
+    data = synthetic_images(23, 8, 3, 4).images.float()
+    got = store.read(range(23), [True] * 23)
+    assert got["source"].tolist() == list(range(23))
+    torch.testing.assert_close(got["stats"], data.flip(-1).mean((2, 3)))

@@ -61,7 +61,7 @@ def cache_latents(
     batch_size: int = 64,
     workers: int = -1,
     dtype: str = "float32",
-    shard_size: int = 4096,
+    shard_size: int = 0,
     overwrite: bool = False,
     dist: DistInfo | None = None,
     progress: bool = True,

@@ -21,7 +21,7 @@ def add_cache_arguments(p: argparse.ArgumentParser, dtype: str = "float32") -> N
     p.add_argument("--batch-size", type=int, default=64, help="images per encoder call (per process)")
     p.add_argument("--workers", type=int, default=-1, help="image decoding workers per process (-1: automatic)")
     p.add_argument("--dtype", choices=["float32", "float16"], default=dtype, help=f"storage type (default {dtype})")
-    p.add_argument("--shard-size", type=int, default=4096, help="images per shard, the unit of resuming")
+    p.add_argument("--shard-size", type=int, default=0, help="images per shard, the unit of resuming (0: automatic)")
     p.add_argument("--overwrite", action="store_true", help="replace a cache made with other settings")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -23,6 +23,7 @@ from .datasets import ImageDataset
 from .loader import default_workers
 from .store import SOURCE, ArrayStore, Field
 
+MAX_SHARD = 4096  # images per shard by default: minutes of work on one GPU, so little is redone after a kill
 EncodeFn = Callable[[Tensor], Mapping[str, Tensor]]
 
 
@@ -72,7 +73,7 @@ def encode_dataset(
     flips: bool = False,
     batch_size: int = 64,
     workers: int = -1,
-    shard_size: int = 4096,
+    shard_size: int = 0,
     overwrite: bool = False,
     info: Mapping[str, Any] | None = None,
     dist: DistInfo | None = None,
@@ -82,11 +83,14 @@ def encode_dataset(
     """Encode every image of ``dataset`` (and its mirror image if ``flips``) into the store at ``out``.
 
     ``encode`` receives uint8 images (B, C, H, W) on the CPU and returns one tensor (B, *shape) per field.
+    ``shard_size`` (the unit of resuming) 0 picks at least 8 shards per process, at most 4096 images each; a
+    resumed store keeps the shard size it was created with.
     """
     if SOURCE in fields:
         raise ValueError(f"'{SOURCE}' is a reserved field name")
     dist = dist or DistInfo()
     all_fields = {**fields, SOURCE: Field((), "int64")}
+    shard_size = shard_size or min(MAX_SHARD, max(1, -(-len(dataset) // (8 * dist.world))))
     grouped = dist.enabled and torch.distributed.is_initialized()
     store = None
     if dist.is_main:
