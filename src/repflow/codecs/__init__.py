@@ -23,6 +23,9 @@ DEFAULT_VAE = "stabilityai/sd-vae-ft-ema"
 class Codec(Protocol):
     name: str  # the kind: "pixel", "sd_vae"
     stochastic: bool  # True: encode to a posterior (moments / sample), False: encode is the whole story
+    scale: float  # model space = (codec space - shift) * scale
+    shift: float
+    factor: int  # spatial downsampling: pixels per latent along each side
 
     def encode(self, images: Tensor) -> Tensor:
         """Images in [-1, 1] -> model space, deterministically (a VAE returns its scaled posterior mean)."""

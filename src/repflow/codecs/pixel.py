@@ -11,6 +11,7 @@ from torch import Tensor
 class PixelCodec:
     name = "pixel"
     stochastic = False
+    scale, shift, factor = 1.0, 0.0, 1
 
     def encode(self, images: Tensor) -> Tensor:
         return images

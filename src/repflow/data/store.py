@@ -161,7 +161,10 @@ class ArrayStore:
             layout = ("count", "flips", "fields", "meta")
             same = all(old.get(k) == manifest[k] for k in layout)
             if same and not overwrite:
-                return cls(path, old)  # resume: keep the finished shards and their shard size
+                store = cls(path, old)  # resume: keep the finished shards and their shard size
+                for name, f in store.fields.items():
+                    store._check_file(name, f)
+                return store
             if not overwrite:
                 diff = cls._differences(old, manifest)
                 raise StoreMismatchError(
