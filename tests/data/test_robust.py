@@ -131,7 +131,10 @@ def test_loader_defaults_workers_pinning_persistence(tmp_path, monkeypatch):
     monkeypatch.setattr(loader_mod, "cpu_count", lambda: 2)
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert default_workers(folder) == 2
-    assert default_workers(CachedDataset(tensors, {})) == 2  # memory-mapped reads: two hide the latency
+    assert default_workers(CachedDataset(tensors, {})) == 0  # 2 CPUs: main-process reads beat IPC
+    monkeypatch.setattr(loader_mod, "cpu_count", lambda: 16)
+    assert default_workers(CachedDataset(tensors, {})) == 2  # a server: two workers read while the GPU works
+    monkeypatch.setattr(loader_mod, "cpu_count", lambda: 2)
     dl = build_loader(folder, ResumableBatchSampler(1, 1, seed=0), workers=-1)
     assert dl.num_workers == 2 and dl.persistent_workers and dl.prefetch_factor == 4
     assert dl.pin_memory == torch.cuda.is_available()

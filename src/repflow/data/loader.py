@@ -114,19 +114,26 @@ def cpu_count() -> int:
 
 
 def default_workers(dataset: ImageDataset) -> int:
-    """0 for in-memory tensors (vectorised; workers would only add IPC), else up to 8 per process, sharing the
-    node's CPUs between the processes torchrun started on it."""
+    """Worker processes for a dataset, sharing the node's CPUs between the processes torchrun started on it.
+
+    - in-memory tensors: 0 (one vectorised index per batch; workers would only add IPC);
+    - cached arrays only: 2 when a process has more than 2 CPUs, else 0. A memory-mapped read is one copy per
+      row; a worker adds a shared-memory hand-over, which on a 2-core machine costs more than it hides
+      (benchmarks/loader_throughput.py: 0 workers deliver the most there), while on a server the workers read
+      while the main process drives the GPU;
+    - image files: up to 8 (decoding dominates).
+    """
     if isinstance(dataset, TensorImageDataset):
         return 0
     from .cached import CachedDataset
 
-    if isinstance(dataset, CachedDataset) and not dataset.images:
-        return min(CACHED_WORKERS, cpu_count())  # memory-mapped reads: a couple of workers hide the latency
     per_process = cpu_count() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if isinstance(dataset, CachedDataset) and not dataset.images:
+        return CACHED_WORKERS if per_process > CACHED_WORKERS else 0
     return max(1, min(8, per_process))
 
 
-CACHED_WORKERS = 2  # see benchmarks/loader_throughput.py
+CACHED_WORKERS = 2
 
 
 def build_loader(dataset: ImageDataset, sampler: ResumableBatchSampler, workers: int = -1) -> DataLoader:
