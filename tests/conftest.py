@@ -98,6 +98,7 @@ def latent_overrides(vae, root, *extra: str) -> list[str]:
         "data.dataset=image_folder",
         f"data.root={root}",
         "data.resolution=8",
+        "data.workers=0",  # no worker processes outliving a test (they would be joined at exit)
         "model.num_classes=-1",
         "codec.kind=sd_vae",
         f"codec.path={vae}",
