@@ -104,3 +104,28 @@ def latent_overrides(vae, root, *extra: str) -> list[str]:
         f"codec.path={vae}",
         *extra,
     ]
+
+
+def sigkill_when_flagged(script: str, args: list[str], flag, what: str) -> None:
+    """Run ``python -c script *args`` (this checkout's repflow first on the path), wait until it creates
+    ``flag`` (the moment to interrupt), then SIGKILL it: the harshest interruption a run can suffer."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(root, "src"), root])}
+    proc = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=root, env=env)
+    try:
+        for _ in range(1200):
+            if flag.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert flag.exists(), f"the child never reached {what}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

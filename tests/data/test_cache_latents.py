@@ -1,12 +1,7 @@
 """`repflow cache latents`: the cache, its manifest check, resuming after SIGKILL, posterior resampling."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 
 import pytest
 import torch
@@ -18,9 +13,8 @@ from repflow.data import ArrayStore, StoreMismatchError, build_dataset
 from repflow.train.batching import BatchPreparer
 from repflow.train.loop import Trainer
 
-from ..conftest import colour_folder, latent_overrides, save_tiny_vae
+from ..conftest import colour_folder, latent_overrides, save_tiny_vae, sigkill_when_flagged
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CACHE_ARGS = ["--batch-size", "2", "--shard-size", "4", "--workers", "0", "--no-progress"]
 
 
@@ -96,19 +90,7 @@ KILL_SCRIPT = textwrap.dedent(
 def test_cache_resumes_after_sigkill_with_no_duplicate_or_missing_item(tiny_vae, folder, tmp_path, capsys):
     args = ["cache", "latents", "demo-fashion", *latent_overrides(tiny_vae, folder), "--flip", *CACHE_ARGS]
     flag, killed = tmp_path / "hanging", tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "src"), ROOT])}
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(flag), *args, "--out", str(killed)], env=env)
-    try:
-        for _ in range(1200):
-            if flag.exists() or proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        assert flag.exists(), "the child never reached the second shard"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    sigkill_when_flagged(KILL_SCRIPT, [flag, *args, "--out", killed], flag, "the second shard")
     partial = ArrayStore.open(killed, complete=False)
     assert partial.pending_shards() == [1, 2]
     with pytest.raises(StoreMismatchError, match="incomplete: 2 of 3 shards missing"):
