@@ -61,6 +61,8 @@ def test_cache_then_train_without_decoding_and_refuse_mismatches(tiny_vae, folde
                                                           "data.hflip=true"))  # fmt: skip
     with pytest.raises(StoreMismatchError, match="no flipped copies but data.hflip=true"):
         Trainer(noflip, tmp_path / "run2")
+    assert main(["cache", "latents", "demo-fashion", *latent_overrides(tiny_vae, folder)]) == 2
+    assert "say where to write the cache: --out DIR" in capsys.readouterr().err
     # caching with the pixel codec is a mistake worth a clear word
     pixel = ["cache", "latents", "demo-fashion", *latent_overrides(tiny_vae, folder), "codec.kind=pixel"]
     assert main([*pixel, "--out", str(tmp_path / "px")]) == 2

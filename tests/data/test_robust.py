@@ -139,3 +139,33 @@ def test_loader_defaults_workers_pinning_persistence(tmp_path, monkeypatch):
     assert dl.num_workers == 2 and dl.persistent_workers and dl.prefetch_factor == 4
     assert dl.pin_memory == torch.cuda.is_available()
     assert build_loader(tensors, ResumableBatchSampler(8, 4, seed=0)).num_workers == 0
+
+
+def test_cache_driver_records_unreadable_files_and_their_substitutes(tmp_path):
+    from repflow.data import Field
+    from repflow.data.encode import encode_dataset
+
+    bad = bad_image_corpus(tmp_path / "imgs")
+    ds = ImageFolderDataset(tmp_path / "imgs", resolution=16)
+    encode = lambda images: {"mean": images.float().mean((1, 2, 3))}  # noqa: E731
+    kw = dict(batch_size=4, shard_size=3, workers=1, progress=False)
+    report = encode_dataset(ds, tmp_path / "c", {"mean": Field((), "float32")}, encode, {"kind": "x"}, **kw)
+    assert report.bad_files == bad  # each once, from worker processes, gathered over the shards' markers
+    assert report.store.read(range(9))["source"].tolist() == [2, 2, 2, 3, 4, 5, 7, 7, 8]
+
+
+def test_dataset_fingerprints_follow_content_not_location(tmp_path):
+    colour = tmp_path / "a"
+    for k in range(2):
+        (colour / f"c{k}").mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(colour / f"c{k}" / "x.png")
+    first = ImageFolderDataset(colour, 8).fingerprint()
+    colour.rename(tmp_path / "moved")
+    assert ImageFolderDataset(tmp_path / "moved", 8).fingerprint() == first  # a moved dataset keeps its cache
+    Image.new("RGB", (4, 4)).save(tmp_path / "moved" / "c1" / "y.png")
+    assert ImageFolderDataset(tmp_path / "moved", 8).fingerprint() != first
+    data = synthetic_images(8, 8, 3, 2)
+    same = synthetic_images(8, 8, 3, 2)
+    assert data.fingerprint() == same.fingerprint()
+    same.images[0, 0, 0, 0] ^= 1
+    assert data.fingerprint() != same.fingerprint()

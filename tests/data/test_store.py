@@ -73,6 +73,11 @@ def test_create_resumes_a_matching_store_and_refuses_others(tmp_path):
         ArrayStore.create(path, 10, FIELDS, {**META, "resolution": 16}, shard_size=4)
     fresh = ArrayStore.create(path, 10, FIELDS, {**META, "resolution": 16}, shard_size=4, overwrite=True)
     assert fresh.pending_shards() == [0, 1, 2] and fresh.read([3])["b"].tolist() == [0]
+    (path / "a.npy").unlink()  # a damaged store is not resumed silently
+    with pytest.raises(FileNotFoundError, match="lacks a.npy; rebuild it"):
+        ArrayStore.create(path, 10, FIELDS, {**META, "resolution": 16}, shard_size=4)
+    with pytest.raises(ValueError, match="unsupported field dtype 'complex64'"):
+        Field((1,), "complex64")
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "thesis.tex").write_text("precious")
     with pytest.raises(FileExistsError, match="not empty.*holds no repflow cache"):

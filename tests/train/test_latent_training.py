@@ -75,3 +75,11 @@ def test_samples_decode_with_the_training_vae_unless_overridden(setup, tmp_path,
     capsys.readouterr()
     assert main([*base, "--vae", str(tmp_path / "absent" / "vae")]) == 2
     assert "repflow: error: VAE directory" in capsys.readouterr().err
+
+
+def test_resume_refuses_another_latent_scaling(setup, tmp_path):
+    from repflow.train.checkpoint import CheckpointError
+
+    Trainer(config(setup, "train.steps=2"), tmp_path).fit()
+    with pytest.raises(CheckpointError, match="differs in codec.scale"):
+        Trainer(config(setup, "train.steps=4", "codec.scale=0.5"), tmp_path)
