@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from torch import nn
 
-from .codecs import Codec, build_codec
+from .codecs import DEFAULT_VAE, Codec, build_codec
 from .config import Config, ConfigError
 from .data import ImageDataset, build_dataset
 from .flow.loss import FlowMatching
@@ -17,18 +18,24 @@ from .objectives import Objective, RegTerm, RepaTerm
 from .objectives.repa import default_depth
 
 
-def codec_for(cfg: Config) -> Codec:
-    return build_codec("pixel")
+def codec_for(cfg: Config, device: torch.device | str = "cpu", vae: str = "") -> Codec:
+    """The run's codec, as stored in its (resolved) config, so sampling decodes with the VAE training used.
+    ``vae`` swaps in another VAE explicitly (e.g. sd-vae-ft-mse to decode a model trained on ft-ema latents)."""
+    return build_codec(cfg.codec, device=device, path=vae)
 
 
 def needs_encoders(cfg: Config) -> bool:
     return cfg.repa.enabled or (cfg.reg.enabled and cfg.reg.source != "learnable")
 
 
-def resolve_config(cfg: Config, dataset: ImageDataset) -> Config:
-    """Fill every derived field (architecture dims, classes, input size, channels, time shift, encoder input
-    sizes, REPA depth). REG's vector width needs the encoder itself: see :func:`resolve_encoder_dims`."""
-    c, h, _ = codec_for(cfg).model_shape(cfg.data.channels, cfg.data.resolution)
+def resolve_config(cfg: Config, dataset: ImageDataset, codec: Codec | None = None) -> Config:
+    """Fill every derived field (architecture dims, classes, input size, channels, time shift, VAE path,
+    encoder input sizes, REPA depth). REG's vector width needs the encoder itself: see resolve_encoder_dims."""
+    codec = codec or codec_for(cfg)
+    try:
+        c, h, _ = codec.model_shape(cfg.data.channels, cfg.data.resolution)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     model = resolve_arch(cfg.model)
     num_classes = dataset.num_classes if model.num_classes < 0 else model.num_classes
     if num_classes > 0 and dataset.num_classes == 0:
@@ -45,7 +52,10 @@ def resolve_config(cfg: Config, dataset: ImageDataset) -> Config:
     time = cfg.flow.time
     if time.shift_base_dim > 0:
         time = dataclasses.replace(time, shift=dimension_shift(c * h * h, time.shift_base_dim))
-    cfg = dataclasses.replace(cfg, model=model, flow=dataclasses.replace(cfg.flow, time=time))
+    codec_cfg = cfg.codec
+    if codec_cfg.kind == "sd_vae" and not codec_cfg.path:
+        codec_cfg = dataclasses.replace(codec_cfg, path=DEFAULT_VAE)  # stored, so sampling loads the same VAE
+    cfg = dataclasses.replace(cfg, model=model, flow=dataclasses.replace(cfg.flow, time=time), codec=codec_cfg)
     return _resolve_representation(cfg)
 
 
@@ -96,6 +106,18 @@ def guidance_scales(cfg: Config, opts=None) -> dict[str, float]:
     return {k: (opts.cfg if k == "x" else cls_scale) for k in stream_shapes(cfg)}
 
 
+def attach_caches(cfg: Config, dataset: ImageDataset, codec: Codec) -> ImageDataset:
+    """Serve the run's caches (codec.cache: latent posteriors) instead of decoding images, after checking
+    that each was made for this run's codec, resolution and dataset."""
+    from .data.cache_latents import LATENTS, open_latent_cache
+    from .data.cached import CachedDataset
+
+    stores = {}
+    if cfg.codec.cache:
+        stores[LATENTS] = open_latent_cache(cfg, codec, dataset)
+    return CachedDataset(dataset, stores) if stores else dataset
+
+
 def build_network(cfg: Config) -> FlowTransformer:
     """The denoising network of a resolved config."""
     learned = 1 if cfg.reg.enabled and cfg.reg.source == "learnable" else 0
@@ -136,6 +158,7 @@ def build_objective(cfg: Config, model: nn.Module, encoder_dims: list[int] | Non
 
 
 __all__ = [
+    "attach_caches",
     "build_dataset",
     "build_encoders",
     "build_network",

@@ -58,7 +58,7 @@ def measure_training(cfg: Config, method: str, device: torch.device, peak: float
     batch = synthetic_batch(cfg, cfg.train.batch_size, device, torch.Generator(device).manual_seed(0))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = statistics.median(timed(lambda: state.run_step(lambda: batch), device, repeats=repeats, warmup=3))
+    seconds = statistics.median(timed(lambda: state.run_step(lambda _: batch), device, repeats=repeats, warmup=3))
     flops = 3 * (forward_flops(model, cfg.train.batch_size) + cfg.train.batch_size * repa_projector_flops(cfg, model))
     return Measurement(
         cfg.model.arch, method, cfg.train.batch_size, device.type, seconds * 1e3, cfg.train.batch_size / seconds,

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..build import (
+    attach_caches,
     build_encoders,
     build_network,
     build_objective,
@@ -51,8 +52,10 @@ class TrainResult:
 
 
 def _architecture_key(cfg: Config) -> dict:
-    """The parts of a config a checkpoint's weights depend on (everything else may change on resume)."""
+    """The parts of a config a checkpoint's weights depend on (everything else may change on resume): the
+    architecture, its method heads and the latent space it learned (the VAE path may change: a local copy)."""
     key = {f"model.{k}": v for k, v in to_dict(cfg.model).items()}
+    key.update({f"codec.{k}": getattr(cfg.codec, k) for k in ("kind", "scale", "shift")})
     key.update({f"reg.{k}": getattr(cfg.reg, k) for k in ("enabled", "source", "dim")})
     key.update({f"repa.{k}": getattr(cfg.repa, k) for k in ("enabled", "depth", "projector_dim")})
     key["encoders"] = [e.name for e in cfg.encoders] if needs_encoders(cfg) else []
@@ -69,13 +72,14 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.seed)  # model initialisation; identical on every rank
         self.dataset = build_dataset(cfg.data, num_classes_hint=max(cfg.model.num_classes, 1))
-        cfg = resolve_config(cfg, self.dataset)
+        self.codec = codec_for(cfg, self.device)
+        cfg = resolve_config(cfg, self.dataset, self.codec)
         self.encoders = build_encoders(cfg, self.device) if needs_encoders(cfg) else []
         encoder_dims = [e.embed_dim for e in self.encoders]
         cfg = resolve_encoder_dims(cfg, encoder_dims)
         t = cfg.train
         self.cfg = cfg
-        self.codec = codec_for(cfg)
+        self.dataset = attach_caches(cfg, self.dataset, self.codec)  # refuses a cache made for another run
         self.preparer = BatchPreparer(cfg, self.codec, self.device, self.encoders)
         model = build_network(cfg).to(self.device)
         model.grad_checkpointing = t.grad_checkpointing
@@ -98,6 +102,7 @@ class Trainer:
         self.loader = iter(build_loader(self.dataset, sampler, cfg.data.workers))
         self.state.distribute()
         self.bad_files: list[str] = []
+        self.bad_files_seen: set[str] = set()  # each unreadable file is reported once, not once per epoch
         self.last_checkpoint: Path | None = None
         self.last_preview: Path | None = None
 
@@ -151,13 +156,18 @@ class Trainer:
         return path
 
     # -- one step -------------------------------------------------------------------------------------------
-    def prepare(self, raw) -> TrainBatch:
+    def prepare(self, raw, chunk: int) -> TrainBatch:
         if raw.bad_files:
             self.bad_files.extend(raw.bad_files)
-        return self.preparer(raw, self.generator)
+        return self.preparer(raw, chunk)
 
     def train_step(self) -> dict[str, torch.Tensor]:
-        return self.state.run_step(lambda: self.prepare(next(self.loader)))
+        return self.state.run_step(self.next_batch)
+
+    def next_batch(self, micro_step: int) -> TrainBatch:
+        if micro_step == 0:  # the codec's posterior noise for the whole global batch, before the flow's draw
+            self.preparer.begin_step(self.generator, self.cfg.train.batch_size)
+        return self.prepare(next(self.loader), micro_step * self.dist.world + self.dist.rank)
 
     @property
     def step(self) -> int:
@@ -217,10 +227,14 @@ class Trainer:
             )
 
     def _report_bad_files(self, logger: RunLogger) -> None:
-        if self.bad_files:
-            shown = ", ".join(self.bad_files[:3])
-            logger.write(f"warning: skipped {len(self.bad_files)} unreadable image(s), first: {shown}")
-            self.bad_files.clear()
+        new = [f for f in dict.fromkeys(self.bad_files) if f not in self.bad_files_seen]
+        self.bad_files.clear()
+        if new:
+            self.bad_files_seen.update(new)
+            shown = ", ".join(new[:3])
+            logger.write(
+                f"warning: skipped {len(new)} unreadable image(s) ({len(self.bad_files_seen)} so far), first: {shown}"
+            )
 
     def preview(self, logger: RunLogger) -> Path | None:
         if not self.dist.is_main:

@@ -47,13 +47,14 @@ class TrainState:
             self.ddp = DDP(self.module, device_ids=ids)
         self.forward = torch.compile(self.ddp) if self.cfg.train.compile else self.ddp
 
-    def run_step(self, next_batch: Callable[[], TrainBatch]) -> dict[str, Tensor]:
-        """One optimiser step: ``grad_accum`` micro-batches from ``next_batch``; returns device scalars (no sync)."""
+    def run_step(self, next_batch: Callable[[int], TrainBatch]) -> dict[str, Tensor]:
+        """One optimiser step over ``grad_accum`` micro-batches, ``next_batch(micro_step)`` giving each one;
+        returns device scalars (no host sync)."""
         t = self.cfg.train
         self.optimizer.zero_grad(set_to_none=True)
         logged: dict[str, Tensor] = {}
         for a in range(t.grad_accum):
-            batch = next_batch()
+            batch = next_batch(a)
             if a == 0:  # randomness for the whole global batch, sliced per rank and micro-step
                 draw = self.objective.draw(batch, t.batch_size, self.generator)
             chunk = draw.chunk(a * self.dist.world + self.dist.rank, self.micro)
