@@ -106,16 +106,23 @@ def guidance_scales(cfg: Config, opts=None) -> dict[str, float]:
     return {k: (opts.cfg if k == "x" else cls_scale) for k in stream_shapes(cfg)}
 
 
-def attach_caches(cfg: Config, dataset: ImageDataset, codec: Codec) -> ImageDataset:
-    """Serve the run's caches (codec.cache: latent posteriors) instead of decoding images, after checking
-    that each was made for this run's codec, resolution and dataset."""
+def attach_caches(cfg: Config, dataset: ImageDataset, codec: Codec, encoders: list | None = None) -> ImageDataset:
+    """Serve the run's caches (codec.cache: latent posteriors; encoders[i].cache: features) instead of
+    recomputing them, after checking that each was made for this run's codec / encoder, resolution and data.
+    Images are still decoded when something runs online (the codec or an encoder without a cache)."""
     from .data.cache_latents import LATENTS, open_latent_cache
     from .data.cached import CachedDataset
+    from .encoders.cache import open_feature_cache, store_name
 
     stores = {}
     if cfg.codec.cache:
         stores[LATENTS] = open_latent_cache(cfg, codec, dataset)
-    return CachedDataset(dataset, stores) if stores else dataset
+    encoders = encoders or []
+    for i, enc in enumerate(encoders):
+        if cfg.encoders[i].cache:
+            stores[store_name(i)] = open_feature_cache(cfg, i, enc, dataset)
+    online = not cfg.codec.cache or any(not cfg.encoders[i].cache for i in range(len(encoders)))
+    return CachedDataset(dataset, stores, images=online) if stores else dataset
 
 
 def build_network(cfg: Config) -> FlowTransformer:
@@ -124,10 +131,16 @@ def build_network(cfg: Config) -> FlowTransformer:
     return build_model(cfg.model, vector_streams=vector_streams(cfg), learned_tokens=learned)
 
 
-def build_encoders(cfg: Config, device=None) -> list:
+def build_encoders(cfg: Config, device=None, only: int | None = None) -> list:
+    """The run's frozen encoders; one whose features are cached stays on the CPU (it only vouches for the
+    cache's identity and width)."""
     from .encoders import build_encoder
 
-    return [build_encoder(e, e.resolution, device=device) for e in cfg.encoders]
+    chosen = range(len(cfg.encoders)) if only is None else [only]
+    return [
+        build_encoder(cfg.encoders[i], cfg.encoders[i].resolution, device="cpu" if cfg.encoders[i].cache else device)
+        for i in chosen
+    ]
 
 
 def build_objective(cfg: Config, model: nn.Module, encoder_dims: list[int] | None = None) -> Objective:

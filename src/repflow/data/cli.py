@@ -53,6 +53,42 @@ def _cache_latents(args) -> int:
     return 0
 
 
+def _cache_features(args) -> int:
+    from ..build import build_encoders, codec_for, resolve_config
+    from ..config import load_config
+    from ..encoders.cache import cache_features
+    from ..train.distributed import cleanup, setup_distributed
+    from .loader import build_dataset
+
+    cfg = load_config(args.config, args.overrides)
+    if not cfg.encoders:
+        raise ValueError(
+            f"{args.config} has no frozen encoder: add one under 'encoders' (e.g. encoders=[{{name: tiny}}])"
+        )
+    if not 0 <= args.encoder < len(cfg.encoders):
+        raise ValueError(f"--encoder {args.encoder}: the config has {len(cfg.encoders)} encoder(s)")
+    out = args.out or cfg.encoders[args.encoder].cache
+    if not out:
+        raise ValueError(f"say where to write the cache: --out DIR (or encoders[{args.encoder}].cache)")
+    dist = setup_distributed(args.device)
+    dataset = build_dataset(cfg.data, num_classes_hint=max(cfg.model.num_classes, 1))
+    cfg = resolve_config(cfg, dataset, codec_for(cfg))  # the encoder's input size follows the model's token grid
+    encoder = build_encoders(cfg, dist.device, only=args.encoder)[0]
+    flips = cfg.data.hflip if args.flip is None else args.flip
+    try:
+        report = cache_features(
+            cfg, encoder, dataset, out, flips=flips, batch_size=args.batch_size, workers=args.workers,
+            dtype=args.dtype, shard_size=args.shard_size, overwrite=args.overwrite, dist=dist,
+            progress=not args.no_progress,
+        )  # fmt: skip
+    finally:
+        cleanup(dist)
+    if dist.is_main:
+        print(summary(report, out, f"{encoder.name} features"))
+        print(f"train with: repflow train {args.config} encoders[{args.encoder}].cache -> {Path(out)} in the config")
+    return 0
+
+
 def summary(report, out, what: str) -> str:
     """One paragraph: what was cached, how fast, what was kept from before, which files were unreadable."""
     store = report.store
@@ -72,7 +108,7 @@ def summary(report, out, what: str) -> str:
 
 def add_commands(sub) -> None:
     """Register the ``cache`` command group on the main parser's subparsers."""
-    cache = sub.add_parser("cache", help="encode a dataset once: latents (and, later, encoder features)")
+    cache = sub.add_parser("cache", help="encode a dataset once: VAE latents, frozen-encoder features")
     group = cache.add_subparsers(dest="cache_command", required=True)
     lat = group.add_parser(
         "latents",
@@ -82,6 +118,15 @@ def add_commands(sub) -> None:
     )
     add_cache_arguments(lat)
     lat.set_defaults(func=_cache_latents)
+    feat = group.add_parser(
+        "features",
+        help="frozen-encoder patch tokens and class vector of every image (float16, sharded, resumable)",
+        description="Run encoders[i] over data.* once; train with encoders[i].cache=DIR. REPA/REG then read the "
+        "features instead of running the encoder each step.",
+    )
+    add_cache_arguments(feat, dtype="float16")
+    feat.add_argument("--encoder", type=int, default=0, help="which entry of 'encoders' to cache (default 0)")
+    feat.set_defaults(func=_cache_features)
 
 
 __all__ = ["add_cache_arguments", "add_commands", "summary"]

@@ -8,6 +8,7 @@ bf16 autocast on GPU.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,7 +51,8 @@ class FrozenEncoder(nn.Module):
         self.network = network
         self._forward = forward
         self.name, self.embed_dim, self.patch_size, self.resolution = name, embed_dim, patch_size, resolution
-        self.source = source  # where the weights came from (for cache manifests and logs)
+        self.source = source  # where the weights came from (for logs)
+        self._sha256: str | None = None
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self.network.eval()
@@ -64,8 +66,16 @@ class FrozenEncoder(nn.Module):
         return (self.resolution // self.patch_size) ** 2
 
     def identity(self) -> dict:
-        """What a feature cache made with this encoder must match."""
-        return {"encoder": self.name, "source": self.source, "resolution": self.resolution, "dim": self.embed_dim}
+        """What a feature cache made with this encoder must match: its weights (hashed, so a local copy of the
+        same weights matches), input size and width; not the path it was loaded from."""
+        if self._sha256 is None:
+            h = hashlib.sha256()
+            for key, value in sorted(self.network.state_dict().items()):
+                h.update(key.encode())
+                h.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+            self._sha256 = h.hexdigest()[:16]
+        return {"encoder": self.name, "weights_sha256": self._sha256, "resolution": self.resolution,
+                "dim": self.embed_dim}  # fmt: skip
 
     def preprocess(self, images: Tensor) -> Tensor:
         """[-1, 1] images (any size, 1 or 3 channels) -> normalised (B, 3, R, R)."""

@@ -19,6 +19,7 @@ from ..config import Config
 from ..data.cache_latents import LATENTS
 from ..data.datasets import Batch
 from ..data.transforms import uint8_to_model
+from ..encoders.cache import store_name
 from ..objectives import TrainBatch
 
 
@@ -41,7 +42,7 @@ class BatchPreparer:
         """The micro-batch ``chunk`` (= micro_step * world + rank) of the current step."""
         y = raw.labels.to(self.device, non_blocking=True) if self.conditional else None
         images = uint8_to_model(raw.images.to(self.device, non_blocking=True)) if raw.images.numel() else None
-        return TrainBatch(x=self.model_space(raw, images, chunk), y=y, features=self.features(images))
+        return TrainBatch(x=self.model_space(raw, images, chunk), y=y, features=self.features(raw, images))
 
     def model_space(self, raw: Batch, images: Tensor | None, chunk: int) -> Tensor:
         if not self.codec.stochastic:
@@ -57,9 +58,15 @@ class BatchPreparer:
         eps = self._eps[chunk * n : (chunk + 1) * n].to(self.device)
         return self.codec.sample(mean, std, eps)
 
-    def features(self, images: Tensor | None) -> dict[str, Tensor]:
+    def features(self, raw: Batch, images: Tensor | None) -> dict[str, Tensor]:
         features = {}
-        for i, encoder in enumerate(self.encoders):  # frozen: no graph, bf16 on GPU
-            out = encoder(images)
-            features[f"{i}.patch"], features[f"{i}.cls"] = out.patch, out.cls
+        for i, encoder in enumerate(self.encoders):
+            cached = f"{store_name(i)}.patch"
+            if cached in raw.arrays:  # repflow cache features: float16 on disk, float32 here
+                patch = raw.arrays[cached].to(self.device, non_blocking=True).float()
+                cls = raw.arrays[f"{store_name(i)}.cls"].to(self.device, non_blocking=True).float()
+            else:  # frozen: no graph, bf16 on GPU
+                out = encoder(images)
+                patch, cls = out.patch, out.cls
+            features[f"{i}.patch"], features[f"{i}.cls"] = patch, cls
         return features

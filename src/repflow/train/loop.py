@@ -79,7 +79,7 @@ class Trainer:
         cfg = resolve_encoder_dims(cfg, encoder_dims)
         t = cfg.train
         self.cfg = cfg
-        self.dataset = attach_caches(cfg, self.dataset, self.codec)  # refuses a cache made for another run
+        self.dataset = attach_caches(cfg, self.dataset, self.codec, self.encoders)  # refuses foreign caches
         self.preparer = BatchPreparer(cfg, self.codec, self.device, self.encoders)
         model = build_network(cfg).to(self.device)
         model.grad_checkpointing = t.grad_checkpointing
