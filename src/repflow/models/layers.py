@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -71,6 +72,16 @@ class LabelEmbedder(nn.Module):
         return self.table(y)
 
 
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU). On CPU in bf16 the math
+    backend is ~2x faster than the CPU flash kernel (measured: 11 vs 26 ms fwd+bwd at 64 x 3 heads x 65
+    tokens), so it is chosen there."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention`` (flash / memory-efficient)."""
 
@@ -91,7 +102,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, Dh)
         q, k = self.q_norm(q), self.k_norm(k)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, Dh)
+        out = attention(q, k, v)  # (B, H, N, Dh)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
