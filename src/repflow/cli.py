@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo_out")
     d.add_argument("overrides", nargs="*", help="dotted overrides for the demo preset")
     d.set_defaults(func=_demo)
+
+    from .eval.cli import add_commands as add_eval_commands
+
+    add_eval_commands(sub)  # eval, analyze, bench
     return p
 
 
