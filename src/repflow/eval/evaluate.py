@@ -12,7 +12,7 @@ from .features import FeatureSet, extract_features
 from .fid import compute_stats, frechet_distance
 from .inception import TFInception
 from .metrics import inception_score, precision_recall
-from .reference import Reference, load_reference
+from .reference import Reference, load_reference, peek_resolution
 from .sources import ImageSource
 
 METRICS = ("fid", "sfid", "is", "precision", "recall")
@@ -71,13 +71,13 @@ def _plan(opts: EvalOptions, inception: TFInception) -> tuple[tuple[str, ...], d
     return tuple(m for m in opts.metrics if m not in skipped), skipped
 
 
-def _check_resolution(source: ImageSource, ref: Reference, opts: EvalOptions) -> None:
-    if ref.resolution is None or opts.allow_resolution_mismatch:
+def _check_resolution(source: ImageSource, ref_resolution: tuple[int, int] | None, opts: EvalOptions) -> None:
+    if ref_resolution is None or opts.allow_resolution_mismatch:
         return
-    if tuple(source.resolution) != tuple(ref.resolution):
+    if tuple(source.resolution) != tuple(ref_resolution):
         raise ValueError(
             f"samples are {source.resolution[0]}x{source.resolution[1]} but the reference is "
-            f"{ref.resolution[0]}x{ref.resolution[1]}; use a matching reference or --allow-resolution-mismatch"
+            f"{ref_resolution[0]}x{ref_resolution[1]}; use a matching reference or --allow-resolution-mismatch"
         )
 
 
@@ -105,10 +105,11 @@ def evaluate(source: ImageSource, inception: TFInception, opts: EvalOptions) -> 
     wanted, skipped = _plan(opts, inception)
     ref = None
     if any(m in NEEDS_REFERENCE for m in wanted):
+        _check_resolution(source, peek_resolution(opts.reference), opts)  # before any expensive work
         ref = load_reference(opts.reference, inception, resolution=source.resolution[0], count=opts.ref_count,
                              need_features="precision" in wanted or "recall" in wanted, batch_size=opts.batch_size,
                              progress=opts.progress, data_root=opts.data_root)  # fmt: skip
-        _check_resolution(source, ref, opts)
+        _check_resolution(source, ref.resolution, opts)
     feats = extract_features(source, inception, opts.batch_size, spatial="sfid" in wanted, logits="is" in wanted,
                              progress=opts.progress, desc="samples")  # fmt: skip
     values = metrics_from_features(feats, ref, wanted, opts)

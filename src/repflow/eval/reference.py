@@ -137,6 +137,17 @@ class DatasetSource(ImageSource):
             yield to_rgb_uint8(self.dataset.get_batch(items).images)
 
 
+def peek_resolution(spec: str) -> tuple[int, int] | None:
+    """The (H, W) of a file or folder reference, read cheaply (header / first image); None for datasets."""
+    path = Path(spec).expanduser()
+    if path.suffix == ".npz" and path.is_file() and "arr_0" in _npz_keys(path):
+        return NpzSource(path).resolution
+    if path.is_dir():
+        files = list_images(path)
+        return FolderSource(path).resolution if files else None
+    return None
+
+
 def load_reference(
     spec: str,
     inception: TFInception,
