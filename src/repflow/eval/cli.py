@@ -94,6 +94,81 @@ def _eval(args) -> int:
         cleanup(dist)
 
 
+def _analysis_setup(args):
+    from ..sample.load import load_model
+    from ..train.distributed import pick_device
+
+    device = pick_device(0, args.device)
+    cfg, model, codec, ckpt = load_model(args.run, ema=args.ema, device=device)
+    blocks = args.blocks or list(range(1, cfg.model.depth + 1))
+    bad = [b for b in blocks if not 1 <= b <= cfg.model.depth]
+    if bad:
+        raise ValueError(f"blocks {bad} do not exist; the model has blocks 1..{cfg.model.depth}")
+    if any(not 0.0 <= t <= 1.0 for t in args.t):
+        raise ValueError(f"times must lie in [0, 1] (0 clean, 1 noise), got {args.t}")
+    out = Path(args.out or ckpt.path.parent.parent / "analysis" / ckpt.path.name)
+    meta = {"checkpoint": str(ckpt.path), "ema": args.ema, "labels": args.labels, "seed": args.seed}
+    return device, cfg, model, codec, blocks, out, meta
+
+
+def _analyze_cknna(args) -> int:
+    from . import analyze as an
+
+    device, cfg, model, codec, blocks, out, meta = _analysis_setup(args)
+    if bool(args.encoder) == bool(args.features_npz):
+        raise ValueError("name exactly one representation to compare with: --encoder NAME or --features-npz FILE")
+    images, labels, _ = an.dataset_images(cfg, args.split, args.num)
+    if args.features_npz:
+        target, against = an.npz_features(args.features_npz, args.num), str(args.features_npz)
+    else:
+        grid = cfg.model.input_size // cfg.model.patch_size
+        encoder = an.build_frozen_encoder(args.encoder, args.encoder_path or "", grid, device)
+        target = an.encoder_features(encoder, images, args.encoder_feature, args.batch_size)
+        against = f"{args.encoder} ({args.encoder_feature})"
+    feats = an.hidden_features(model, cfg, codec, images, labels, blocks, args.t, args.seed, args.batch_size,
+                               use_labels=args.labels == "true")  # fmt: skip
+    meta.update(against=against, num=args.num, split=args.split, title=f"CKNNA with {against}, {args.num} images")
+    table = an.cknna_table(feats, target, args.topk, meta)
+    paths = table.write(out, "cknna")
+    print(table.format())
+    print(f"table: {paths['csv']}; plot: {paths['png']}")
+    return 0
+
+
+def _analyze_probe(args) -> int:
+    from .analyze import dataset_images, hidden_features, probe_table
+
+    device, cfg, model, codec, blocks, out, meta = _analysis_setup(args)
+    train_x, train_y, classes = dataset_images(cfg, "train", args.num_train)
+    if cfg.data.dataset in ("fashion_mnist", "mnist"):
+        test_x, test_y, _ = dataset_images(cfg, "test", args.num_test)
+    else:  # one split only: hold out the images after the training ones
+        test_x, test_y, _ = dataset_images(cfg, "train", args.num_test, offset=args.num_train)
+    if classes < 2:
+        raise ValueError(f"a linear probe needs a labelled dataset; {cfg.data.dataset} has {classes} classes")
+    kw = {"seed": args.seed, "batch_size": args.batch_size, "use_labels": args.labels == "true"}
+    train = hidden_features(model, cfg, codec, train_x, train_y, blocks, args.t, **kw)
+    test = hidden_features(model, cfg, codec, test_x, test_y, blocks, args.t, **kw)
+    meta["title"] = f"linear probe accuracy ({args.num_train} train / {args.num_test} held-out images)"
+    table = probe_table(train, train_y, test, test_y, classes, args.l2, meta)
+    paths = table.write(out, "probe")
+    print(table.format())
+    print(f"table: {paths['csv']}; plot: {paths['png']}")
+    return 0
+
+
+def _add_analysis_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run directory (newest checkpoint) or checkpoint directory")
+    p.add_argument("--blocks", type=_int_list, help="1-indexed blocks, e.g. 2,4,6 (default: all)")
+    p.add_argument("--t", type=_float_list, default=[0.0, 0.25, 0.5, 0.75], help="noise levels (0 clean, 1 noise)")
+    p.add_argument("--labels", choices=["null", "true"], default="null", help="class input of the model")
+    p.add_argument("--ema", type=float, default=-1.0, help="EMA decay to use (-1: first EMA, 0: raw weights)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-image noise")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", help="output folder (default <run>/analysis/<ckpt>)")
+
+
 def add_commands(sub) -> None:
     """Register ``eval``, ``analyze`` and the ``bench`` group on the main parser's subparsers."""
     desc = ("Evaluate a folder of images, an ADM .npz, or a run/checkpoint (samples are generated with balanced "
@@ -115,3 +190,22 @@ def add_commands(sub) -> None:
     add_inception_args(e)
     add_sampling_args(e)
     e.set_defaults(func=_eval)
+
+    a = sub.add_parser("analyze", help="representation analysis of a model: CKNNA, linear probe")
+    asub = a.add_subparsers(dest="analysis", required=True)
+    c = asub.add_parser("cknna", help="CKNNA between hidden states (per block, per t) and a frozen encoder")
+    _add_analysis_common(c)
+    c.add_argument("--encoder", help="frozen encoder name from repflow.encoders (e.g. dinov2-vitb14)")
+    c.add_argument("--encoder-path", help="local weights for the encoder (file, directory or hub id)")
+    c.add_argument("--encoder-feature", choices=["cls", "patch_mean"], default="patch_mean")
+    c.add_argument("--features-npz", help="precomputed features instead of an encoder: .npz with features (N, D)")
+    c.add_argument("--num", type=int, default=1000, help="images (the first N of the split)")
+    c.add_argument("--split", choices=["train", "test"], default="test")
+    c.add_argument("--topk", type=int, default=10, help="mutual nearest neighbours (Platonic/REPA: 10)")
+    c.set_defaults(func=_analyze_cknna)
+    pr = asub.add_parser("probe", help="linear-probe accuracy of mean-pooled hidden states (per block, per t)")
+    _add_analysis_common(pr)
+    pr.add_argument("--num-train", type=int, default=2000)
+    pr.add_argument("--num-test", type=int, default=1000)
+    pr.add_argument("--l2", type=float, default=1e-3, help="ridge penalty (times the number of examples)")
+    pr.set_defaults(func=_analyze_probe)
