@@ -169,6 +169,35 @@ def _add_analysis_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output folder (default <run>/analysis/<ckpt>)")
 
 
+def _bench_convergence(args) -> int:
+    from ..train.distributed import pick_device
+    from .convergence import BenchSpec, run_convergence
+    from .inception import load_inception
+
+    configs = [c for c in args.items if "=" not in c]
+    overrides = [c for c in args.items if "=" in c]
+    spec = BenchSpec(configs=configs, steps=args.train_steps, num_samples=args.num_samples, out=Path(args.out),
+                     overrides=overrides, sampling=sampling_changes(args), reference=args.ref or "",
+                     ref_count=args.ref_count, seed=args.train_seed, ema=args.ema,
+                     batch_size=args.batch_size)  # fmt: skip
+    inception = load_inception(args.inception, args.resize, args.inception_fc, pick_device(0, args.device))
+    csv_path, png = run_convergence(spec, inception)
+    print(csv_path.read_text(), end="")
+    print(f"results: {csv_path}; plot: {png}")
+    return 0
+
+
+def bench_group(sub) -> argparse._SubParsersAction:
+    """The ``bench`` subcommand group, created here or reused if another module registered it first."""
+    parser = sub.choices.get("bench")
+    if parser is None:
+        parser = sub.add_parser("bench", help="benchmarks (convergence: FID vs training steps)")
+    for action in parser._actions:  # argparse offers no public handle on a parser's subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return parser.add_subparsers(dest="bench_command", required=True)
+
+
 def add_commands(sub) -> None:
     """Register ``eval``, ``analyze`` and the ``bench`` group on the main parser's subparsers."""
     desc = ("Evaluate a folder of images, an ADM .npz, or a run/checkpoint (samples are generated with balanced "
@@ -209,3 +238,17 @@ def add_commands(sub) -> None:
     pr.add_argument("--num-test", type=int, default=1000)
     pr.add_argument("--l2", type=float, default=1e-3, help="ridge penalty (times the number of examples)")
     pr.set_defaults(func=_analyze_probe)
+
+    b = bench_group(sub).add_parser(
+        "convergence", help="FID vs training steps for several configs (same seed, data budget, sampler)"
+    )
+    b.add_argument("items", nargs="+", help="configs (presets or YAML files) and key=value overrides for all of them")
+    b.add_argument("--steps", dest="train_steps", type=_int_list, required=True, help="training steps to evaluate at")
+    b.add_argument("--num-samples", type=int, default=5000, help="samples per evaluation")
+    b.add_argument("--ref", help="reference (default: the first config's training data)")
+    b.add_argument("--ref-count", type=int, default=10000, help="images of a dataset/folder reference (0: all)")
+    b.add_argument("--train-seed", type=int, default=0, help="seed of every training run")
+    b.add_argument("--out", required=True, help="benchmark folder (runs, samples, results.csv, convergence.png)")
+    add_inception_args(b)
+    add_sampling_args(b)
+    b.set_defaults(func=_bench_convergence)
