@@ -72,9 +72,11 @@ def _compute_or_load(
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            pool = Stats(z["mu"], z["sigma"], meta["count"])
+            features = z["pool"]
+            small = features if features.shape[0] <= features.shape[1] else None  # for the low-rank FID route
+            pool = Stats(z["mu"], z["sigma"], meta["count"], features=small)
             spatial = Stats(z["mu_s"], z["sigma_s"], meta["count"])
-            return Reference(meta["description"], pool, spatial, z["pool"], tuple(meta["resolution"]),
+            return Reference(meta["description"], pool, spatial, features, tuple(meta["resolution"]),
                              meta["count"], str(cache))  # fmt: skip
     source: ImageSource = make_source()
     feats = extract_features(source, inception, batch_size, spatial=True, logits=False, progress=progress,
