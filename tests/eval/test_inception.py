@@ -53,6 +53,46 @@ def test_file_lookup_and_bad_files_are_clear_errors(tmp_path, monkeypatch, fake_
         load_logits_weight(tmp_path / "small.pth")
 
 
+def test_is_fetches_the_standard_file_once_or_explains(tmp_path, monkeypatch, fake_inception_file):
+    import repflow.eval.inception as inc
+
+    monkeypatch.setenv("REPFLOW_CACHE", str(tmp_path))
+    monkeypatch.delenv("REPFLOW_INCEPTION", raising=False)
+    monkeypatch.setattr(inc, "_fid_helper_file", lambda: fake_inception_file)  # the classifier-less copy
+    assert not load_inception().has_logits  # FID alone never downloads
+
+    def offline(url, dest):
+        raise FileNotFoundError(f"the download of {url} failed (offline)")
+
+    monkeypatch.setattr(inc, "_download", offline)
+    with pytest.raises(FileNotFoundError, match="download of .*inception-2015-12-05.pt failed"):
+        load_inception(want_logits=True)
+
+    def fetched(url, dest):  # a network: the standard file (here the stand-in plus a classifier) lands in the cache
+        full = torch.jit.load(str(fake_inception_file))
+        scripted = torch.jit.script(_WithClassifier(full))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        scripted.save(str(dest))
+        return dest
+
+    monkeypatch.setattr(inc, "_download", fetched)
+    model = load_inception(want_logits=True)
+    assert model.has_logits and model.source == str(tmp_path / "inception" / "inception-2015-12-05.pt")
+    assert find_inception() == tmp_path / "inception" / "inception-2015-12-05.pt"  # cached: found first next time
+
+
+class _WithClassifier(nn.Module):
+    """NVIDIA's file layout: ``layers`` at the top and an ``output`` Linear(2048, 1008)."""
+
+    def __init__(self, base):
+        super().__init__()
+        self.layers = base.layers
+        self.output = nn.Linear(2048, 1008)
+
+    def forward(self, x):
+        return self.output(self.layers(x).reshape(-1, 2048))
+
+
 def test_input_shape_is_checked(fake_inception_file):
     model = TFInception(torch.jit.load(str(fake_inception_file)))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):

@@ -80,7 +80,8 @@ def _eval(args) -> int:
             out_json = Path(args.json or default)
         if not dist.is_main:
             return 0  # samples are done; one process measures them
-        inception = load_inception(args.inception, args.resize, args.inception_fc, dist.device)
+        want_logits = explicit and "is" in metrics  # IS asked for by name: fetch the full network if needed
+        inception = load_inception(args.inception, args.resize, args.inception_fc, dist.device, want_logits)
         opts = EvalOptions(metrics=metrics, explicit=explicit, reference=reference, ref_count=args.ref_count,
                            batch_size=args.batch_size, k=args.k, data_root=data_root,
                            allow_resolution_mismatch=args.allow_resolution_mismatch)  # fmt: skip

