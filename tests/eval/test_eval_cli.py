@@ -44,6 +44,11 @@ def test_precomputed_adm_statistics_are_used(tmp_path, fake_inception_env, capsy
     metrics = json.loads((tmp_path / "b.json").read_text())["metrics"]
     assert metrics["fid"] == pytest.approx(2048.0, rel=1e-6)  # |mu shift|^2 = 2048 * 1^2, covariances equal
     assert metrics["sfid"] == pytest.approx(0, abs=1e-4)
+    with np.load(tmp_path / "adm.npz") as z:  # statistics only, without the spatial ones
+        np.savez(tmp_path / "stats.npz", mu=z["mu"], sigma=z["sigma"])
+    assert main(["eval", str(images), "--ref", str(tmp_path / "stats.npz"), "--json", str(tmp_path / "c.json")]) == 0
+    record = json.loads((tmp_path / "c.json").read_text())
+    assert list(record["metrics"]) == ["fid"] and {"sfid", "precision", "recall"} <= set(record["skipped"])
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, fake_inception_env, capsys):

@@ -12,7 +12,7 @@ from .features import FeatureSet, extract_features
 from .fid import compute_stats, frechet_distance
 from .inception import TFInception
 from .metrics import inception_score, precision_recall
-from .reference import Reference, load_reference, peek_resolution
+from .reference import Reference, has_images, load_reference, peek_resolution
 from .sources import ImageSource
 
 METRICS = ("fid", "sfid", "is", "precision", "recall")
@@ -106,10 +106,17 @@ def evaluate(source: ImageSource, inception: TFInception, opts: EvalOptions) -> 
     ref = None
     if any(m in NEEDS_REFERENCE for m in wanted):
         _check_resolution(source, peek_resolution(opts.reference), opts)  # before any expensive work
+        if not opts.explicit and not has_images(opts.reference):
+            for m in ("precision", "recall"):
+                skipped[m] = f"reference {opts.reference} holds statistics only, no images (arr_0)"
+            wanted = tuple(m for m in wanted if m not in ("precision", "recall"))
         ref = load_reference(opts.reference, inception, resolution=source.resolution[0], count=opts.ref_count,
                              need_features="precision" in wanted or "recall" in wanted, batch_size=opts.batch_size,
                              progress=opts.progress, data_root=opts.data_root)  # fmt: skip
         _check_resolution(source, ref.resolution, opts)
+        if "sfid" in wanted and ref.spatial is None and not opts.explicit:
+            skipped["sfid"] = f"reference {ref.description} has no spatial statistics (mu_s/sigma_s)"
+            wanted = tuple(m for m in wanted if m != "sfid")
     feats = extract_features(source, inception, opts.batch_size, spatial="sfid" in wanted, logits="is" in wanted,
                              progress=opts.progress, desc="samples")  # fmt: skip
     values = metrics_from_features(feats, ref, wanted, opts)

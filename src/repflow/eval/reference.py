@@ -139,6 +139,12 @@ class DatasetSource(ImageSource):
             yield to_rgb_uint8(self.dataset.get_batch(items).images)
 
 
+def has_images(spec: str) -> bool:
+    """False only for an .npz holding statistics without images (no precision/recall possible)."""
+    path = Path(spec).expanduser()
+    return not (path.suffix == ".npz" and path.is_file() and "arr_0" not in _npz_keys(path))
+
+
 def peek_resolution(spec: str) -> tuple[int, int] | None:
     """The (H, W) of a file or folder reference, read cheaply (header / first image); None for datasets."""
     path = Path(spec).expanduser()
