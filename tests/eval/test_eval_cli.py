@@ -70,7 +70,18 @@ def test_bad_inputs_are_one_line_errors(tmp_path, fake_inception_env, capsys):
 def test_run_is_sampled_once_then_evaluated_against_its_data(tmp_path, fake_inception_env, capsys):
     run = tmp_path / "run"
     assert main(["train", "demo-fashion", *TINY, "--out", str(run)]) == 0
-    argv = ["eval", str(run), "--num", "8", "--ref-count", "16", "--sampling-steps", "2", "--metrics", "fid,recall"]
+    argv = [
+        "eval",
+        str(run),
+        "--num-samples",
+        "8",
+        "--ref-count",
+        "16",
+        "--sampling-steps",
+        "2",
+        "--metrics",
+        "fid,recall",
+    ]
     assert main(argv) == 0
     folder = next((run / "eval").iterdir())
     assert folder.name.startswith("ckpt-00000004-ema-0.9-euler2")

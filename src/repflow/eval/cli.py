@@ -67,7 +67,7 @@ def _eval(args) -> int:
     try:
         if is_run(target):
             if args.num <= 0:
-                raise ValueError("evaluating a run needs --num N (samples to generate; FID-50K: 50000)")
+                raise ValueError("evaluating a run needs --num-samples N (samples to generate; FID-50K: 50000)")
             samples = sample_run(target, args.num, sampling_changes(args), args.ema, args.samples_dir, dist)
             source, provenance = samples.source, samples.provenance
             reference, data_root = args.ref or samples.reference, args.data_root or samples.data_root
@@ -211,7 +211,8 @@ def add_commands(sub) -> None:
     e.add_argument("--ref", help=ref_help)
     e.add_argument("--ref-count", type=int, default=50000, help="images of a dataset/folder reference (0: all)")
     e.add_argument("--data-root", help="dataset root for a dataset reference (image_folder: the folder)")
-    e.add_argument("--num", type=int, default=0, help="samples to evaluate (a run: to generate; default all)")
+    # not --num: torchrun rejects it as an ambiguous abbreviation of its own --numa-binding
+    e.add_argument("--num-samples", dest="num", type=int, default=0, help="samples to evaluate (a run: to generate)")
     e.add_argument("--metrics", help="comma-separated subset of fid,sfid,is,precision,recall (default: all)")
     e.add_argument("--k", type=int, default=3, help="neighbourhood size of precision/recall (ADM: 3)")
     e.add_argument("--samples-dir", help="where a run's samples are cached (default <run>/eval/<ckpt>-...)")
