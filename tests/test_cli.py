@@ -8,24 +8,24 @@ from .conftest import TINY
 
 def test_presets_lists(capsys):
     assert main(["presets"]) == 0
-    assert "demo-fashion" in capsys.readouterr().out
+    assert "demo-fashion-sit" in capsys.readouterr().out
 
 
 def test_dry_run_prints_resolved_config(capsys):
-    assert main(["train", "demo-fashion", "train.steps=3", "--dry-run"]) == 0
+    assert main(["train", "demo-fashion-sit", "train.steps=3", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "steps: 3" in out and "arch: SiT-T/4" in out
 
 
 def test_config_error_is_one_line_and_exit_code_2(capsys):
-    assert main(["train", "demo-fashion", "train.lrr=1", "--dry-run"]) == 2
+    assert main(["train", "demo-fashion-sit", "train.lrr=1", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("repflow: error: unknown config key 'train.lrr'") and "\n" not in err
 
 
 def test_train_then_sample_pngs_grid_and_npz(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "demo-fashion", *TINY, "--out", str(run)]) == 0
+    assert main(["train", "demo-fashion-sit", *TINY, "--out", str(run)]) == 0
     assert (run / "config.yaml").is_file()
     out = tmp_path / "samples"
     code = main(["sample", str(run), "--num", "6", "--sampler", "heun", "--steps", "2", "--cfg", "2.0",

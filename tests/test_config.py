@@ -46,14 +46,14 @@ def test_errors_are_one_clear_line(override, message):
 
 def test_presets_load_and_validate():
     names = list_presets()
-    assert "demo-fashion" in names
+    assert "demo-fashion-sit" in names
     for name in names:
         load_config(name)
 
 
 def test_unknown_preset_suggests():
-    with pytest.raises(ConfigError, match="did you mean demo-fashion"):
-        load_config("demo-fashon")
+    with pytest.raises(ConfigError, match="did you mean demo-fashion-sit"):
+        load_config("demo-fashion-st")
 
 
 def test_yaml_files_inherit(tmp_path):

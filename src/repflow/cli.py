@@ -42,7 +42,7 @@ def _sample(args) -> int:
     from .train.distributed import pick_device
 
     device = pick_device(0, args.device)
-    cfg, model, codec, ckpt = load_model(args.run, ema=args.ema, device=device)
+    cfg, model, codec, ckpt = load_model(args.run, ema=args.ema, device=device, vae=args.vae)
     changes = {k: v for k, v in {
         "sampler": args.sampler, "steps": args.steps, "cfg": args.cfg, "cfg_interval": args.cfg_interval,
         "seed": args.seed, "batch_size": args.batch_size,
@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int)
     s.add_argument("--ema", type=float, default=-1.0, help="EMA decay to use (-1: first EMA, 0: raw weights)")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--vae", default="", help="decode with this VAE (dir or hub id) instead of the one training used")
     s.add_argument("--npz", action="store_true", help="also write an ADM-style samples.npz")
     s.add_argument("--out", help="output folder")
     s.set_defaults(func=_sample)
@@ -114,9 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("overrides", nargs="*", help="dotted overrides for the demo preset")
     d.set_defaults(func=_demo)
 
+    from .bench.cli import add_commands as bench_commands
+    from .data.cli import add_commands as cache_commands
+    from .encoders.cli import add_commands as encoder_commands
     from .eval.cli import add_commands as add_eval_commands
 
-    add_eval_commands(sub)  # eval, analyze, bench
+    encoder_commands(sub)
+    cache_commands(sub)
+    bench = sub.add_parser("bench", help="benchmarks: throughput, convergence (FID vs training steps)")
+    bench_commands(bench.add_subparsers(dest="bench_command", required=True))
+    add_eval_commands(sub)  # eval, analyze, and `bench convergence` in the group above
     return p
 
 

@@ -28,8 +28,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: Literal["fashion_mnist", "mnist", "image_folder", "synthetic"] = "fashion_mnist"
-    root: str = ""  # folder for image_folder; optional location of the offline datasets
+    dataset: Literal["fashion_mnist", "mnist", "image_folder", "file_list", "synthetic"] = "fashion_mnist"
+    root: str = ""  # image_folder: the folder; file_list: the text file; else where the offline datasets are
     split: Literal["train", "test"] = "train"
     resolution: int = 32
     channels: Literal[1, 3] = 3  # greyscale data is replicated to 3 channels unless this is 1
@@ -48,6 +48,7 @@ class CodecConfig:
     scale: float = 0.18215  # z_model = (z_vae - shift) * scale
     shift: float = 0.0
     cache: str = ""  # directory of cached latents (repflow cache latents); "" encodes on the fly
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # the VAE's: auto is bf16 autocast on GPU, fp32 on CPU
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class EncoderConfig:
 
     name: str = "dinov2-vitb14"  # see `repflow.encoders.ENCODERS`
     path: str = ""  # local file / directory or hub id; "" uses the name's default hub id
+    format: Literal["auto", "timm", "transformers", "torchhub", "repflow"] = "auto"
     resolution: int = 0  # input size; 0: 224, or 448 when the data is 512 px
     cache: str = ""  # directory of cached features (repflow cache features); "" runs the encoder each step
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from .config import load_config
 from .train.loop import train
 
-DEMO_PRESET = "demo-fashion"
+DEMO_PRESET = "demo-fashion-reg"
 
 
 def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Path]:

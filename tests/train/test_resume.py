@@ -1,9 +1,5 @@
 """Exact resume, gradient accumulation, atomic checkpoints and the NaN guard."""
 
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -12,7 +8,7 @@ import torch
 from repflow.train.checkpoint import list_checkpoints, load_checkpoint
 from repflow.train.loop import NonFiniteLossError, Trainer
 
-from ..conftest import tiny_config
+from ..conftest import sigkill_when_flagged, tiny_config
 
 
 def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -86,21 +82,7 @@ KILL_SCRIPT = textwrap.dedent(
 
 def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     run, flag = tmp_path / "run", tmp_path / "writing"
-    root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(run), str(flag)], cwd=root)
-    try:
-        for _ in range(1200):
-            if flag.exists() or proc.poll() is not None:
-                break
-            import time
-
-            time.sleep(0.05)
-        assert flag.exists(), "the child never reached the checkpoint write"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    sigkill_when_flagged(KILL_SCRIPT, [run, flag], flag, "the checkpoint write")
     assert [p.name for p in list_checkpoints(run)] == ["ckpt-00000002"]
     assert any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())  # the torn write
     resumed = Trainer(tiny_config("train.steps=4", "train.ckpt_every=2"), run)

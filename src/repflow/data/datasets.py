@@ -7,7 +7,9 @@ Images stay uint8 until they reach the device.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,8 +42,13 @@ class ImageDataset:
     channels: int = 3
     resolution: int = 32
     class_names: tuple[str, ...] = ()
+    labels: Tensor  # (N,) int64, readable without decoding any image (cached runs need only these)
 
     def __len__(self) -> int:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """A short hash of what the dataset holds (files and labels, or pixels): caches are checked against it."""
         raise NotImplementedError
 
     def get_batch(self, items: list[tuple[int, bool]]) -> Batch:
@@ -65,6 +72,12 @@ class TensorImageDataset(ImageDataset):
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(str(tuple(self.images.shape)).encode())
+        h.update(self.images.contiguous().numpy().tobytes())
+        h.update(self.labels.to(torch.int64).contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def get_batch(self, items):
         idx = torch.tensor([i for i, _ in items], dtype=torch.long)
         flip = torch.tensor([f for _, f in items], dtype=torch.bool)
@@ -85,10 +98,18 @@ def prepare_tensor_images(images: Tensor, resolution: int, channels: int) -> Ten
 
 
 class ImageFolderDataset(ImageDataset):
-    """ImageNet layout (``root/<class>/<image>``, classes in sorted order) or a flat folder (unconditional),
-    or an explicit list of files. Unreadable files are replaced by the next readable one and reported."""
+    """ImageNet layout (``root/<class>/.../<image>``, labels in sorted class-folder order), a flat folder
+    (unconditional), or an explicit list of files (optionally labelled). Unreadable files are replaced by the
+    next readable one and reported in ``Batch.bad_files``."""
 
-    def __init__(self, root: str | Path, resolution: int, channels: int = 3, files: list[Path] | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        resolution: int,
+        channels: int = 3,
+        files: list[Path] | None = None,
+        labels: list[int] | None = None,
+    ):
         self.root = Path(root)
         self.resolution, self.channels = resolution, channels
         if files is None:
@@ -97,10 +118,13 @@ class ImageFolderDataset(ImageDataset):
             class_dirs = sorted(d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
             if class_dirs:
                 self.class_names = tuple(d.name for d in class_dirs)
-                pairs = [(f, k) for k, d in enumerate(class_dirs) for f in sorted(_images_in(d))]
+                pairs = [(f, k) for k, d in enumerate(class_dirs) for f in _images_in(d)]
             else:
                 self.class_names = ()
-                pairs = [(f, 0) for f in sorted(_images_in(self.root))]
+                pairs = [(f, 0) for f in _images_in(self.root)]
+        elif labels is not None:
+            self.class_names = tuple(str(k) for k in range(max(labels, default=-1) + 1))
+            pairs = list(zip(map(Path, files), labels, strict=True))
         else:
             self.class_names, pairs = (), [(Path(f), 0) for f in files]
         if not pairs:
@@ -108,6 +132,14 @@ class ImageFolderDataset(ImageDataset):
         self.files = [f for f, _ in pairs]
         self.labels = torch.tensor([k for _, k in pairs], dtype=torch.long)
         self.num_classes = len(self.class_names)
+
+    def fingerprint(self) -> str:
+        """Paths relative to the root (so a moved dataset still matches its cache) and labels."""
+        h, prefix = hashlib.sha256(), str(self.root) + os.sep
+        for f, k in zip(self.files, self.labels.tolist(), strict=True):
+            name = str(f)
+            h.update(f"{name[len(prefix) :] if name.startswith(prefix) else name}\t{k}\n".encode())
+        return h.hexdigest()[:16]
 
     def __len__(self) -> int:
         return len(self.files)
@@ -127,7 +159,8 @@ class ImageFolderDataset(ImageDataset):
                     img = self.load(j)
                     break
                 except Exception:  # PIL raises many types for corrupt files
-                    bad.append(str(self.files[j]))
+                    if str(self.files[j]) not in bad:  # a bad file before another is tried by both
+                        bad.append(str(self.files[j]))
             else:
                 raise RuntimeError(f"no readable image in '{self.root}'")
             images.append(img.flip(-1) if flip else img)
@@ -137,7 +170,47 @@ class ImageFolderDataset(ImageDataset):
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+    """Image files under ``folder`` (recursively, following links), sorted; hidden files (``.DS_Store``,
+    macOS ``._x.jpg`` forks) skipped. ``os.walk`` reads file types from the directory entries, so a folder of
+    a million files costs no million ``stat`` calls."""
+    found = []
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(Path(top) / n for n in names if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS))
+    return sorted(found)
+
+
+def read_file_list(path: str | Path) -> tuple[list[Path], list[int] | None]:
+    """A text file of image paths, one per line, optionally followed by an integer label (``PATH LABEL``,
+    the Caffe/ImageNet list format). Relative paths are relative to the list's folder; ``#`` starts a comment."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file list '{path}' does not exist")
+    files, labels, labelled = [], [], None
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(None, 1)
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            file, label = parts[0], int(parts[1])
+            if label < 0:
+                raise ValueError(f"{path}:{n}: labels must be >= 0, got {label}")
+        elif len(parts) == 2 and parts[0].lower().endswith(IMAGE_EXTENSIONS):
+            raise ValueError(f"{path}:{n}: labels must be integers, got {parts[1]!r}")
+        else:  # a path (which may contain spaces)
+            file, label = line, None
+        if labelled is None:
+            labelled = label is not None
+        elif labelled != (label is not None):
+            raise ValueError(f"{path}:{n}: either every line has a label or none does")
+        p = Path(file).expanduser()
+        files.append(p if p.is_absolute() else path.parent / p)
+        if label is not None:
+            labels.append(label)
+    if not files:
+        raise FileNotFoundError(f"file list '{path}' lists no images")
+    return files, (labels or None)
 
 
 def synthetic_images(n: int, resolution: int, channels: int, num_classes: int, seed: int = 0) -> TensorImageDataset:

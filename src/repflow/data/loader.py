@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -21,6 +22,7 @@ from .datasets import (
     ImageFolderDataset,
     TensorImageDataset,
     prepare_tensor_images,
+    read_file_list,
     synthetic_images,
 )
 from .offline import FASHION_CLASSES, load_fashion_mnist, load_mnist
@@ -37,10 +39,15 @@ def build_dataset(cfg: DataConfig, num_classes_hint: int = 10) -> ImageDataset:
         return TensorImageDataset(images, labels, 10, names)
     if cfg.dataset == "synthetic":
         return synthetic_images(cfg.synthetic_size, cfg.resolution, cfg.channels, max(num_classes_hint, 1))
-    if cfg.dataset == "image_folder":
+    if cfg.dataset in ("image_folder", "file_list"):
         if not cfg.root:
-            raise ValueError("data.dataset=image_folder needs data.root=/path/to/images")
-        ds = ImageFolderDataset(cfg.root, cfg.resolution, cfg.channels)
+            what = "/path/to/images" if cfg.dataset == "image_folder" else "/path/to/list.txt"
+            raise ValueError(f"data.dataset={cfg.dataset} needs data.root={what}")
+        if cfg.dataset == "image_folder":
+            ds = ImageFolderDataset(cfg.root, cfg.resolution, cfg.channels)
+        else:
+            files, labels = read_file_list(cfg.root)
+            ds = ImageFolderDataset(Path(cfg.root).parent, cfg.resolution, cfg.channels, files=files, labels=labels)
         if cfg.subset:
             ds.files, ds.labels = ds.files[: cfg.subset], ds.labels[: cfg.subset]
         return ds
@@ -98,13 +105,39 @@ class ResumableBatchSampler:
             step += 1
 
 
+def cpu_count() -> int:
+    """CPUs this process may use (the affinity mask under SLURM/containers, not the whole host)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def default_workers(dataset: ImageDataset) -> int:
+    """Worker processes for a dataset, sharing the node's CPUs between the processes torchrun started on it.
+
+    - in-memory tensors: 0 (one vectorised index per batch; workers would only add IPC);
+    - cached arrays only: 2 when a process has more than 2 CPUs, else 0. A memory-mapped read is one copy per
+      row; a worker adds a shared-memory hand-over, which on a 2-core machine costs more than it hides
+      (benchmarks/loader_throughput.py: 0 workers deliver the most there), while on a server the workers read
+      while the main process drives the GPU;
+    - image files: up to 8 (decoding dominates).
+    """
     if isinstance(dataset, TensorImageDataset):
-        return 0  # in memory and vectorised: worker processes would only add IPC
-    return min(8, os.cpu_count() or 1)
+        return 0
+    from .cached import CachedDataset
+
+    per_process = cpu_count() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if isinstance(dataset, CachedDataset) and not dataset.images:
+        return CACHED_WORKERS if per_process > CACHED_WORKERS else 0
+    return max(1, min(8, per_process))
+
+
+CACHED_WORKERS = 2
 
 
 def build_loader(dataset: ImageDataset, sampler: ResumableBatchSampler, workers: int = -1) -> DataLoader:
+    """Pinned memory on CUDA, persistent workers that prefetch 4 batches each."""
     workers = default_workers(dataset) if workers < 0 else workers
     return DataLoader(
         dataset,

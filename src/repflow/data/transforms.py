@@ -25,9 +25,10 @@ def to_mode(image: Image.Image, channels: int) -> Image.Image:
 
     Transparent pixels are composited on white (the usual choice for icons and emoji).
     """
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if arr.max() > 255 else 255.0
+        # 16-bit modes are 0..65535 by definition; 32-bit "I"/"F" carry no range, so guess from the values
+        peak = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
         image = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     if image.mode in ("RGBA", "LA", "P", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")

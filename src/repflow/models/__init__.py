@@ -17,5 +17,7 @@ def resolve_arch(cfg: ModelConfig) -> ModelConfig:
     return dataclasses.replace(cfg, **{k: v for k, v in dims.items() if getattr(cfg, k) <= 0})
 
 
-def build_model(cfg: ModelConfig, vector_streams: dict[str, int] | None = None) -> FlowTransformer:
-    return FlowTransformer(resolve_arch(cfg), vector_streams=vector_streams)
+def build_model(
+    cfg: ModelConfig, vector_streams: dict[str, int] | None = None, learned_tokens: int = 0
+) -> FlowTransformer:
+    return FlowTransformer(resolve_arch(cfg), vector_streams=vector_streams, learned_tokens=learned_tokens)

@@ -4,7 +4,8 @@ The network knows nothing about noise or paths; it maps noised *streams* to pred
 
 - ``"x"``: the image (pixels or latents), ``(B, C, H, W)``, patchified into tokens;
 - optional vector streams (REG's class token), each ``(B, D)`` and carried as one token at the front of the
-  sequence, with a zero position embedding and a zero-initialised output head.
+  sequence, with a zero position embedding and a zero-initialised output head;
+- optional learned front tokens (REG's "learnable token" ablation), after the streams, with no output.
 
 It can return the hidden states after chosen blocks (1-indexed, all tokens including the front ones), which
 is what REPA aligns and what CKNNA analyses.
@@ -30,7 +31,7 @@ class ModelOutput:
 
 
 class FlowTransformer(nn.Module):
-    def __init__(self, cfg: ModelConfig, vector_streams: dict[str, int] | None = None):
+    def __init__(self, cfg: ModelConfig, vector_streams: dict[str, int] | None = None, learned_tokens: int = 0):
         super().__init__()
         for key in ("depth", "hidden_size", "num_heads", "patch_size", "input_size", "in_channels"):
             if getattr(cfg, key) <= 0:
@@ -63,11 +64,17 @@ class FlowTransformer(nn.Module):
             {k: nn.Sequential(nn.Linear(dim, d), nn.LayerNorm(d)) for k, dim in self.vector_streams.items()}
         )
         self.stream_out = nn.ModuleDict({k: nn.Linear(d, dim) for k, dim in self.vector_streams.items()})
+        self.learned_tokens = nn.Parameter(torch.zeros(1, learned_tokens, d)) if learned_tokens else None
         self.initialize_weights()
 
     @property
     def null_label(self) -> int:
         return self.num_classes  # the extra embedding row
+
+    @property
+    def num_front_tokens(self) -> int:
+        """Tokens before the image tokens: one per vector stream, then the learned tokens."""
+        return len(self.vector_streams) + (0 if self.learned_tokens is None else self.learned_tokens.shape[1])
 
     def initialize_weights(self) -> None:
         """All initialisation in one place (DiT): xavier linears, adaLN-Zero, zero output heads."""
@@ -86,6 +93,8 @@ class FlowTransformer(nn.Module):
             nn.init.normal_(self.y_embedder.table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.learned_tokens is not None:
+            nn.init.normal_(self.learned_tokens, std=0.02)
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
@@ -125,8 +134,11 @@ class FlowTransformer(nn.Module):
         gh, gw = h // p, w // p
         tokens = self.x_embedder(x).flatten(2).transpose(1, 2)  # (B, N, D)
         tokens = tokens + self.position_embedding(gh, gw).to(tokens.dtype)
-        if self.vector_streams:  # front tokens carry no position embedding
-            front = [self.stream_in[k](states[k]).unsqueeze(1) for k in self.vector_streams]  # (B, 1, D) each
+        # front tokens carry no position embedding
+        front = [self.stream_in[k](states[k]).unsqueeze(1) for k in self.vector_streams]  # (B, 1, D) each
+        if self.learned_tokens is not None:
+            front.append(self.learned_tokens.expand(b, -1, -1).to(tokens.dtype))
+        if front:
             tokens = torch.cat([*front, tokens], dim=1)  # (B, S + N, D)
         c = self.condition(t, y)
 
@@ -143,8 +155,7 @@ class FlowTransformer(nn.Module):
             raise ValueError(f"hidden states requested after blocks {sorted(missing)}, model has {len(self.blocks)}")
 
         tokens = self.final_norm(tokens, c)
-        s = len(self.vector_streams)
-        pred = {"x": self.unpatchify(self.out_x(tokens[:, s:]), gh, gw)}
+        pred = {"x": self.unpatchify(self.out_x(tokens[:, self.num_front_tokens :]), gh, gw)}
         for j, k in enumerate(self.vector_streams):
             pred[k] = self.stream_out[k](tokens[:, j])
         return ModelOutput(pred=pred, hidden=hidden)

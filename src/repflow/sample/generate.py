@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..build import guidance_scales, stream_shapes
 from ..config import FlowConfig, SampleConfig
+from ..data.transforms import model_to_uint8
 from ..flow.guidance import classifier_free
 from ..flow.path import Path, build_path, expand_t
 from ..flow.solvers import dopri5, euler, euler_maruyama, heun
@@ -120,13 +122,11 @@ def sample_images(
 
     Labels default to balanced classes (index mod num_classes). Batches of ``opts.batch_size``.
     """
-    from ..data.transforms import model_to_uint8
-
     opts = opts or cfg.sample
     indices = list(indices)
     if labels is None:
         labels = balanced_labels(indices, cfg.model.num_classes)
-    shape = (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size)
+    shapes, scales = stream_shapes(cfg), guidance_scales(cfg, opts)
     chunks, nfe = [], 0
     starts = range(0, len(indices), opts.batch_size)
     if progress:
@@ -136,7 +136,7 @@ def sample_images(
     for lo in starts:
         idx = indices[lo : lo + opts.batch_size]
         y = None if labels is None else labels[lo : lo + len(idx)]
-        out = generate(model, cfg.flow, opts, {"x": shape}, idx, y, precision=cfg.train.precision)
+        out = generate(model, cfg.flow, opts, shapes, idx, y, guidance=scales, precision=cfg.train.precision)
         chunks.append(model_to_uint8(codec.decode(out.states["x"])).cpu())
         nfe = out.nfe
     return torch.cat(chunks), nfe

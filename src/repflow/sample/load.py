@@ -10,8 +10,9 @@ from ..train.checkpoint import CheckpointError, load_checkpoint
 from ..train.ema import ema_name
 
 
-def load_model(run_or_ckpt: str, ema: float = -1.0, device: str | torch.device = "cpu"):
-    """(config, model in eval mode, codec). ``ema``: -1 the first EMA, 0 the raw weights, else that decay."""
+def load_model(run_or_ckpt: str, ema: float = -1.0, device: str | torch.device = "cpu", vae: str = ""):
+    """(config, model in eval mode, codec, checkpoint). ``ema``: -1 the first EMA, 0 the raw weights, else that
+    decay. The codec is the one training used (from the stored config) unless ``vae`` names another VAE."""
     ckpt = load_checkpoint(run_or_ckpt)
     cfg: Config = ckpt.config
     model = build_network(cfg)
@@ -26,4 +27,4 @@ def load_model(run_or_ckpt: str, ema: float = -1.0, device: str | torch.device =
     if missing or unexpected:
         what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise CheckpointError(f"{ckpt.path}/{name}.safetensors does not fit the stored config ({what})")
-    return cfg, model.to(device).eval(), codec_for(cfg), ckpt
+    return cfg, model.to(device).eval(), codec_for(cfg, device, vae=vae), ckpt

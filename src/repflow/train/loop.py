@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..build import build_network, build_objective, codec_for, resolve_config
+from ..build import (
+    attach_caches,
+    build_encoders,
+    build_network,
+    build_objective,
+    codec_for,
+    needs_encoders,
+    resolve_config,
+    resolve_encoder_dims,
+)
 from ..config import Config, to_dict, to_yaml
 from ..data import ResumableBatchSampler, build_dataset, build_loader
-from ..objectives import ModelWithObjective, TrainBatch
+from ..objectives import TrainBatch
 from ..sample.export import make_grid, save_grid
-from ..sample.generate import autocast_for
 from .batching import BatchPreparer
 from .checkpoint import (
     CheckpointError,
@@ -27,10 +31,10 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .distributed import DistInfo, all_reduce_max, all_reduce_mean, barrier, setup_distributed
-from .ema import EMA, ema_name
+from .ema import ema_name
 from .logging import RunLogger, plot_loss
-from .optim import build_optimizer, build_scheduler
 from .preview import ema_preview
+from .state import TrainState
 
 
 class NonFiniteLossError(RuntimeError):
@@ -48,8 +52,14 @@ class TrainResult:
 
 
 def _architecture_key(cfg: Config) -> dict:
-    """The parts of a config a checkpoint's weights depend on (everything else may change on resume)."""
-    return to_dict(cfg.model)
+    """The parts of a config a checkpoint's weights depend on (everything else may change on resume): the
+    architecture, its method heads and the latent space it learned (the VAE path may change: a local copy)."""
+    key = {f"model.{k}": v for k, v in to_dict(cfg.model).items()}
+    key.update({f"codec.{k}": getattr(cfg.codec, k) for k in ("kind", "scale", "shift")})
+    key.update({f"reg.{k}": getattr(cfg.reg, k) for k in ("enabled", "source", "dim")})
+    key.update({f"repa.{k}": getattr(cfg.repa, k) for k in ("enabled", "depth", "projector_dim")})
+    key["encoders"] = [e.name for e in cfg.encoders] if needs_encoders(cfg) else []
+    return key
 
 
 class Trainer:
@@ -57,27 +67,26 @@ class Trainer:
         self.dist = dist or setup_distributed()
         self.run_dir = Path(run_dir)
         self.device = self.dist.device
+        if self.device.type == "cuda":  # TF32 matmuls for whatever runs in fp32 (bf16 autocast covers the rest)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.seed)  # model initialisation; identical on every rank
         self.dataset = build_dataset(cfg.data, num_classes_hint=max(cfg.model.num_classes, 1))
-        cfg = resolve_config(cfg, self.dataset)
+        self.codec = codec_for(cfg, self.device)
+        cfg = resolve_config(cfg, self.dataset, self.codec)
+        self.encoders = build_encoders(cfg, self.device) if needs_encoders(cfg) else []
+        encoder_dims = [e.embed_dim for e in self.encoders]
+        cfg = resolve_encoder_dims(cfg, encoder_dims)
         t = cfg.train
-        if t.batch_size % (self.dist.world * t.grad_accum):
-            raise ValueError(
-                f"train.batch_size={t.batch_size} must be divisible by processes x grad_accum "
-                f"= {self.dist.world} x {t.grad_accum}"
-            )
         self.cfg = cfg
-        self.codec = codec_for(cfg)
-        self.preparer = BatchPreparer(cfg, self.codec, self.device)
-        self.model = build_network(cfg).to(self.device)
-        self.model.grad_checkpointing = t.grad_checkpointing
-        self.objective = build_objective(cfg, self.model).to(self.device)
-        self.module = ModelWithObjective(self.model, self.objective)
-        self.ema = EMA(self.model, t.ema_decays, warmup=t.ema_warmup)
-        self.optimizer = build_optimizer(self.module, t, self.device)
-        self.scheduler = build_scheduler(self.optimizer, t)
-        self.generator = torch.Generator(self.device).manual_seed(cfg.seed)  # same on every rank (see FlowDraw)
-        self.step = 0
+        self.dataset = attach_caches(cfg, self.dataset, self.codec, self.encoders)  # refuses foreign caches
+        self.preparer = BatchPreparer(cfg, self.codec, self.device, self.encoders)
+        model = build_network(cfg).to(self.device)
+        model.grad_checkpointing = t.grad_checkpointing
+        self.state = TrainState(cfg, self.dist, model, build_objective(cfg, model, encoder_dims).to(self.device))
+        s = self.state
+        self.model, self.objective, self.module, self.ema = s.model, s.objective, s.module, s.ema
+        self.optimizer, self.scheduler, self.generator = s.optimizer, s.scheduler, s.generator
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             clean_stale_temporaries(self.run_dir)
@@ -86,18 +95,14 @@ class Trainer:
             self._resume(list_checkpoints(self.run_dir)[-1])
         elif self.dist.is_main:
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
-        self.micro = t.batch_size // (self.dist.world * t.grad_accum)
         sampler = ResumableBatchSampler(
             len(self.dataset), t.batch_size, cfg.seed, cfg.data.hflip,
             rank=self.dist.rank, world=self.dist.world, accum=t.grad_accum, start_step=self.step,
         )  # fmt: skip
         self.loader = iter(build_loader(self.dataset, sampler, cfg.data.workers))
-        wrapped: nn.Module = self.module
-        if self.dist.enabled:
-            wrapped = DDP(self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.ddp = wrapped
-        self.forward = torch.compile(wrapped) if t.compile else wrapped
+        self.state.distribute()
         self.bad_files: list[str] = []
+        self.bad_files_seen: set[str] = set()  # each unreadable file is reported once, not once per epoch
         self.last_checkpoint: Path | None = None
         self.last_preview: Path | None = None
 
@@ -107,7 +112,7 @@ class Trainer:
         if _architecture_key(ckpt.config) != _architecture_key(self.cfg):
             diff = [k for k, v in _architecture_key(self.cfg).items() if _architecture_key(ckpt.config).get(k) != v]
             raise CheckpointError(
-                f"cannot resume from {ckpt.path}: model config differs in {', '.join('model.' + k for k in diff)}; "
+                f"cannot resume from {ckpt.path}: the config differs in {', '.join(diff)}; "
                 "use a new --out directory or the checkpoint's config"
             )
         self.model.load_state_dict(ckpt.weights("model"))
@@ -123,7 +128,7 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-        self.step = int(state["step"])
+        self.state.step = int(state["step"])
         self.last_checkpoint = ckpt.path
 
     def save(self) -> Path | None:
@@ -151,36 +156,22 @@ class Trainer:
         return path
 
     # -- one step -------------------------------------------------------------------------------------------
-    def prepare(self, raw) -> TrainBatch:
+    def prepare(self, raw, chunk: int) -> TrainBatch:
         if raw.bad_files:
             self.bad_files.extend(raw.bad_files)
-        return self.preparer(raw, self.generator)
+        return self.preparer(raw, chunk)
 
     def train_step(self) -> dict[str, torch.Tensor]:
-        t = self.cfg.train
-        self.optimizer.zero_grad(set_to_none=True)
-        logged: dict[str, torch.Tensor] = {}
-        for a in range(t.grad_accum):
-            batch = self.prepare(next(self.loader))
-            if a == 0:  # randomness for the whole global batch, sliced per rank and micro-step
-                draw = self.objective.draw(batch, t.batch_size, self.generator)
-            chunk = draw.chunk(a * self.dist.world + self.dist.rank, self.micro)
-            sync = a == t.grad_accum - 1 or not self.dist.enabled
-            ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
-            with ctx, autocast_for(self.device, t.precision):
-                out = self.forward(batch, chunk)
-            with ctx:
-                (out.total / t.grad_accum).backward()
-            for k, v in {"loss": out.total, **out.terms}.items():
-                logged[k] = logged.get(k, 0.0) + v.detach().float() / t.grad_accum
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
-        logged["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.ema.update(self.model, updates_done=self.step)
-        self.step += 1
-        return logged
+        return self.state.run_step(self.next_batch)
+
+    def next_batch(self, micro_step: int) -> TrainBatch:
+        if micro_step == 0:  # the codec's posterior noise for the whole global batch, before the flow's draw
+            self.preparer.begin_step(self.generator, self.cfg.train.batch_size)
+        return self.prepare(next(self.loader), micro_step * self.dist.world + self.dist.rank)
+
+    @property
+    def step(self) -> int:
+        return self.state.step
 
     # -- the loop -------------------------------------------------------------------------------------------
     def fit(self, stop_at: int | None = None) -> TrainResult:
@@ -236,10 +227,14 @@ class Trainer:
             )
 
     def _report_bad_files(self, logger: RunLogger) -> None:
-        if self.bad_files:
-            shown = ", ".join(self.bad_files[:3])
-            logger.write(f"warning: skipped {len(self.bad_files)} unreadable image(s), first: {shown}")
-            self.bad_files.clear()
+        new = [f for f in dict.fromkeys(self.bad_files) if f not in self.bad_files_seen]
+        self.bad_files.clear()
+        if new:
+            self.bad_files_seen.update(new)
+            shown = ", ".join(new[:3])
+            logger.write(
+                f"warning: skipped {len(new)} unreadable image(s) ({len(self.bad_files_seen)} so far), first: {shown}"
+            )
 
     def preview(self, logger: RunLogger) -> Path | None:
         if not self.dist.is_main:

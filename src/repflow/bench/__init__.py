@@ -1,0 +1,1 @@
+"""Benchmarks: training and sampling throughput, memory and MFU."""

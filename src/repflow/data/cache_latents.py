@@ -1,0 +1,95 @@
+"""``repflow cache latents``: encode a dataset once into VAE posterior moments (edm2 style).
+
+The store (see :mod:`repflow.data.store`) holds, per image and optionally per mirror image, the posterior
+``mean`` and ``std`` in the VAE's own units; training draws ``mean + std * eps`` every step, so the cache
+loses nothing against encoding on the fly. Its manifest records the codec identity (encoder weights hash,
+latent layout), the resolution, the image count and the dataset fingerprint; a run whose settings differ
+is refused with a one-line message.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..codecs import Codec, build_codec
+from ..config import Config, to_dict
+from ..train.distributed import DistInfo
+from .datasets import ImageDataset
+from .encode import EncodeReport, encode_dataset
+from .loader import build_dataset
+from .store import ArrayStore, Field
+from .transforms import uint8_to_model
+
+LATENTS = "latents"  # store name: the arrays reach the batch as "latents.mean" and "latents.std"
+
+
+def latent_meta(cfg: Config, codec: Codec, dataset: ImageDataset) -> dict[str, Any]:
+    """What a latent cache must match: checked when it is resumed and when a run opens it."""
+    return {
+        "kind": LATENTS,
+        "codec": codec.identity(),
+        "resolution": cfg.data.resolution,
+        "count": len(dataset),
+        "dataset": dataset.fingerprint(),
+    }
+
+
+def rebuild_hint(cfg: Config) -> str:
+    return (
+        f"rebuild it with `repflow cache latents CONFIG --out {cfg.codec.cache or 'DIR'}` using this run's "
+        "data.* and codec.* settings, or point codec.cache elsewhere"
+    )
+
+
+def open_latent_cache(cfg: Config, codec: Codec, dataset: ImageDataset) -> ArrayStore:
+    """The run's latent cache, refused if made for another codec, resolution or dataset (or lacking flips)."""
+    if not codec.stochastic:
+        raise ValueError(f"codec.cache is set but codec.kind={codec.name} encodes nothing; use codec.kind=sd_vae")
+    return ArrayStore.open(
+        cfg.codec.cache, expect=latent_meta(cfg, codec, dataset), need_flips=cfg.data.hflip, hint=rebuild_hint(cfg)
+    )
+
+
+def cache_latents(
+    cfg: Config,
+    out: str | Path,
+    *,
+    flips: bool,
+    batch_size: int = 64,
+    workers: int = -1,
+    dtype: str = "float32",
+    shard_size: int = 0,
+    overwrite: bool = False,
+    dist: DistInfo | None = None,
+    progress: bool = True,
+) -> EncodeReport:
+    """Encode ``cfg.data`` with ``cfg.codec`` into ``out`` (resuming a cache interrupted there)."""
+    if cfg.codec.kind == "pixel":
+        raise ValueError("codec.kind=pixel has nothing to cache; set codec.kind=sd_vae (and codec.path)")
+    dist = dist or DistInfo()
+    dataset = build_dataset(cfg.data, num_classes_hint=max(cfg.model.num_classes, 1))
+    codec = build_codec(cfg.codec, device=dist.device)
+    shape = codec.model_shape(cfg.data.channels, cfg.data.resolution)
+    fields = {"mean": Field(shape, dtype), "std": Field(shape, dtype)}
+
+    def encode(images):
+        mean, std = codec.moments(uint8_to_model(images))
+        return {"mean": mean, "std": std}
+
+    info = {
+        "codec_path": getattr(codec, "path", ""),
+        "data": to_dict(cfg.data),
+        "repflow": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    return encode_dataset(
+        dataset, out, fields, encode, latent_meta(cfg, codec, dataset),
+        flips=flips, batch_size=batch_size, workers=workers, shard_size=shard_size, overwrite=overwrite,
+        info=info, dist=dist, progress=progress, desc="caching latents",
+    )  # fmt: skip
+
+
+__all__ = ["LATENTS", "cache_latents", "latent_meta", "open_latent_cache"]

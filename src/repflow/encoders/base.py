@@ -1,0 +1,95 @@
+"""The frozen-encoder protocol: images in [-1, 1] -> patch tokens (B, N, D) and a global vector (B, D).
+
+Every encoder (DINOv2 through timm / transformers / torch.hub files, CLIP, SigLIP, MAE, repflow's tiny ViT) is
+wrapped in :class:`FrozenEncoder`, which owns the preprocessing (channel replication, resize to the encoder's
+input size, its mean/std normalisation), keeps the network in eval mode without gradients, and runs it in
+bf16 autocast on GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HALF = (0.5, 0.5, 0.5)
+
+
+@dataclass
+class EncoderOutput:
+    patch: Tensor  # (B, N, D) patch tokens (normalised, without class/register tokens)
+    cls: Tensor  # (B, D) global vector (DINOv2: x_norm_clstoken)
+
+
+# (normalised images at the encoder's resolution) -> (patch tokens, global vector)
+Backbone = Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
+class FrozenEncoder(nn.Module):
+    def __init__(
+        self,
+        network: nn.Module,
+        forward: Backbone,
+        *,
+        name: str,
+        embed_dim: int,
+        patch_size: int,
+        resolution: int,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        source: str = "",
+    ):
+        super().__init__()
+        self.network = network
+        self._forward = forward
+        self.name, self.embed_dim, self.patch_size, self.resolution = name, embed_dim, patch_size, resolution
+        self.source = source  # where the weights came from (for logs)
+        self._sha256: str | None = None
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.network.eval()
+        self.network.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FrozenEncoder:
+        return super().train(False)  # frozen: dropout / norm statistics never switch to training behaviour
+
+    @property
+    def num_patches(self) -> int:
+        return (self.resolution // self.patch_size) ** 2
+
+    def identity(self) -> dict:
+        """What a feature cache made with this encoder must match: its weights (hashed, so a local copy of the
+        same weights matches), input size and width; not the path it was loaded from."""
+        if self._sha256 is None:
+            h = hashlib.sha256()
+            for key, value in sorted(self.network.state_dict().items()):
+                h.update(key.encode())
+                h.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+            self._sha256 = h.hexdigest()[:16]
+        return {"encoder": self.name, "weights_sha256": self._sha256, "resolution": self.resolution,
+                "dim": self.embed_dim}  # fmt: skip
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """[-1, 1] images (any size, 1 or 3 channels) -> normalised (B, 3, R, R)."""
+        x = (images.float() + 1) / 2
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic", align_corners=False)
+        return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> EncoderOutput:
+        x = self.preprocess(images)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda")
+        with autocast:
+            patch, cls = self._forward(x)
+        return EncoderOutput(patch=patch.float(), cls=cls.float())

@@ -1,0 +1,63 @@
+"""Known encoders: architecture facts and where their weights come from in each format."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Literal
+
+Family = Literal["dinov2", "clip", "siglip", "mae", "tiny"]
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    name: str
+    family: Family
+    embed_dim: int
+    patch_size: int
+    timm_name: str = ""  # timm architecture (and default hub weights)
+    hf_id: str = ""  # transformers hub id
+    hub_file: str = ""  # official torch.hub checkpoint file (facebookresearch/dinov2 layout)
+    registers: int = 0
+    timm_kwargs: dict = field(default_factory=dict)  # architecture overrides (tests build tiny DINOv2s)
+
+
+ENCODERS: dict[str, EncoderSpec] = {}
+
+
+def register_encoder(spec: EncoderSpec) -> EncoderSpec:
+    ENCODERS[spec.name] = spec
+    return spec
+
+
+_DINO = {"s": ("small", 384), "b": ("base", 768), "l": ("large", 1024), "g": ("giant", 1536)}
+for _k, (_word, _dim) in _DINO.items():
+    register_encoder(
+        EncoderSpec(
+            f"dinov2-vit{_k}14", "dinov2", _dim, 14,
+            timm_name=f"vit_{_word}_patch14_dinov2.lvd142m", hf_id=f"facebook/dinov2-{_word}",
+            hub_file=f"dinov2_vit{_k}14_pretrain.pth",
+        )
+    )  # fmt: skip
+    register_encoder(
+        EncoderSpec(
+            f"dinov2-vit{_k}14-reg", "dinov2", _dim, 14,
+            timm_name=f"vit_{_word}_patch14_reg4_dinov2.lvd142m",
+            hf_id=f"facebook/dinov2-with-registers-{_word}", hub_file=f"dinov2_vit{_k}14_reg4_pretrain.pth",
+            registers=4,
+        )
+    )  # fmt: skip
+register_encoder(EncoderSpec("clip-vitl14", "clip", 1024, 14, hf_id="openai/clip-vit-large-patch14"))
+register_encoder(EncoderSpec("clip-vitb16", "clip", 768, 16, hf_id="openai/clip-vit-base-patch16"))
+register_encoder(EncoderSpec("siglip-vitb16", "siglip", 768, 16, hf_id="google/siglip-base-patch16-224"))
+register_encoder(EncoderSpec("mae-vitb16", "mae", 768, 16, hf_id="facebook/vit-mae-base"))
+register_encoder(EncoderSpec("mae-vitl16", "mae", 1024, 16, hf_id="facebook/vit-mae-large"))
+register_encoder(EncoderSpec("tiny", "tiny", 0, 4))  # dims come from the weights file (repflow encoder train)
+
+
+def get_spec(name: str) -> EncoderSpec:
+    if name not in ENCODERS:
+        close = difflib.get_close_matches(name, list(ENCODERS), n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(sorted(ENCODERS))}"
+        raise ValueError(f"unknown encoder {name!r}; {hint}")
+    return ENCODERS[name]

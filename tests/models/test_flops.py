@@ -1,0 +1,30 @@
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from repflow.config import ModelConfig
+from repflow.models import build_model
+from repflow.models.flops import forward_flops
+
+
+@pytest.mark.parametrize("streams", [{}, {"cls": 12}])
+def test_analytic_flops_match_torch_flop_counter(streams):
+    cfg = ModelConfig(arch="SiT-T/2", depth=2, hidden_size=32, num_heads=2, num_classes=4, input_size=8, in_channels=3)
+    model = build_model(cfg, vector_streams=streams)
+    x = {"x": torch.randn(3, 3, 8, 8), **{k: torch.randn(3, d) for k, d in streams.items()}}
+    # the math attention backend decomposes into matmuls the counter sees (the CPU flash kernel is not counted)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(x, torch.rand(3), torch.tensor([0, 1, 2]))
+    assert forward_flops(model, batch=3) == pytest.approx(counter.get_total_flops(), rel=0.01)
+
+
+def test_sit_xl2_flops_match_the_paper():
+    cfg = ModelConfig(arch="SiT-XL/2", num_classes=1000, input_size=32, in_channels=4)
+    with torch.device("meta"):
+        sit = build_model(cfg)
+        reg = build_model(cfg, vector_streams={"cls": 768})
+    gmacs = forward_flops(sit) / 2e9
+    assert gmacs == pytest.approx(118.6, rel=0.01)  # DiT/SiT papers: 118.6 "Gflops" (multiply-adds)
+    overhead = forward_flops(reg) / forward_flops(sit) - 1
+    assert 0 < overhead < 0.005  # REG: one extra token, < 0.5% FLOPs
