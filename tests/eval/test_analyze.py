@@ -24,7 +24,7 @@ def _csv(path):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     run = tmp_path_factory.mktemp("analysis") / "run"
-    assert main(["train", "demo-fashion", *TINY, "data.synthetic_size=96", "--out", str(run)]) == 0
+    assert main(["train", "demo-fashion-sit", *TINY, "data.synthetic_size=96", "--out", str(run)]) == 0
     return run
 
 

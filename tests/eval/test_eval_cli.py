@@ -69,7 +69,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, fake_inception_env, capsys):
 
 def test_run_is_sampled_once_then_evaluated_against_its_data(tmp_path, fake_inception_env, capsys):
     run = tmp_path / "run"
-    assert main(["train", "demo-fashion", *TINY, "--out", str(run)]) == 0
+    assert main(["train", "demo-fashion-sit", *TINY, "--out", str(run)]) == 0
     argv = [
         "eval",
         str(run),
