@@ -118,11 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import add_commands as bench_commands
     from .data.cli import add_commands as cache_commands
     from .encoders.cli import add_commands as encoder_commands
+    from .eval.cli import add_commands as add_eval_commands
 
     encoder_commands(sub)
     cache_commands(sub)
-    bench = sub.add_parser("bench", help="benchmarks: training / sampling throughput")
+    bench = sub.add_parser("bench", help="benchmarks: throughput, convergence (FID vs training steps)")
     bench_commands(bench.add_subparsers(dest="bench_command", required=True))
+    add_eval_commands(sub)  # eval, analyze, and `bench convergence` in the group above
     return p
 
 

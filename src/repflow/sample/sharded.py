@@ -1,0 +1,105 @@
+"""Sharded, resumable generation: N samples as PNGs named by global index, split over torchrun processes.
+
+Process ``r`` of ``w`` generates indices ``r, r + w, r + 2w, ...``; an index whose PNG already exists is
+skipped, so an interrupted 50K-sample run resumes where it stopped. PNGs are written under a temporary
+name and renamed, so an existing name always holds a complete image. Because every sample draws its
+noise from its own seeded generator (``noise.py``), the images do not depend on the number of processes,
+the batch size, or how often the run was interrupted.
+
+A ``samples.json`` manifest records what the folder's images were generated with; resuming into a folder
+made with different settings is refused rather than silently mixing two models' samples.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..config import SampleConfig, to_dict
+from ..train.distributed import DistInfo, barrier
+from .export import save_pngs
+from .generate import sample_images
+
+MANIFEST = "samples.json"
+
+
+def sample_path(folder: str | Path, index: int) -> Path:
+    """The PNG of sample ``index`` (the name ``save_pngs`` writes)."""
+    return Path(folder) / f"{int(index):06d}.png"
+
+
+def shard_indices(num: int, rank: int = 0, world: int = 1) -> list[int]:
+    """The global indices process ``rank`` of ``world`` is responsible for."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is outside a world of {world} processes")
+    return list(range(rank, num, world))
+
+
+def pending_indices(folder: str | Path, indices: list[int]) -> list[int]:
+    return [i for i in indices if not sample_path(folder, i).is_file()]
+
+
+def sampling_manifest(checkpoint: str, ema: float, opts: SampleConfig, num_classes: int) -> dict:
+    """Everything the images depend on, except how many there are."""
+    labels = f"index mod {num_classes}" if num_classes > 0 else "unconditional"
+    return {"checkpoint": str(checkpoint), "ema": ema, "labels": labels, "sample": to_dict(opts)}
+
+
+def _claim_folder(folder: Path, manifest: dict) -> None:
+    """Write the manifest, or check that an existing one describes the same generation."""
+    path = folder / MANIFEST
+    comparable = {k: v for k, v in manifest.items()}
+    comparable["sample"] = {k: v for k, v in manifest["sample"].items() if k != "batch_size"}
+    if path.is_file():
+        old = json.loads(path.read_text())
+        old_cmp = {**old, "sample": {k: v for k, v in old.get("sample", {}).items() if k != "batch_size"}}
+        if old_cmp != comparable:
+            diff = sorted(k for k in set(old_cmp) | set(comparable) if old_cmp.get(k) != comparable.get(k))
+            raise ValueError(f"{folder} holds samples generated with other settings ({', '.join(diff)} differ); "
+                             "choose another --samples folder or delete it")  # fmt: skip
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def generate_sharded(
+    model: torch.nn.Module,
+    cfg,
+    codec,
+    folder: str | Path,
+    num: int,
+    opts: SampleConfig,
+    manifest: dict,
+    dist: DistInfo | None = None,
+    progress: bool = True,
+) -> int:
+    """Generate the missing PNGs of samples ``0..num-1`` that belong to this process; returns how many it made.
+
+    Every process must call this (it synchronises on a barrier before and after).
+    """
+    dist = dist or DistInfo()
+    folder = Path(folder)
+    if num <= 0:
+        raise ValueError(f"the number of samples must be positive, got {num}")
+    if dist.is_main:
+        _claim_folder(folder, manifest)
+    barrier(dist)
+    if not dist.is_main:
+        _claim_folder(folder, manifest)  # the main process wrote it; every rank checks the same thing
+    todo = pending_indices(folder, shard_indices(num, dist.rank, dist.world))
+    bar = tqdm(total=len(todo), desc=f"sampling (rank {dist.rank})" if dist.enabled else "sampling", unit="img",
+               disable=not progress or not todo, dynamic_ncols=True)  # fmt: skip
+    with torch.inference_mode():
+        for lo in range(0, len(todo), opts.batch_size):
+            idx = todo[lo : lo + opts.batch_size]
+            images, _ = sample_images(model, cfg, codec, idx, opts)
+            save_pngs(images, folder, idx)
+            bar.update(len(idx))
+    bar.close()
+    barrier(dist)
+    return len(todo)

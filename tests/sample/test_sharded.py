@@ -1,0 +1,78 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from repflow.build import resolve_config
+from repflow.codecs import build_codec
+from repflow.data import build_dataset
+from repflow.models import build_model
+from repflow.sample import sharded
+from repflow.sample.export import save_pngs
+from repflow.sample.sharded import generate_sharded, sample_path, sampling_manifest, shard_indices
+from repflow.train.distributed import DistInfo
+
+from ..conftest import tiny_config
+
+
+@pytest.fixture
+def setup():
+    cfg = tiny_config()
+    cfg = resolve_config(cfg, build_dataset(cfg.data, num_classes_hint=4))
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    with torch.no_grad():  # the zero-initialised output head would make every sample identical
+        model.out_x.weight.normal_(std=0.5)
+    return cfg, model, build_codec("pixel")
+
+
+def _read(folder, n):
+    return np.stack([np.asarray(Image.open(sample_path(folder, i))) for i in range(n)])
+
+
+def test_shards_partition_the_indices():
+    parts = [shard_indices(10, r, 3) for r in range(3)]
+    assert sorted(sum(parts, [])) == list(range(10))
+    with pytest.raises(ValueError, match="outside"):
+        shard_indices(10, 3, 3)
+
+
+def test_save_pngs_writes_the_names_sharded_generation_checks(tmp_path):
+    save_pngs(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), tmp_path, [7, 123456])
+    assert sample_path(tmp_path, 7).is_file() and sample_path(tmp_path, 123456).is_file()
+
+
+def test_two_processes_equal_one_and_restart_skips_finished(setup, tmp_path, monkeypatch):
+    cfg, model, codec = setup
+    opts = cfg.sample
+    manifest = sampling_manifest("ckpt", 0.9, opts, cfg.model.num_classes)
+    one = tmp_path / "one"
+    assert generate_sharded(model, cfg, codec, one, 6, opts, manifest, progress=False) == 6
+    monkeypatch.setattr(sharded, "barrier", lambda dist: None)  # simulate ranks one after another
+    two = tmp_path / "two"
+    made = [generate_sharded(model, cfg, codec, two, 6, opts, manifest, DistInfo(rank=r, world=2), progress=False)
+            for r in (1, 0)]  # fmt: skip
+    assert made == [3, 3]
+    np.testing.assert_array_equal(_read(one, 6), _read(two, 6))
+    assert len({_read(one, 6)[i].tobytes() for i in range(6)}) == 6  # distinct samples
+    # an interruption: one finished file missing, a temporary left behind
+    sample_path(two, 4).unlink()
+    (two / "000005.png.tmp").write_bytes(b"partial")
+    assert generate_sharded(model, cfg, codec, two, 6, opts, manifest, progress=False) == 1
+    np.testing.assert_array_equal(_read(one, 6), _read(two, 6))
+    # growing the evaluation keeps the first samples
+    assert generate_sharded(model, cfg, codec, two, 8, opts, manifest, progress=False) == 2
+    assert json.loads((two / "samples.json").read_text())["ema"] == 0.9
+
+
+def test_other_settings_are_refused(setup, tmp_path):
+    cfg, model, codec = setup
+    generate_sharded(model, cfg, codec, tmp_path, 2, cfg.sample,
+                     sampling_manifest("ckpt", 0.9, cfg.sample, 4), progress=False)  # fmt: skip
+    other = sampling_manifest("ckpt", 0.9, cfg.sample.__class__(**{**cfg.sample.__dict__, "steps": 7}), 4)
+    with pytest.raises(ValueError, match="other settings .*sample"):
+        generate_sharded(model, cfg, codec, tmp_path, 2, cfg.sample, other, progress=False)
+    bigger_batch = sampling_manifest("ckpt", 0.9, cfg.sample.__class__(**{**cfg.sample.__dict__, "batch_size": 1}), 4)
+    generate_sharded(model, cfg, codec, tmp_path, 2, cfg.sample, bigger_batch, progress=False)  # batch size is free
