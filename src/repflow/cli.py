@@ -23,7 +23,7 @@ def _train(args) -> int:
     return 0
 
 
-def _interval(text: str) -> tuple[float, float]:
+def parse_interval(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(x) for x in text.split(","))
     except ValueError as err:
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", choices=["euler", "heun", "sde", "dopri5"])
     s.add_argument("--steps", type=int)
     s.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = off)")
-    s.add_argument("--cfg-interval", type=_interval, help="LO,HI: guide only for t in [LO, HI] (t=1 is noise)")
+    s.add_argument("--cfg-interval", type=parse_interval, help="LO,HI: guide only for t in [LO, HI] (t=1 is noise)")
     s.add_argument("--seed", type=int)
     s.add_argument("--batch-size", type=int)
     s.add_argument("--ema", type=float, default=-1.0, help="EMA decay to use (-1: first EMA, 0: raw weights)")

@@ -5,13 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-def _interval(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(x) for x in text.split(","))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected LO,HI (e.g. 0,0.7), got {text!r}") from err
-    return lo, hi
+from ..cli import parse_interval
 
 
 def _int_list(text: str) -> list[int]:
@@ -33,7 +27,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=["euler", "heun", "sde", "dopri5"])
     p.add_argument("--sampling-steps", dest="steps", type=int, help="solver steps")
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--cfg-interval", type=_interval, help="LO,HI: guide only for t in [LO, HI] (t=1 is noise)")
+    p.add_argument("--cfg-interval", type=parse_interval, help="LO,HI: guide only for t in [LO, HI] (t=1 is noise)")
     p.add_argument("--seed", type=int, help="sampling seed (sample i uses its own stream of it)")
     p.add_argument("--sample-batch-size", dest="sample_batch_size", type=int)
     p.add_argument("--ema", type=float, default=-1.0, help="EMA decay to use (-1: first EMA, 0: raw weights)")
