@@ -132,6 +132,7 @@ class TrainConfig:
     ema_decays: tuple[float, ...] = (0.9999,)
     ema_warmup: bool = False  # decay min(d, (1 + n) / (10 + n)) after n steps: useful for short runs
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or fully shard (FSDP2)
     compile: bool = False
     grad_checkpointing: bool = False
     log_every: int = 50

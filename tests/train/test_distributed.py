@@ -63,3 +63,22 @@ def test_ddp_with_accumulation_matches(tmp_path):
     single.fit()
     torchrun(tmp_path / "ddp", 4, *ARGS, "train.grad_accum=2")
     assert_close(load_checkpoint(tmp_path / "ddp").weights("model"), single.model.state_dict())
+
+
+@pytest.mark.slow
+def test_fsdp_matches_one_process_and_resumes_across_parallelism(tmp_path):
+    single = Trainer(tiny_config(*ARGS), tmp_path / "single")
+    single.fit()
+    torchrun(tmp_path / "fsdp", 4, *ARGS, "train.parallel=fsdp")
+    fsdp = load_checkpoint(tmp_path / "fsdp")
+    assert fsdp.state()["parallel"] == "fsdp" and fsdp.state()["world_size"] == 2
+    assert_close(fsdp.weights("model"), single.model.state_dict())
+    assert_close(fsdp.weights("ema-0.9"), single.ema.state_dict(0.9))
+    # a sharded checkpoint (full tensors on disk) resumes in one process, and a 1-process one under FSDP
+    torchrun(tmp_path / "mixed", 2, *ARGS, "train.parallel=fsdp")
+    resumed = Trainer(tiny_config(*ARGS), tmp_path / "mixed")
+    resumed.fit()
+    assert_close(resumed.model.state_dict(), single.model.state_dict())
+    Trainer(tiny_config(*ARGS), tmp_path / "other").fit(stop_at=2)
+    torchrun(tmp_path / "other", 4, *ARGS, "train.parallel=fsdp", "train.grad_accum=2")
+    assert_close(load_checkpoint(tmp_path / "other").weights("model"), single.model.state_dict())

@@ -44,4 +44,9 @@ class EMA:
         if missing:
             raise ValueError(f"EMA {decay:g} checkpoint lacks {len(missing)} weights, e.g. {sorted(missing)[0]}")
         for shadow, name in zip(self.shadows[decay], self.names, strict=True):
-            shadow.copy_(tensors[name])
+            value = tensors[name].to(shadow.device if not hasattr(shadow, "device_mesh") else shadow.to_local().device)
+            if hasattr(shadow, "device_mesh"):  # FSDP: keep this rank's shard of the full tensor
+                from torch.distributed.tensor import distribute_tensor
+
+                value = distribute_tensor(value, shadow.device_mesh, shadow.placements)
+            shadow.copy_(value)

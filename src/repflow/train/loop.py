@@ -31,7 +31,6 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .distributed import DistInfo, all_reduce_max, all_reduce_mean, barrier, setup_distributed
-from .ema import ema_name
 from .logging import RunLogger, plot_loss
 from .preview import ema_preview
 from .state import TrainState
@@ -115,41 +114,13 @@ class Trainer:
                 f"cannot resume from {ckpt.path}: the config differs in {', '.join(diff)}; "
                 "use a new --out directory or the checkpoint's config"
             )
-        self.model.load_state_dict(ckpt.weights("model"))
-        if any(True for _ in self.objective.parameters()):
-            self.objective.load_state_dict(ckpt.weights("objective"))
-        for d in self.ema.decays:
-            name = ema_name(d)
-            self.ema.load_state_dict(d, ckpt.weights(name) if name in ckpt.weight_names() else ckpt.weights("model"))
-        state = ckpt.state()
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["rng"]["generator"].to(self.generator.get_state().device))
-        torch.set_rng_state(state["rng"]["torch"])
-        if self.device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-        self.state.step = int(state["step"])
+        self.state.load(ckpt.weights, ckpt.weight_names(), ckpt.state())
         self.last_checkpoint = ckpt.path
 
     def save(self) -> Path | None:
+        weights, state = self.state.payload()  # every rank: gathers shards under FSDP
         path = None
         if self.dist.is_main:
-            weights = {"model": self.model.state_dict()}
-            weights.update({ema_name(d): self.ema.state_dict(d) for d in self.ema.decays})
-            obj = self.objective.state_dict()
-            if obj:
-                weights["objective"] = obj
-            rng = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
-            if self.device.type == "cuda":
-                rng["cuda"] = torch.cuda.get_rng_state(self.device)
-            state = {
-                "step": self.step,
-                "images_seen": self.step * self.cfg.train.batch_size,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "rng": rng,
-                "world_size": self.dist.world,
-            }
             path = save_checkpoint(self.run_dir, self.step, weights, state, self.cfg, keep=self.cfg.train.keep_ckpts)
             self.last_checkpoint = path
         barrier(self.dist)
@@ -205,8 +176,9 @@ class Trainer:
                     self.save()
                 if t.sample_every and self.step % t.sample_every == 0 and self.step != end:
                     self.preview(logger)
-            if self.step == t.steps and self.dist.is_main:
+            if self.step == t.steps:
                 self.preview(logger)
+            if self.step == t.steps and self.dist.is_main:
                 plot = plot_loss(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
                 if plot:
                     logger.write(f"loss curve: {plot}")
@@ -237,9 +209,12 @@ class Trainer:
             )
 
     def preview(self, logger: RunLogger) -> Path | None:
+        """EMA sample grid; every rank takes part in gathering the EMA weights, rank 0 samples."""
+        decays = self.ema.decays
+        weights = self.state.ema_weights(decays[0]) if decays else self.state.payload()[0]["model"]
         if not self.dist.is_main:
             return None
-        images, nrow = ema_preview(self.model, self.ema, self.cfg, self.codec)
+        images, nrow = ema_preview(self.cfg, self.codec, weights, self.device)
         path = save_grid(images, self.run_dir / "samples" / f"step-{self.step:08d}.png", nrow=nrow)
         logger.image("samples/ema", make_grid(images, nrow), self.step)
         logger.write(f"samples: {path}")

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from ..build import build_network
 from ..sample.generate import sample_images
-from .ema import EMA
 
 
 @torch.no_grad()
-def ema_preview(model: nn.Module, ema: EMA, cfg, codec) -> tuple[Tensor, int | None]:
-    """``train.sample_num`` samples (fixed seeds, balanced labels) from the first EMA, and the grid row length
-    (one column per class when that fits)."""
-    shadow = copy.deepcopy(model)
-    if ema.decays:
-        shadow.load_state_dict(ema.state_dict(ema.decays[0]))
+def ema_preview(cfg, codec, weights: dict[str, Tensor], device: torch.device) -> tuple[Tensor, int | None]:
+    """``train.sample_num`` samples (fixed seeds, balanced labels) from full EMA ``weights`` in a fresh,
+    unsharded copy of the network, and the grid row length (one column per class when that fits)."""
+    model = build_network(cfg)
+    model.load_state_dict(weights)
     n = cfg.train.sample_num
-    images, _ = sample_images(shadow, cfg, codec, range(n))
+    images, _ = sample_images(model.to(device), cfg, codec, range(n))
     k = cfg.model.num_classes
     return images, (k if 0 < k <= 16 and n % k == 0 else None)
