@@ -4,10 +4,10 @@ import sys
 
 import torch
 
-from repflow.train.loop import Trainer
+from repflow.train.loop import train
 from tests.conftest import tiny_config
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     run, stop = sys.argv[1], int(sys.argv[2])
-    Trainer(tiny_config(*sys.argv[3:]), run).fit(stop_at=stop)
+    train(tiny_config(*sys.argv[3:]), run, stop_at=stop)

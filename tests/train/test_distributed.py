@@ -29,7 +29,7 @@ def torchrun(run: Path, stop: int, *overrides: str, nproc: int = 2) -> None:
            f"--master_port={free_port()}", "tests/train/dist_worker.py", str(run), str(stop), *overrides]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-12000:]
 
 
 def assert_close(a: dict, b: dict, atol: float = 1e-5) -> None:

@@ -30,7 +30,7 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .distributed import DistInfo, all_reduce_max, all_reduce_mean, barrier, setup_distributed
+from .distributed import DistInfo, all_reduce_max, all_reduce_mean, barrier, cleanup, setup_distributed
 from .logging import RunLogger, plot_loss
 from .preview import ema_preview
 from .state import TrainState
@@ -182,6 +182,7 @@ class Trainer:
                 plot = plot_loss(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
                 if plot:
                     logger.write(f"loss curve: {plot}")
+            barrier(self.dist)  # no rank leaves (and tears down its process group) while rank 0 still samples
         finally:
             logger.close()
         seconds = time.perf_counter() - t0
@@ -224,7 +225,11 @@ class Trainer:
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = True, stop_at: int | None = None) -> TrainResult:
     """Train ``cfg`` into ``run_dir`` (resuming from its newest checkpoint if there is one)."""
-    return Trainer(cfg, run_dir, resume=resume).fit(stop_at=stop_at)
+    trainer = Trainer(cfg, run_dir, resume=resume)
+    try:
+        return trainer.fit(stop_at=stop_at)
+    finally:
+        cleanup(trainer.dist)
 
 
 __all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "train"]
