@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .codecs import DEFAULT_VAE, Codec, build_codec
-from .config import Config, ConfigError
+from .config import Config, ConfigError, RepaConfig
 from .data import ImageDataset, build_dataset
 from .flow.loss import FlowMatching
 from .flow.path import build_path
@@ -67,13 +67,24 @@ def _resolve_representation(cfg: Config) -> Config:
 
     grid = cfg.model.input_size // cfg.model.patch_size
     encoders = tuple(dataclasses.replace(e, resolution=default_resolution(e, grid)) for e in cfg.encoders)
+    return dataclasses.replace(cfg, encoders=encoders, repa=_resolve_repa(cfg))
+
+
+def _resolve_repa(cfg: Config) -> RepaConfig:
     repa = cfg.repa
     if repa.enabled:
         depth = repa.depth or default_depth(cfg.model.depth)
         if not 1 <= depth <= cfg.model.depth:
             raise ConfigError(f"repa.depth={depth} must lie in 1..{cfg.model.depth} (the model's blocks)")
         repa = dataclasses.replace(repa, depth=depth)
-    return dataclasses.replace(cfg, encoders=encoders, repa=repa)
+    return repa
+
+
+def resolve_static(cfg: Config) -> Config:
+    """What can be resolved without reading the data or loading weights (``--dry-run``): architecture
+    dims and REPA's block. Classes, input size, channels and encoder widths follow when training starts."""
+    cfg = dataclasses.replace(cfg, model=resolve_arch(cfg.model))
+    return dataclasses.replace(cfg, repa=_resolve_repa(cfg))
 
 
 def resolve_encoder_dims(cfg: Config, dims: list[int]) -> Config:
@@ -179,6 +190,7 @@ __all__ = [
     "codec_for",
     "guidance_scales",
     "resolve_config",
+    "resolve_static",
     "resolve_encoder_dims",
     "stream_shapes",
 ]

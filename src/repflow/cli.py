@@ -15,7 +15,10 @@ def _train(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
-        print(to_yaml(cfg), end="")
+        from .build import resolve_static
+
+        print(to_yaml(resolve_static(cfg)), end="")
+        print("# model.num_classes/input_size/in_channels and reg.dim are filled in from the data and encoder")
         return 0
     out = Path(args.out or f"runs/{cfg.name}")
     result = train(cfg, out, resume=not args.no_resume)

@@ -153,11 +153,15 @@ def test_resolved_config_stores_the_vae_and_latent_shape(tiny_vae):
 
 
 @pytest.mark.parametrize(
-    "preset, arch, latent",
-    [("sit-b2-in256", "SiT-B/2", 32), ("sit-l2-in256", "SiT-L/2", 32), ("sit-xl2-in256", "SiT-XL/2", 32),
-     ("sit-xl2-in512", "SiT-XL/2", 64)],
+    "preset, arch, latent, repa_depth, reg",
+    [("sit-b2-in256", "SiT-B/2", 32, 0, False), ("sit-l2-in256", "SiT-L/2", 32, 0, False),
+     ("sit-xl2-in256", "SiT-XL/2", 32, 0, False), ("sit-xl2-in512", "SiT-XL/2", 64, 0, False),
+     ("sit-b2-repa-in256", "SiT-B/2", 32, 4, False), ("sit-l2-repa-in256", "SiT-L/2", 32, 8, False),
+     ("sit-xl2-repa-in256", "SiT-XL/2", 32, 8, False), ("sit-b2-reg-in256", "SiT-B/2", 32, 4, True),
+     ("sit-l2-reg-in256", "SiT-L/2", 32, 8, True), ("sit-xl2-reg-in256", "SiT-XL/2", 32, 8, True),
+     ("sit-xl2-reg-in512", "SiT-XL/2", 64, 8, True)],
 )  # fmt: skip
-def test_imagenet_presets_follow_the_official_recipe(preset, arch, latent, tmp_path):
+def test_imagenet_presets_follow_the_official_recipe(preset, arch, latent, repa_depth, reg, tmp_path):
     import types
 
     from repflow.config import load_config
@@ -176,3 +180,11 @@ def test_imagenet_presets_follow_the_official_recipe(preset, arch, latent, tmp_p
     m = resolved.model
     assert (m.in_channels, m.input_size, m.num_classes) == (4, latent, 1000)
     assert m.depth == arch_dims(arch)["depth"] and m.patch_size == 2
+    # REPA (lambda 0.5, block 4 for B and 8 for L/XL) and REG (beta 0.03, DINOv2-B/14 class token)
+    assert resolved.repa.enabled == bool(repa_depth) and resolved.reg.enabled == reg
+    if repa_depth:
+        assert (resolved.repa.depth, resolved.repa.weight) == (repa_depth, 0.5)
+        (enc,) = resolved.encoders
+        assert enc.name == "dinov2-vitb14" and enc.resolution == 224 * latent // 32
+    if reg:
+        assert (resolved.reg.weight, resolved.reg.source) == (0.03, "cls")
