@@ -35,33 +35,40 @@ def parse_interval(text: str) -> tuple[float, float]:
 
 
 def _sample(args) -> int:
+    """PNGs named by sample index (sharded over torchrun processes, resumable), then a grid and an .npz."""
     import dataclasses
 
-    import torch
-
-    from .sample.export import save_grid, save_npz, save_pngs
-    from .sample.generate import sample_images
+    from .sample.export import save_grid, save_npz
     from .sample.load import load_model
-    from .train.distributed import pick_device
+    from .sample.sharded import generate_sharded, read_samples, sampling_manifest
+    from .train.distributed import cleanup, setup_distributed
 
-    device = pick_device(0, args.device)
-    cfg, model, codec, ckpt = load_model(args.run, ema=args.ema, device=device, vae=args.vae)
-    changes = {k: v for k, v in {
-        "sampler": args.sampler, "steps": args.steps, "cfg": args.cfg, "cfg_interval": args.cfg_interval,
-        "seed": args.seed, "batch_size": args.batch_size,
-    }.items() if v is not None}  # fmt: skip
-    opts = dataclasses.replace(cfg.sample, **changes)
-    out = Path(args.out or ckpt.path.parent.parent / "samples" / f"{ckpt.path.name}-{opts.sampler}{opts.steps}")
-    with torch.inference_mode():
-        images, nfe = sample_images(model, cfg, codec, range(args.num), opts, progress=True)
-    save_pngs(images, out, range(args.num))
-    k = cfg.model.num_classes
-    grid = save_grid(images[: min(args.num, 100)], out / "grid.png", nrow=k if 0 < k <= 16 else None)
-    msg = f"{args.num} samples ({opts.sampler}, {opts.steps} steps, NFE {nfe}, cfg {opts.cfg}) in {out}; grid {grid}"
-    if args.npz:
-        msg += f"; npz {save_npz(images, out / 'samples.npz')}"
-    print(msg)
-    return 0
+    dist = setup_distributed(args.device)
+    try:
+        cfg, model, codec, ckpt = load_model(args.run, ema=args.ema, device=dist.device, vae=args.vae)
+        changes = {k: v for k, v in {
+            "sampler": args.sampler, "steps": args.steps, "cfg": args.cfg, "cfg_interval": args.cfg_interval,
+            "seed": args.seed, "batch_size": args.batch_size,
+        }.items() if v is not None}  # fmt: skip
+        opts = dataclasses.replace(cfg.sample, **changes)
+        name = f"{ckpt.path.name}-{opts.sampler}{opts.steps}-cfg{opts.cfg:g}-seed{opts.seed}"
+        out = Path(args.out or ckpt.path.parent.parent / "samples" / name)
+        manifest = {**sampling_manifest(str(ckpt.path.resolve()), args.ema, opts, cfg.model.num_classes),
+                    "vae": args.vae or cfg.codec.path}  # fmt: skip
+        made = generate_sharded(model, cfg, codec, out, args.num, opts, manifest, dist)
+        if not dist.is_main:
+            return 0
+        k = cfg.model.num_classes
+        first = read_samples(out, range(min(args.num, 100)))
+        grid = save_grid(first, out / "grid.png", nrow=k if 0 < k <= 16 else None)
+        nfe = f", NFE {made.nfe}" if made.count else ", all already there"
+        msg = f"{args.num} samples ({opts.sampler}, {opts.steps} steps{nfe}, cfg {opts.cfg}) in {out}; grid {grid}"
+        if args.npz:
+            msg += f"; npz {save_npz(read_samples(out, range(args.num)), out / 'samples.npz')}"
+        print(msg)
+        return 0
+    finally:
+        cleanup(dist)
 
 
 def _presets(args) -> int:
@@ -96,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="generate images from a run or checkpoint")
     s.add_argument("run", help="run directory (newest checkpoint) or checkpoint directory")
-    s.add_argument("--num", type=int, default=64)
+    # --num alone would stop torchrun: it rejects it as an ambiguous abbreviation of its own --numa-binding
+    s.add_argument("--num-samples", "--num", dest="num", type=int, default=64, help="samples 0..N-1")
     s.add_argument("--sampler", choices=["euler", "heun", "sde", "dopri5"])
     s.add_argument("--steps", type=int)
     s.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = off)")

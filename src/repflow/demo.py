@@ -30,6 +30,6 @@ def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Path]:
     print(f"  samples ({cfg.train.sample_num}, one class per column, {s.sampler} {s.steps} steps, cfg {s.cfg}): "
           f"{paths.get('samples')}")  # fmt: skip
     print(f"  loss curve: {paths.get('loss')}")
-    print(f"  checkpoint: {paths['checkpoint']}  (repflow sample {run_dir} --num 100)")
+    print(f"  checkpoint: {paths['checkpoint']}  (repflow sample {run_dir} --num-samples 100)")
     print(f"  TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
     return paths

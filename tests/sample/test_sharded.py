@@ -49,10 +49,10 @@ def test_two_processes_equal_one_and_restart_skips_finished(setup, tmp_path, mon
     opts = cfg.sample
     manifest = sampling_manifest("ckpt", 0.9, opts, cfg.model.num_classes)
     one = tmp_path / "one"
-    assert generate_sharded(model, cfg, codec, one, 6, opts, manifest, progress=False) == 6
+    assert generate_sharded(model, cfg, codec, one, 6, opts, manifest, progress=False).count == 6
     monkeypatch.setattr(sharded, "barrier", lambda dist: None)  # simulate ranks one after another
     two = tmp_path / "two"
-    made = [generate_sharded(model, cfg, codec, two, 6, opts, manifest, DistInfo(rank=r, world=2), progress=False)
+    made = [generate_sharded(model, cfg, codec, two, 6, opts, manifest, DistInfo(rank=r, world=2), progress=False).count
             for r in (1, 0)]  # fmt: skip
     assert made == [3, 3]
     np.testing.assert_array_equal(_read(one, 6), _read(two, 6))
@@ -60,10 +60,10 @@ def test_two_processes_equal_one_and_restart_skips_finished(setup, tmp_path, mon
     # an interruption: one finished file missing, a temporary left behind
     sample_path(two, 4).unlink()
     (two / "000005.png.tmp").write_bytes(b"partial")
-    assert generate_sharded(model, cfg, codec, two, 6, opts, manifest, progress=False) == 1
+    assert generate_sharded(model, cfg, codec, two, 6, opts, manifest, progress=False).count == 1
     np.testing.assert_array_equal(_read(one, 6), _read(two, 6))
     # growing the evaluation keeps the first samples
-    assert generate_sharded(model, cfg, codec, two, 8, opts, manifest, progress=False) == 2
+    assert generate_sharded(model, cfg, codec, two, 8, opts, manifest, progress=False).count == 2
     assert json.loads((two / "samples.json").read_text())["ema"] == 0.9
 
 

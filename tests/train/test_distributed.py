@@ -1,4 +1,4 @@
-"""DDP on CPU (gloo, 2 processes) against one process with the same global batch."""
+"""DDP/FSDP on CPU (gloo, 2 processes) against one process with the same global batch; sampling likewise."""
 
 import os
 import socket
@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from repflow.cli import main as cli_main
 from repflow.train.checkpoint import load_checkpoint
 from repflow.train.loop import Trainer
 
@@ -25,8 +27,12 @@ def free_port() -> int:
 
 
 def torchrun(run: Path, stop: int, *overrides: str, nproc: int = 2) -> None:
+    launch(nproc, "tests/train/dist_worker.py", str(run), str(stop), *overrides)
+
+
+def launch(nproc: int, *args: str) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={free_port()}", "tests/train/dist_worker.py", str(run), str(stop), *overrides]  # fmt: skip
+           f"--master_port={free_port()}", *args]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-12000:]
@@ -82,3 +88,15 @@ def test_fsdp_matches_one_process_and_resumes_across_parallelism(tmp_path):
     Trainer(tiny_config(*ARGS), tmp_path / "other").fit(stop_at=2)
     torchrun(tmp_path / "other", 4, *ARGS, "train.parallel=fsdp", "train.grad_accum=2")
     assert_close(load_checkpoint(tmp_path / "other").weights("model"), single.model.state_dict())
+
+
+@pytest.mark.slow
+def test_two_process_sampling_equals_one_process(tmp_path):
+    run = tmp_path / "run"
+    Trainer(tiny_config("train.steps=2", "train.lr=0.05"), run).fit()  # a large step: distinct samples
+    common = ["sample", str(run), "--num-samples", "7", "--sampler", "heun", "--steps", "3", "--cfg", "2", "--npz"]
+    assert cli_main([*common, "--batch-size", "4", "--out", str(tmp_path / "one")]) == 0
+    launch(2, "-m", "repflow.cli", *common, "--batch-size", "2", "--out", str(tmp_path / "two"))
+    one, two = (np.load(tmp_path / d / "samples.npz")["arr_0"] for d in ("one", "two"))
+    assert one.shape == (7, 8, 8, 3) and len({a.tobytes() for a in one}) == 7
+    np.testing.assert_array_equal(one, two)

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from ..config import SampleConfig, to_dict
@@ -36,6 +39,18 @@ def shard_indices(num: int, rank: int = 0, world: int = 1) -> list[int]:
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is outside a world of {world} processes")
     return list(range(rank, num, world))
+
+
+def read_samples(folder: str | Path, indices) -> torch.Tensor:
+    """(N, C, H, W) uint8 of the given samples' PNGs (C = 1 for greyscale)."""
+    arrays = [np.asarray(Image.open(sample_path(folder, i))) for i in indices]
+    batch = torch.from_numpy(np.stack(arrays))
+    return batch.unsqueeze(1) if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
+
+
+class Generated(NamedTuple):
+    count: int  # samples this process generated (0 when all of its shard was already there)
+    nfe: int  # network evaluations per sample (the most over batches: dopri5 adapts its steps)
 
 
 def pending_indices(folder: str | Path, indices: list[int]) -> list[int]:
@@ -77,8 +92,8 @@ def generate_sharded(
     manifest: dict,
     dist: DistInfo | None = None,
     progress: bool = True,
-) -> int:
-    """Generate the missing PNGs of samples ``0..num-1`` that belong to this process; returns how many it made.
+) -> Generated:
+    """Generate the missing PNGs of samples ``0..num-1`` that belong to this process.
 
     Every process must call this (it synchronises on a barrier before and after).
     """
@@ -94,12 +109,14 @@ def generate_sharded(
     todo = pending_indices(folder, shard_indices(num, dist.rank, dist.world))
     bar = tqdm(total=len(todo), desc=f"sampling (rank {dist.rank})" if dist.enabled else "sampling", unit="img",
                disable=not progress or not todo, dynamic_ncols=True)  # fmt: skip
+    nfe = 0
     with torch.inference_mode():
         for lo in range(0, len(todo), opts.batch_size):
             idx = todo[lo : lo + opts.batch_size]
-            images, _ = sample_images(model, cfg, codec, idx, opts)
+            images, batch_nfe = sample_images(model, cfg, codec, idx, opts)
             save_pngs(images, folder, idx)
+            nfe = max(nfe, batch_nfe)
             bar.update(len(idx))
     bar.close()
     barrier(dist)
-    return len(todo)
+    return Generated(len(todo), nfe)
