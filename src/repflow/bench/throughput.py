@@ -99,9 +99,10 @@ def table(rows: list[Measurement], title: str) -> str:
     )
     lines = [title, head]
     for r in rows:
+        mem = f"{r.peak_mem_gib:8.2f}" if r.peak_mem_gib == r.peak_mem_gib else f"{'n/a':>8s}"  # NaN off GPU
         lines.append(
             f"{r.arch:10s} {r.method:6s} {r.batch:5d} {r.step_ms:9.1f} {r.images_per_s:8.1f} "
-            f"{r.peak_mem_gib:8.2f} {r.tflops:8.2f} {r.mfu:6.1%}"
+            f"{mem} {r.tflops:8.2f} {r.mfu:6.1%}"
         )
     return "\n".join(lines)
 
