@@ -72,9 +72,15 @@ def _claim_folder(folder: Path, manifest: dict) -> None:
         old = json.loads(path.read_text())
         old_cmp = {**old, "sample": {k: v for k, v in old.get("sample", {}).items() if k != "batch_size"}}
         if old_cmp != comparable:
-            diff = sorted(k for k in set(old_cmp) | set(comparable) if old_cmp.get(k) != comparable.get(k))
+            diff = [
+                k
+                for k in sorted(set(old_cmp) | set(comparable))
+                if k != "sample" and old_cmp.get(k) != comparable.get(k)
+            ]
+            old_s, new_s = old_cmp["sample"], comparable["sample"]
+            diff += [f"sample.{k}" for k in sorted(set(old_s) | set(new_s)) if old_s.get(k) != new_s.get(k)]
             raise ValueError(f"{folder} holds samples generated with other settings ({', '.join(diff)} differ); "
-                             "choose another --samples folder or delete it")  # fmt: skip
+                             "write to another folder or delete it")  # fmt: skip
         return
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
