@@ -40,6 +40,11 @@ def test_train_then_sample_pngs_grid_and_npz(tmp_path, capsys):
     arr = np.load(out / "samples.npz")["arr_0"]
     assert arr.shape == (6, 8, 8, 3) and arr.dtype == np.uint8
     assert "NFE 3" in capsys.readouterr().out
+    # run again into the same folder: every image is kept, none is generated again
+    before = (out / "000000.png").stat().st_mtime_ns
+    assert main(["sample", str(run), "--num-samples", "6", "--sampler", "heun", "--steps", "2", "--cfg", "2.0",
+                 "--cfg-interval", "0,0.7", "--seed", "3", "--out", str(out)]) == 0  # fmt: skip
+    assert "all already there" in capsys.readouterr().out and (out / "000000.png").stat().st_mtime_ns == before
 
 
 def test_sample_missing_run_is_a_clear_error(tmp_path, capsys):
