@@ -156,7 +156,7 @@ def test_eval_of_a_decoder_run_measures_psnr_and_rfid_of_reconstructions(tmp_pat
     Trainer(cfg, tmp_path / "dec").fit()
     assert main(["eval", str(tmp_path / "dec"), "--num-samples", "12", "--metrics", "fid", "--ref-count", "0"]) == 0
     out = capsys.readouterr().out
-    assert "PSNR" in out and "FID" in out and "reconstructions" in out
+    assert "PSNR" in out and "rFID" in out and "reconstructions" in out
     folder = next((tmp_path / "dec" / "eval").glob("recon-ckpt-00000002-ema0.9-test"))
     assert len(list(folder.glob("[0-9]*.png"))) == 12 and (folder / "grid.png").is_file()
     record = json.loads((folder / "eval.json").read_text())

@@ -66,7 +66,8 @@ def _eval(args) -> int:
                            allow_resolution_mismatch=args.allow_resolution_mismatch)  # fmt: skip
         result = evaluate(source, inception, opts)
         path = write_result(out_json, result, inception, provenance)
-        shown = format_result(result) + (f", PSNR {psnr:.2f} dB (reconstructions: rFID)" if psnr is not None else "")
+        shown = format_result(result, reconstructions=psnr is not None)
+        shown += f", PSNR {psnr:.2f} dB" if psnr is not None else ""
         print(f"{shown}; reference {reference or 'none'}; results: {path}")
         for name, why in result.skipped.items():
             print(f"  skipped {name}: {why}")

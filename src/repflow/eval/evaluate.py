@@ -152,8 +152,10 @@ def write_result(path: str | Path, result: EvalResult, inception: TFInception, p
     return path
 
 
-def format_result(result: EvalResult) -> str:
-    names = {"fid": "FID", "sfid": "sFID", "is": "IS", "precision": "Precision", "recall": "Recall"}
+def format_result(result: EvalResult, reconstructions: bool = False) -> str:
+    """One line of metrics; of reconstructions, FID is rFID."""
+    names = {"fid": "rFID" if reconstructions else "FID", "sfid": "sFID", "is": "IS", "precision": "Precision",
+             "recall": "Recall"}  # fmt: skip
     parts = [f"{names[k]} {v:.4f}" for k, v in result.metrics.items()]
     bad = f", {len(result.skipped_files)} unreadable files left out" if result.skipped_files else ""
-    return f"{', '.join(parts)} ({result.num_samples} samples{bad})"
+    return f"{', '.join(parts)} ({result.num_samples} {'reconstructions' if reconstructions else 'samples'}{bad})"
