@@ -1,5 +1,6 @@
 """Exact resume, gradient accumulation, atomic checkpoints and the NaN guard."""
 
+import json
 import textwrap
 
 import pytest
@@ -24,9 +25,15 @@ def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path):
     straight.fit()
     first = Trainer(cfg, tmp_path / "b")
     first.fit(stop_at=3)  # "killed" after the step-3 checkpoint
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:  # what it logged after that checkpoint, torn by the kill
+        f.write('{"step": 4, "loss": 9.0}\n{"step": 5, "lo')
     resumed = Trainer(cfg, tmp_path / "b")
     assert resumed.step == 3
     resumed.fit()
+    logged = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+              for run in ("a", "b")]  # fmt: skip
+    assert [r["step"] for r in logged[1]] == [r["step"] for r in logged[0]]  # each step once, the stale ones gone
+    assert [r["loss"] for r in logged[1]] == [r["loss"] for r in logged[0]]
     a, b = weights(straight), weights(resumed)
     assert a.keys() == b.keys()
     for k in a:

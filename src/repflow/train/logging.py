@@ -10,6 +10,26 @@ from pathlib import Path
 from tqdm import tqdm
 
 
+def drop_rows_after(metrics_file: Path, step: int) -> None:
+    """Keep the rows of metrics.jsonl up to ``step`` (the checkpoint a run resumes from): rows a killed run logged
+    after its last checkpoint are logged again when it resumes, and a row torn by the kill is dropped too."""
+    if not metrics_file.is_file():
+        return
+    lines = metrics_file.read_text().splitlines()
+    kept = [line for line in lines if _row_step(line) <= step]
+    if len(kept) < len(lines):
+        tmp = metrics_file.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(metrics_file)
+
+
+def _row_step(line: str) -> float:
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")  # torn or foreign: dropped
+
+
 class RunLogger:
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool = True):
         self.run_dir, self.enabled = Path(run_dir), enabled
@@ -29,9 +49,11 @@ class RunLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.run_dir / "tb"))
+            # a resumed run logs the steps after its checkpoint again: TensorBoard drops its old copies of them
+            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
         except ImportError:  # TensorBoard is optional
             self.tb = None
+        drop_rows_after(self.run_dir / "metrics.jsonl", start_step)
         self.metrics = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
 
     def step(self, n: int = 1) -> None:
