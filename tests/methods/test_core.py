@@ -112,6 +112,26 @@ def test_legacy_checkpoint_samples_and_resumes(tmp_path):
     }
 
 
+def test_a_dit_dh_run_of_repflow_0_2_samples_as_before_and_resumes(tmp_path):
+    """DiT^DH runs written before the official backbone (SiT blocks) keep their architecture and samples."""
+    import shutil
+
+    import numpy as np
+
+    from repflow.flow.generate import sample_images
+    from repflow.sample.load import load_run
+
+    run = tmp_path / "legacy"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "legacy-v0.2-ditdh", run)
+    loaded = load_run(run)
+    images, _ = sample_images(loaded.denoiser, loaded.cfg.sample, range(4))
+    assert torch.equal(images, torch.from_numpy(np.load(run / "samples-0-3.npy")))
+    trainer = Trainer(loaded.cfg.replace(**{"train.steps": 3}), run)
+    assert trainer.step == 2
+    trainer.fit()
+    assert trainer.step == 3
+
+
 @pytest.mark.parametrize(
     "override,message",
     [
