@@ -127,7 +127,8 @@ def check_weights_record(ckpt) -> None:
     if stored is None:
         return  # written before repflow recorded it
     trained, now = json.loads(stored), json.loads(weights_record(ckpt.config))
-    diff = [k for k in sorted(set(trained) | set(now)) if trained.get(k) != now.get(k)]
+    # keys the record lacks are fields a newer repflow added (their stored configs were upgraded to match)
+    diff = [k for k in sorted(trained) if trained[k] != now.get(k)]
     if diff:
         k = diff[0]
         raise CheckpointError(

@@ -116,6 +116,7 @@ class FlowConfig(Section):
     loss_space: Literal["v", "x", "eps"] = "v"  # where the squared error is taken
     min_denominator: float = checked(0.05, nonnegative)  # divisions by t (or alpha) are clipped (JiT: 0.05)
     noise_scale: float = checked(1.0, positive)  # the image's noise is noise_scale * N(0, I) (JiT: 2 at 512 px)
+    internal_weight: float = checked(1.0, nonnegative)  # loss weight of a network's internal output (RAEv2: 1)
     time: TimeConfig = field(default_factory=TimeConfig)
 
 
@@ -163,11 +164,18 @@ class SampleConfig(Section):
     shift: float = checked(-1.0, lambda v: None if v == -1 or v > 0 else "must be -1 (the training shift) or > 0")
     guide: str = ""  # AutoGuidance: a weaker run or checkpoint whose velocity guides this one's
     guide_scale: float = -1.0  # its scale (RAE: 1.42); -1: sample.cfg
+    grid: Literal["uniform", "rae"] = "uniform"  # rae: the official RAE grid (steps points, ending at t > 0)
+    internal_guidance: float = 1.0  # RAEv2: the full output guided away from the internal one (1: off)
+    internal_interval: tuple[float, float] = checked((0.0, 1.0), each(unit))  # ... for t in [lo, hi]
 
     def validate(self) -> None:
-        lo, hi = self.cfg_interval
-        if lo > hi:
-            raise ConfigError(f"config key 'sample.cfg_interval' needs lo <= hi, got {self.cfg_interval!r}")
+        for key in ("cfg_interval", "internal_interval"):
+            lo, hi = getattr(self, key)
+            if lo > hi:
+                raise ConfigError(f"config key 'sample.{key}' needs lo <= hi, got {(lo, hi)!r}")
+        if self.grid != "uniform" and self.sampler not in ("euler", "heun"):
+            raise ConfigError(f"sample.grid={self.grid} is a grid of the euler and heun samplers, not of "
+                              f"{self.sampler}")  # fmt: skip
 
 
 CORE = ("name", "seed", "method", "data", "codec", "encoders", "model", "flow", "train", "sample")

@@ -19,16 +19,16 @@ from ..build import WEIGHTS_KEY, weights_record
 from ..config import Config
 from ..errors import CheckpointError
 from ..runtime.checkpoint import ema_name, load_checkpoint, resolve_checkpoint, save_checkpoint
-from . import official_jit, official_sit
+from . import official_jit, official_rae, official_sit
 
-FORMATS = (*official_sit.KINDS, official_jit.KIND)
-EMA_DECAY = 0.9999  # the official EMA's decay (REPA / REG / SiT)
+FORMATS = (*official_sit.KINDS, official_jit.KIND, *official_rae.KINDS)
+EMA_DECAY = 0.9999  # the official EMA's decay (REPA / REG / SiT); a format module may name its own
 
 
 def _module(kind: str):
     if kind not in FORMATS:
         raise CheckpointError(f"unknown format {kind!r}; choose from {', '.join(FORMATS)}")
-    return official_jit if kind == official_jit.KIND else official_sit
+    return next(m for m in (official_sit, official_jit, official_rae) if kind in m.KINDS)
 
 
 def read_official(path: str | Path, kind: str = "") -> tuple[dict[float, dict[str, Tensor]], dict | None, int]:
@@ -47,12 +47,32 @@ def read_official(path: str | Path, kind: str = "") -> tuple[dict[float, dict[st
                               f"damaged): {first}") from err  # fmt: skip
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
-    emas = {d: obj[k] for k, d in (("ema", EMA_DECAY), *official_jit.EMAS.items()) if isinstance(obj.get(k), dict)}
+    decay = getattr(_module(kind), "EMA_DECAY", EMA_DECAY) if kind else EMA_DECAY
+    emas = {d: obj[k] for k, d in (("ema", decay), *official_jit.EMAS.items()) if isinstance(obj.get(k), dict)}
     raw = obj.get("model") if isinstance(obj.get("model"), dict) else None
     if emas or raw is not None:
-        step = int(obj.get("steps", obj.get("epoch", 0)) or 0) if kind != official_jit.KIND else 0
-        return emas or {EMA_DECAY: raw}, raw, step
-    return {EMA_DECAY: obj}, None, 0
+        step = int(obj.get("steps", obj.get("step", obj.get("epoch", 0))) or 0) if kind != official_jit.KIND else 0
+        return emas or {decay: raw}, raw, step
+    return {decay: obj}, None, 0
+
+
+def check_fits(cfg: Config, kind: str, model: dict[str, Tensor]) -> None:
+    """Every imported tensor has the shape the config's network expects and holds finite values; one line
+    naming the first that does not (a file of another size, a damaged file)."""
+    from ..build import method_class
+
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in method_class(cfg).inference_networks(cfg)["model"].state_dict().items()}
+    for key, value in model.items():
+        if key in expected and tuple(value.shape) != tuple(expected[key]):
+            raise CheckpointError(f"{kind} tensor for {key} has shape {tuple(value.shape)}; the inferred "
+                                  f"{cfg.model.arch} expects {tuple(expected[key])}")  # fmt: skip
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"{kind} tensor for {key} holds NaN or infinite values: the file is damaged")
+    missing = sorted(set(expected) - set(model))
+    if missing:
+        raise CheckpointError(f"the {kind} file lacks {missing[0]} (and {len(missing) - 1} more) that the inferred "
+                              f"{cfg.model.arch} needs: is it a checkpoint of this format?")  # fmt: skip
 
 
 def import_checkpoint(kind: str, path: str | Path, out: str | Path, overrides: list[str] | None = None) -> Path:
@@ -65,6 +85,7 @@ def import_checkpoint(kind: str, path: str | Path, out: str | Path, overrides: l
     extra: dict[str, Tensor] = {}
     for decay, sd in emas.items():
         model, objective, extra_ema = fmt.from_official(kind, sd, cfg)
+        check_fits(cfg, kind, model)
         weights[ema_name(decay)] = model
         extra.update({f"{ema_name(decay)}.{k}": v for k, v in extra_ema.items()})  # per weights file
         # the official EMA also averages the REPA projectors; repflow trains the raw ones: keep the averages
@@ -72,6 +93,7 @@ def import_checkpoint(kind: str, path: str | Path, out: str | Path, overrides: l
     if raw is not None:
         model, objective, extra_raw = fmt.from_official(kind, raw, cfg)
         extra.update({f"model.{k}": v for k, v in extra_raw.items()})
+    extra = {k: v.clone() for k, v in extra.items()}  # tensors the raw and EMA dicts share are stored once each
     weights.update({"model": model, "objective": objective, "official": extra})
     cfg = cfg.replace(**{"train.ema_decays": tuple(emas)})
     state = {"step": step, "images_seen": step * cfg.train.batch_size, "optimizer": {}, "rng": {},
@@ -105,7 +127,7 @@ def export_checkpoint(kind: str, run: str | Path, path: str | Path) -> Path:
     emas = [official(ema_name(d)) for d in decays] or [official("model")]
     if kind == official_jit.KIND:
         obj = {"model": official("model"), "model_ema1": emas[0], "model_ema2": emas[min(1, len(emas) - 1)]}
-    elif kind == "official-reg":
+    elif kind in ("official-reg", *official_rae.KINDS):  # their sampling scripts read the "ema" entry
         obj = {"model": official("model"), "ema": emas[0]}
     else:
         obj = emas[0]

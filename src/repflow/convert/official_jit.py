@@ -19,6 +19,7 @@ from ..errors import CheckpointError
 from ..models.jit import JIT_SIZES
 
 KIND = "official-jit"
+KINDS = (KIND,)
 EMAS = {"model_ema1": 0.9999, "model_ema2": 0.9996}
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(norm1\.weight|norm2\.weight|attn\.qkv\.(weight|bias)|attn\.q_norm\.weight|"
                     r"attn\.k_norm\.weight|attn\.proj\.(weight|bias)|mlp\.w12\.(weight|bias)|mlp\.w3\.(weight|bias)|"

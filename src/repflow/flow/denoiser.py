@@ -9,6 +9,7 @@ need to know more.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import SampleConfig
-from ..runtime.precision import autocast_for
+from ..runtime.precision import autocast_for, full_precision
 from .path import Path, expand_t
 from .solvers import State
 
@@ -57,23 +58,39 @@ class NetworkDenoiser:
     min_denominator: float = 0.05
     precision: str = "auto"
     scales: Callable[[SampleConfig], dict[str, float]] | None = None
+    internal_scale: float = 1.0  # RAEv2's internal guidance: shallow + w (full - shallow), for t in the interval
+    internal_interval: tuple[float, float] = (0.0, 1.0)
     device: torch.device = field(init=False)
+    dtype: torch.dtype = field(init=False)  # of the state: float64 for a float64 network (checks), else float32
 
     def __post_init__(self) -> None:
-        self.device = next(self.network.parameters()).device
+        param = next(self.network.parameters())
+        self.device, self.dtype = param.device, full_precision(param[:0]).dtype
+
+    def for_options(self, opts: SampleConfig) -> NetworkDenoiser:
+        """This denoiser with the sampling options that change the velocity itself (internal guidance)."""
+        if opts.internal_guidance == self.internal_scale and tuple(opts.internal_interval) == self.internal_interval:
+            return self
+        return dataclasses.replace(self, internal_scale=opts.internal_guidance,
+                                   internal_interval=tuple(opts.internal_interval))  # fmt: skip
+
+    def _to_velocity(self, preds: Mapping[str, Tensor], state: State, t_vec: Tensor) -> State:
+        return {k: self.path.convert(preds[k].to(s.dtype), self.prediction, "v", s, expand_t(t_vec, s).to(s.dtype),
+                                     self.min_denominator) for k, s in state.items()}  # fmt: skip
 
     @torch.no_grad()
     def velocity(self, state: State, t: float, y: Tensor | None) -> State:
         x = next(iter(state.values()))
-        t_vec = torch.full((x.shape[0],), t, device=x.device, dtype=torch.float32)
+        t_vec = torch.full((x.shape[0],), t, device=x.device, dtype=self.dtype)
         with autocast_for(self.device, self.precision):
-            out = self.network({k: v.float() for k, v in state.items()}, t_vec, y)
-        v = {}
-        for k, s in state.items():
-            pred = out.pred[k].to(s.dtype)
-            v[k] = self.path.convert(
-                pred, self.prediction, "v", s, expand_t(t_vec, s).to(s.dtype), self.min_denominator
-            )
+            out = self.network({k: full_precision(v) for k, v in state.items()}, t_vec, y)
+        v = self._to_velocity(out.pred, state, t_vec)
+        lo, hi = self.internal_interval
+        if self.internal_scale != 1.0 and lo <= t <= hi:  # decided at each evaluation's own t, as RAEv2
+            if not out.shallow:
+                raise ValueError("internal guidance needs a network with an internal output (model.internal_depth)")
+            weak = self._to_velocity(out.shallow, state, t_vec)
+            v = {k: weak[k] + self.internal_scale * (v[k] - weak[k]) if k in weak else v[k] for k in v}
         return v
 
     def decode(self, state: State) -> Tensor:

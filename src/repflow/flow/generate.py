@@ -54,9 +54,10 @@ def generate(
     """
     if opts.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {opts.sampler!r}; choose from {', '.join(SAMPLERS)}")
+    denoiser = denoiser.for_options(opts) if hasattr(denoiser, "for_options") else denoiser
     device = getattr(denoiser, "device", torch.device("cpu"))
     noise = PerSampleNoise(opts.seed, indices, device)
-    state = noise.draw(denoiser.shapes)
+    state = {k: v.to(getattr(denoiser, "dtype", v.dtype)) for k, v in noise.draw(denoiser.shapes).items()}
     scale = getattr(denoiser, "noise_scale", 1.0)
     if scale != 1.0:
         if opts.sampler == "sde":  # its score assumes unit noise: the reverse SDE of a scaled path is another one
@@ -79,9 +80,9 @@ def generate(
         how = None
     velocity = guided(denoiser.velocity, labels, how, scales, tuple(opts.cfg_interval))
     if opts.sampler == "euler":
-        sol = euler(velocity, state, time_grid(opts.steps, denoiser.shift))
+        sol = euler(velocity, state, time_grid(opts.steps, denoiser.shift, opts.grid))
     elif opts.sampler == "heun":
-        sol = heun(velocity, state, time_grid(opts.steps, denoiser.shift))
+        sol = heun(velocity, state, time_grid(opts.steps, denoiser.shift, opts.grid))
     elif opts.sampler == "sde":
         grid = sde_grid(opts.steps, opts.sde_t_last, denoiser.shift)
         sol = euler_maruyama(velocity, state, grid, denoiser.path, noise.like)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..runtime.precision import full_precision
 from .path import Kind, Path
 from .timesteps import TimeSampler
 
@@ -68,6 +69,7 @@ class FlowMatching:
     class_dropout: float = 0.0
     null_label: int = 0  # the label that means "no class" (the model's extra embedding row)
     noise_scale: float = 1.0  # the image stream's noise is noise_scale * N(0, I) (JiT at 512 px: 2)
+    internal_weight: float = 1.0  # weight of the loss of a network's internal (shallow) output, when it has one
 
     def draw(
         self, shapes: Mapping[str, Sequence[int]], n: int, generator: torch.Generator | None, device=None
@@ -86,7 +88,7 @@ class FlowMatching:
         convert = lambda q: self.path.convert(  # noqa: E731
             q, self.prediction, self.loss_space, x_t, t, self.min_denominator
         )
-        return mean_flat((convert(pred.float()) - convert(target.float())) ** 2)
+        return mean_flat((convert(full_precision(pred)) - convert(full_precision(target))) ** 2)
 
     def __call__(
         self,
@@ -103,10 +105,13 @@ class FlowMatching:
         if draw is None:
             draw = self.draw({k: v.shape[1:] for k, v in clean.items()}, x.shape[0], generator, x.device)
         t = draw.t
-        x_t = {k: self.path.interpolate(v.float(), draw.eps[k], t) for k, v in clean.items()}
+        x_t = {k: self.path.interpolate(full_precision(v), draw.eps[k], t) for k, v in clean.items()}
         if y is not None and self.class_dropout > 0:  # classifier-free guidance training
             y = torch.where(draw.drop, torch.full_like(y, self.null_label), y)
         out = model(x_t, t, y, return_hidden=tuple(return_hidden))
         terms = {f"flow_{k}": self.stream_loss(out.pred[k], clean[k], draw.eps[k], x_t[k], t).mean() for k in clean}
         total = sum(weights.get(k, 1.0) * terms[f"flow_{k}"] for k in clean)
+        for k, pred in getattr(out, "shallow", {}).items():  # RAEv2: the internal output has the same target
+            terms[f"flow_{k}_internal"] = self.stream_loss(pred, clean[k], draw.eps[k], x_t[k], t).mean()
+            total = total + self.internal_weight * weights.get(k, 1.0) * terms[f"flow_{k}_internal"]
         return LossOutput(total=total, terms=terms), FlowSample(t=t, x_t=x_t, y=y, output=out)

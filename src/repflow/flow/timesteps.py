@@ -20,12 +20,28 @@ def shift_time(t: Tensor, shift: float) -> Tensor:
     return shift * t / (1 + (shift - 1) * t)
 
 
-def time_grid(steps: int, shift: float = 1.0, t_start: float = 1.0, t_end: float = 0.0) -> list[float]:
-    """``steps + 1`` sampling times from ``t_start`` to ``t_end``: uniform, then shifted like the training times
-    (RAE: the dimension-dependent shift applies at sampling too), computed in float64."""
-    if steps < 1:
-        raise ValueError(f"a time grid needs at least 1 step, got {steps}")
-    grid = torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64)
+GRIDS = ("uniform", "rae")
+
+
+def time_grid(steps: int, shift: float = 1.0, kind: str = "uniform") -> list[float]:
+    """Sampling times from 1 (noise) towards 0, shifted like the training times (RAE: the dimension-dependent
+    shift applies at sampling too), computed in float64.
+
+    - ``uniform``: ``steps + 1`` points from 1 to 0, so ``steps`` solver steps ending at the data;
+    - ``rae``: the official RAE sampler's grid, ``1 - linspace(0, 0.999, steps)``: ``steps`` points, so
+      ``steps - 1`` solver steps, ending at t = shift(0.001) (0.0069 at RAE's shift of 6.93) without a last
+      step to 0 (their ``ode`` passes these points to torchdiffeq's fixed-grid solvers).
+    """
+    if kind == "uniform":
+        if steps < 1:
+            raise ValueError(f"a time grid needs at least 1 step, got {steps}")
+        grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    elif kind == "rae":
+        if steps < 2:
+            raise ValueError(f"the rae time grid needs at least 2 points, got {steps}")
+        grid = 1 - torch.linspace(0.0, 0.999, steps, dtype=torch.float64)
+    else:
+        raise ValueError(f"unknown time grid {kind!r}; choose from {', '.join(GRIDS)}")
     return shift_time(grid, shift).tolist()
 
 

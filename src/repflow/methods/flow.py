@@ -156,6 +156,7 @@ def build_flow_matching(cfg: Config, null_label: int) -> FlowMatching:
         class_dropout=cfg.model.class_dropout if cfg.model.num_classes > 0 else 0.0,
         null_label=null_label,
         noise_scale=cfg.flow.noise_scale,
+        internal_weight=cfg.flow.internal_weight,
     )
 
 
@@ -255,11 +256,15 @@ class FlowMethod(Method):
             null_label=model.null_label if conditional else None, shift=shift, noise_scale=cfg.flow.noise_scale,
             min_denominator=cfg.flow.min_denominator, precision=cfg.train.precision,
             scales=lambda opts: guidance_scales(cfg, opts),
-        )  # fmt: skip
+        ).for_options(cfg.sample)  # fmt: skip
 
     @classmethod
     def legacy_name(cls, cfg: Config, name: str) -> str:
-        """repflow <= 0.1 kept the terms in a list: ``objective.terms.<i>.`` with REG (if on) before REPA."""
+        """Names an older repflow wrote: the network family's own renames (``model.``), and repflow <= 0.1's
+        terms in a list (``objective.terms.<i>.``, REG (if on) before REPA)."""
+        family = network_class(cfg.model)
+        if name.startswith("model.") and hasattr(family, "legacy_name"):
+            return "model." + family.legacy_name(cfg.model, name[len("model.") :])
         prefix = "objective.terms."
         if not name.startswith(prefix):
             return name

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +34,16 @@ class RepaConfig(Section):
     weight: float = checked(0.5, nonnegative)  # lambda
     depth: int = checked(0, nonnegative)  # 1-indexed block; 0: 4 for models up to B, 8 for L and XL
     projector_dim: int = checked(2048, positive)
+    projector: Literal["mlp", "linear"] = "mlp"  # linear: RAEv2's variant, one Linear(hidden, D_enc)
+    loss: Literal["cosine", "mse"] = "cosine"  # mse: RAEv2's, F.mse_loss on the raw encoder tokens
 
 
-def build_projector(hidden: int, projector_dim: int, out_dim: int) -> nn.Sequential:
-    """hidden -> projector_dim -> projector_dim -> out_dim with SiLU; xavier-uniform weights and zero biases, as the
-    official REPA/REG models initialise every Linear (``_basic_init``)."""
+def build_projector(hidden: int, projector_dim: int, out_dim: int, kind: str = "mlp") -> nn.Module:
+    """REPA's MLP hidden -> projector_dim -> projector_dim -> out_dim with SiLU; xavier-uniform weights and zero
+    biases, as the official REPA/REG models initialise every Linear (``_basic_init``). ``linear``: RAEv2's single
+    ``nn.Linear`` with torch's default initialisation, as theirs."""
+    if kind == "linear":
+        return nn.Linear(hidden, out_dim)
     mlp = nn.Sequential(
         nn.Linear(hidden, projector_dim),
         nn.SiLU(),
@@ -71,6 +76,11 @@ def match_grid(tokens: Tensor, n: int) -> Tensor:
     return grid.reshape(b, d, n).transpose(1, 2)
 
 
+def mse(pred: Tensor, target: Tensor) -> Tensor:
+    """RAEv2's alignment: the mean squared difference over tokens, channels and batch (``F.mse_loss``)."""
+    return F.mse_loss(pred.float(), target.float())
+
+
 def negative_cosine(pred: Tensor, target: Tensor) -> Tensor:
     """-cos averaged over tokens and batch: -1 when every projected token points along its target."""
     return -(F.normalize(pred.float(), dim=-1) * F.normalize(target.float(), dim=-1)).sum(-1).mean()
@@ -89,13 +99,16 @@ class RepaTerm(Term):
         projector_dim: int = 2048,
         front_tokens: int = 0,
         align_front: str = "",
+        projector: str = "mlp",
+        loss: str = "cosine",
     ):
         """``front_tokens``: tokens before the image tokens (REG); ``align_front``: the global vector they are
         aligned with ("cls" / "patch_mean"; "" leaves them out, e.g. for a learnable token)."""
         super().__init__()
         self.depth, self.weight, self.front, self.align_front = depth, weight, front_tokens, align_front
         self.hidden_layers = (depth,)
-        self.projectors = nn.ModuleList(build_projector(hidden_size, projector_dim, d) for d in encoder_dims)
+        self.projectors = nn.ModuleList(build_projector(hidden_size, projector_dim, d, projector) for d in encoder_dims)
+        self.distance = mse if loss == "mse" else negative_cosine
 
     @classmethod
     def build(cls, cfg: Config, env: MethodEnv, network) -> RepaTerm:
@@ -104,7 +117,8 @@ class RepaTerm(Term):
         align = cfg.reg.source if denoises_vector(cfg) else ""
         return cls(
             cfg.model.hidden_size, env.encoder_dims, cfg.repa.depth, cfg.repa.weight, cfg.repa.projector_dim,
-            front_tokens=getattr(network, "num_front_tokens", 0), align_front=align,
+            front_tokens=getattr(network, "num_front_tokens", 0), align_front=align, projector=cfg.repa.projector,
+            loss=cfg.repa.loss,
         )  # fmt: skip
 
     @classmethod
@@ -117,7 +131,7 @@ class RepaTerm(Term):
 
     @classmethod
     def resume_key(cls, cfg: Config) -> dict[str, Any]:
-        return {f"repa.{k}": getattr(cfg.repa, k) for k in ("enabled", "depth", "projector_dim")}
+        return {f"repa.{k}": getattr(cfg.repa, k) for k in ("enabled", "depth", "projector_dim", "projector")}
 
     def loss(self, batch: TrainBatch, sample: FlowSample) -> dict[str, tuple[Tensor, float]]:
         hidden = sample.output.hidden[self.depth]  # (B, front + N, D)
@@ -128,5 +142,5 @@ class RepaTerm(Term):
             target = match_grid(batch.features[f"{i}.patch"], n)  # (B, N, D_i)
             if self.align_front:
                 target = torch.cat([global_vector(batch, i, self.align_front).unsqueeze(1), target], dim=1)
-            losses.append(negative_cosine(projector(tokens), target))
+            losses.append(self.distance(projector(tokens), target))
         return {"repa": (torch.stack(losses).mean(), self.weight)}

@@ -19,11 +19,10 @@ from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig, checked, positive
 from ..registry import ARCHITECTURES
-from .layers import DiTBlock, FinalNorm, LabelEmbedder, TimestepEmbedder, sincos_pos_embed_2d
+from .layers import DiTBlock, FinalNorm, LabelEmbedder, TimestepEmbedder, run_block, sincos_pos_embed_2d
 from .presets import ARCHS, fill_from_arch
 
 
@@ -50,6 +49,7 @@ class SiTConfig(ModelConfig):
 class ModelOutput:
     pred: dict[str, Tensor]  # one prediction per stream, same shapes as the inputs
     hidden: dict[int, Tensor] = field(default_factory=dict)  # block index -> (B, T, D)
+    shallow: dict[str, Tensor] = field(default_factory=dict)  # an internal output's predictions (RAEv2's guidance)
 
 
 @ARCHITECTURES.register("sit", SiTConfig)
@@ -174,10 +174,7 @@ class FlowTransformer(nn.Module):
 
         hidden: dict[int, Tensor] = {}
         for i, block in enumerate(self.blocks, start=1):
-            if self.grad_checkpointing and self.training:
-                tokens = checkpoint(block, tokens, c, use_reentrant=False)
-            else:
-                tokens = block(tokens, c)
+            tokens = run_block(block, self.grad_checkpointing and self.training, tokens, c)
             if i in return_hidden:
                 hidden[i] = tokens
         missing = set(return_hidden) - set(hidden)

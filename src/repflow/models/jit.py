@@ -20,7 +20,6 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig, checked, nonnegative, positive, probability
 from ..registry import ARCHITECTURES
@@ -32,6 +31,7 @@ from .layers import (
     TimestepEmbedder,
     modulate,
     rope_2d,
+    run_block,
     sincos_pos_embed_2d,
     swiglu_hidden,
 )
@@ -180,10 +180,7 @@ class JiT(nn.Module):
                 ctx = label.unsqueeze(1).expand(-1, self.context, -1) + self.in_context_posemb  # (B, 32, D)
                 tokens = torch.cat([ctx.to(tokens.dtype), tokens], dim=1)
                 cos, sin, front = self.rope_cos_context, self.rope_sin_context, self.context
-            if self.grad_checkpointing and self.training:
-                tokens = checkpoint(block, tokens, c, cos, sin, use_reentrant=False)
-            else:
-                tokens = block(tokens, c, cos, sin)
+            tokens = run_block(block, self.grad_checkpointing and self.training, tokens, c, cos, sin)
             if i + 1 in return_hidden:
                 hidden[i + 1] = tokens[:, front:]
         missing = set(return_hidden) - set(hidden)

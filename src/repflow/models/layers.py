@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.checkpoint import checkpoint
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -17,6 +18,11 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     if shift.dim() == 2:
         shift, scale = shift.unsqueeze(1), scale.unsqueeze(1)
     return x * (1 + scale) + shift
+
+
+def run_block(block: nn.Module, checkpointing: bool, *args: Tensor | None) -> Tensor:
+    """``block(*args)``, recomputing its activations in the backward pass when ``checkpointing``."""
+    return checkpoint(block, *args, use_reentrant=False) if checkpointing else block(*args)
 
 
 def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> Tensor:
@@ -196,33 +202,37 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = x.float()
+        y = x.float()  # float32 even for float64 inputs, as the official RMSNorm
         y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
         return (self.weight * y).to(x.dtype)
 
 
-def rope_2d(head_dim: int, grid: int, theta: float = 10000.0, front: int = 0) -> tuple[Tensor, Tensor]:
-    """cos / sin tables (front + grid^2, head_dim) of the official 2-D RoPE: the first half of the head's dims
+def rope_2d(head_dim: int, grid: int, theta: float = 10000.0, front: int = 0, back: int = 0) -> tuple[Tensor, Tensor]:
+    """cos / sin tables (front + grid^2 + back, head_dim) of the official 2-D RoPE (EVA's
+    ``VisionRotaryEmbeddingFast``, as JiT, RAE's DiT^DH and RAEv2 use it): the first half of the head's dims
     turn with the row, the second half with the column, each as interleaved pairs (2i, 2i+1) with frequencies
-    theta^(-k / (head_dim / 4)); ``front`` unrotated rows (cos 1, sin 0) for tokens without a position."""
+    theta^(-k / (head_dim / 4)); ``front`` / ``back`` unrotated rows (cos 1, sin 0) for tokens without a
+    position (JiT's in-context tokens before the image, RAEv2's condition tokens after it). Computed in float32
+    in the official order, so the tables equal theirs bit for bit."""
     if head_dim % 4:
         raise ValueError(f"2-D RoPE needs a head width divisible by 4, got {head_dim}")
-    quarter = head_dim // 4
-    freqs = theta ** (-torch.arange(quarter, dtype=torch.float64) / quarter)  # (hd/4,)
-    pos = torch.arange(grid, dtype=torch.float64)
-    angles = torch.outer(pos, freqs).repeat_interleave(2, dim=1)  # (grid, hd/2), pairs share a frequency
+    half = head_dim // 2
+    freqs = 1.0 / theta ** (torch.arange(0, half, 2, dtype=torch.float32) / half)  # (hd/4,)
+    angles = torch.outer(torch.arange(grid, dtype=torch.float32), freqs).repeat_interleave(2, dim=1)  # (grid, hd/2)
     rows = angles[:, None, :].expand(grid, grid, -1)  # token (h, w) -> the row's angle
     cols = angles[None, :, :].expand(grid, grid, -1)
     full = torch.cat([rows, cols], dim=-1).reshape(grid * grid, head_dim)
-    full = torch.cat([torch.zeros(front, head_dim, dtype=full.dtype), full])
-    return full.cos().float(), full.sin().float()
+    full = torch.cat([torch.zeros(front, head_dim), full, torch.zeros(back, head_dim)])
+    return full.cos(), full.sin()
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate interleaved pairs (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin). x (B, H, N, Dh)."""
-    pairs = x.float().unflatten(-1, (-1, 2))  # (B, H, N, Dh/2, 2)
+    """Rotate interleaved pairs (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin). x (B, H, N, Dh), computed in at
+    least float32 (bf16 inputs are rotated in float32, as the official code does under autocast)."""
+    y = x.to(torch.promote_types(x.dtype, torch.float32))
+    pairs = y.unflatten(-1, (-1, 2))  # (B, H, N, Dh/2, 2)
     rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
-    return (x.float() * cos + rotated * sin).to(x.dtype)
+    return (y * cos + rotated * sin).to(x.dtype)
 
 
 class RoPEAttention(nn.Module):
@@ -263,20 +273,57 @@ class SwiGLU(nn.Module):
 
 
 class RoPEBlock(nn.Module):
-    """RMSNorm, RoPE attention, SwiGLU, adaLN-Zero (JiT, and DiT^DH's head). The condition is per sample (B, D)
-    or per token (B, N, D)."""
+    """RMSNorm, RoPE attention, SwiGLU, with adaLN-Zero conditioning (JiT, the DiT^DH backbone and head): the
+    condition is per sample (B, D) or per token (B, N, D). ``modulated=False``: a plain pre-norm block whose
+    condition enters through in-context tokens instead (RAEv2's backbone)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 qk_norm: bool = True):  # fmt: skip
+                 qk_norm: bool = True, modulated: bool = True):  # fmt: skip
         super().__init__()
         self.norm1, self.norm2 = RMSNorm(dim), RMSNorm(dim)
         self.attn = RoPEAttention(dim, heads, attn_drop, proj_drop, qk_norm)
         self.mlp = SwiGLU(dim, swiglu_hidden(dim, mlp_ratio), proj_drop)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)) if modulated else None
 
-    def forward(self, x: Tensor, c: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor | None, cos: Tensor, sin: Tensor) -> Tensor:
+        if self.adaLN_modulation is None:
+            x = x + self.attn(self.norm1(x), cos, sin)
+            return x + self.mlp(self.norm2(x))
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=-1)
         if c.dim() == 2:
             gate_a, gate_m = gate_a.unsqueeze(1), gate_m.unsqueeze(1)
         x = x + gate_a * self.attn(modulate(self.norm1(x), shift_a, scale_a), cos, sin)
         return x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+
+
+class FourierTimeEmbedder(nn.Module):
+    """RAE's Gaussian-Fourier time embedding: t -> [sin 2 pi t W, cos 2 pi t W] (``frequencies`` W ~ N(0, 1)) ->
+    Linear -> SiLU -> Linear. W is a parameter: the official training unfreezes it (its
+    ``model.requires_grad_(True)``), so released checkpoints carry trained frequencies."""
+
+    def __init__(self, hidden: int, frequencies: int = 256, time_scale: float = 1.0, time_offset: float = 0.0):
+        super().__init__()
+        self.time_scale, self.time_offset = time_scale, time_offset
+        self.W = nn.Parameter(torch.randn(frequencies))
+        self.mlp = nn.Sequential(nn.Linear(2 * frequencies, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, t: Tensor) -> Tensor:
+        t = t if (self.time_scale, self.time_offset) == (1.0, 0.0) else self.time_offset + self.time_scale * t
+        args = t[:, None] * self.W[None, :] * 2 * math.pi  # the official order of products (bitwise in fp32)
+        return self.mlp(torch.cat([torch.sin(args), torch.cos(args)], dim=-1).to(self.mlp[0].weight.dtype))
+
+
+class AdaLNFinal(nn.Module):
+    """The official DiT^DH output layer: RMSNorm, a shift/scale from ``silu(c)`` (per sample or per token), a
+    linear to the patch values. ``c`` is the head's per-token condition, or the tokens themselves (RAEv2's
+    internal-guidance output)."""
+
+    def __init__(self, dim: int, out: int):
+        super().__init__()
+        self.norm = RMSNorm(dim)
+        self.modulation = nn.Linear(dim, 2 * dim)
+        self.linear = nn.Linear(dim, out)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.modulation(F.silu(c)).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))

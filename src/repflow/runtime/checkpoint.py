@@ -111,7 +111,7 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays on a full disk
         previous = list_checkpoints(run_dir)
         last = previous[-1] if previous else "none yet"
-        reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+        reason = getattr(err, "strerror", None) or next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
         raise CheckpointError(
             f"could not write the step-{step} checkpoint in {ckpt_root} ({reason}); the last good checkpoint is "
             f"{last}. Free space (or make the folder writable) and rerun the same command to resume from it"

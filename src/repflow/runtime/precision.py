@@ -54,3 +54,9 @@ def autocast_for(device: torch.device | str, precision: str = "auto"):
     if not use_bf16(device, precision):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or float64 when it already is (loss and conversion arithmetic never drops float64
+    inputs to float32, so float64 checks against reference code stay float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
