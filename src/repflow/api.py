@@ -13,6 +13,7 @@ same image whatever the batch size or the device count; ``indices`` picks which 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,16 +63,24 @@ class Model:
         batch_size: int | None = None,
         guide: Model | str | None = None,
         as_pil: bool = False,
+        **options: Any,
     ) -> Tensor | list:
         """Generate images: (N, C, H, W) uint8, or a list of PIL images with ``as_pil``.
 
         ``classes``: labels to generate, ``per_class`` each (in the order given); otherwise ``num`` samples with
         balanced labels (sample i has class i mod K). ``indices``: which samples of the seed's stream (default
         0..N-1). Unset sampling options keep the run's ``sample`` section. ``guide``: another model (or its
-        path) for AutoGuidance; without it classifier-free guidance uses this model's null label.
+        path) for AutoGuidance; without it classifier-free guidance uses this model's null label. ``options``: any
+        other field of the ``sample`` section (``cfg_cls=``, ``shift=``, ``guide_scale=``, ``grid="rae"``,
+        ``internal_guidance=1.78``, ...).
         """
+        fields = {f.name for f in dataclasses.fields(self.cfg.sample)}
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            raise ValueError(f"sample() has no option {unknown[0]!r}; the sample section's fields are "
+                             f"{', '.join(sorted(fields))}")  # fmt: skip
         changes = {k: v for k, v in {"seed": seed, "sampler": sampler, "steps": steps, "cfg": cfg,
-                                     "cfg_interval": cfg_interval, "batch_size": batch_size}.items()
+                                     "cfg_interval": cfg_interval, "batch_size": batch_size, **options}.items()
                    if v is not None}  # fmt: skip
         opts = replace(self.cfg.sample, **changes)
         labels = None

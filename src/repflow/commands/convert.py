@@ -6,7 +6,8 @@ import argparse
 
 from .options import examples
 
-FORMATS = ["official-sit", "official-repa", "official-reg", "official-jit"]  # repflow.convert.FORMATS
+FORMATS = ["official-sit", "official-repa", "official-reg", "official-jit", "official-rae",
+           "official-raev2"]  # repflow.convert.FORMATS
 
 
 def _convert(args) -> int:
@@ -30,10 +31,14 @@ def _convert(args) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    c = sub.add_parser("convert", help="official REG/REPA/SiT/JiT checkpoints into repflow runs, and back", **examples(
+    about = "official REG/REPA/SiT/JiT/RAE/RAEv2 checkpoints into repflow runs, and back"
+    c = sub.add_parser("convert", help=about, **examples(
         "repflow convert official-reg REG-SiT-XL-2-4M.pt --out runs/reg-xl2-official",
         "repflow convert official-sit SiT-XL-2-256x256.pt --out runs/sit-xl2 codec.path=/weights/sd-vae-ft-ema",
         "repflow convert official-jit JiT-B-16.pth --out runs/jit-b16",
+        "repflow convert official-rae stage2_model.pt --out runs/rae-xl codec.decoder=/weights/RAE-ViTXL-n08 "
+        "codec.stats=/weights/stat.pt",
+        "repflow convert official-raev2 checkpoint.pt --out runs/raev2 codec.stats=/weights/stats.pt",
         "repflow convert --to official-repa runs/my-repa --out my-repa.pt"))  # fmt: skip
     c.add_argument("items", nargs="+", help="FORMAT CHECKPOINT [key=value ...], or with --to: RUN_OR_CKPT")
     c.add_argument("--to", choices=FORMATS, help="export a run in this format")

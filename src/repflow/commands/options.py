@@ -39,7 +39,8 @@ def examples(*lines: str) -> dict:
 # option -> field of the config's `sample` section
 _FIELDS = {"sampler": "sampler", "steps": "steps", "cfg": "cfg", "cfg_interval": "cfg_interval",
            "cfg_cls": "cfg_cls", "seed": "seed", "sample_batch_size": "batch_size", "shift": "shift",
-           "guide_scale": "guide_scale"}  # fmt: skip
+           "guide_scale": "guide_scale", "grid": "grid", "internal_guidance": "internal_guidance",
+           "internal_interval": "internal_interval"}  # fmt: skip
 
 
 def add_sampling_args(
@@ -57,6 +58,11 @@ def add_sampling_args(
     p.add_argument("--cfg-interval", type=parse_interval, help="LO,HI: guide only for t in [LO, HI] (t=1 is noise)")
     p.add_argument("--cfg-cls", type=float, help="REG: guidance scale of the class token (-1: same as --cfg)")
     p.add_argument("--shift", type=float, help="time shift of the sampling grid (-1: the training shift)")
+    p.add_argument("--grid", choices=("uniform", "rae"), help="time grid: uniform to t=0, or the official RAE "
+                   "grid (STEPS points, 1 - linspace(0, 0.999))")  # fmt: skip
+    p.add_argument("--internal-guidance", type=float, help="RAEv2: guide the full output away from the internal "
+                   "one by this scale (1 = off)")  # fmt: skip
+    p.add_argument("--internal-interval", type=parse_interval, help="LO,HI: internal guidance only for t in [LO, HI]")
     p.add_argument("--seed", type=int, help="sampling seed (sample i uses its own stream of it)")
     p.add_argument(*batch_flags, dest="sample_batch_size", type=int, help="images generated per batch")
     p.add_argument("--ema", type=float, default=-1.0, help="EMA decay to use (-1: first EMA, 0: raw weights)")

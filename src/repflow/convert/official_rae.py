@@ -95,9 +95,9 @@ def infer_config(kind: str, sd: dict[str, Tensor], overrides: list[str] | None =
     enc_rope, dec_rope = (sd.get(f"{name}.freqs_cos") for name in _ROPE[kind])
     conditions = 0
     if kind == "official-raev2":
-        rows = sd["ctx_embedder.embedding_table.weight"].shape[0]
         time_tokens = _shape(sd, "t_embedder.learnable_tokens", kind)[0]
         class_tokens = _shape(sd, "ctx_embedder.learnable_tokens", kind)[0]
+        rows = _shape(sd, "ctx_embedder.embedding_table.weight", kind)[0]
         conditions = time_tokens + class_tokens
     else:
         rows = _shape(sd, "y_embedder.embedding_table.weight", kind)[0]

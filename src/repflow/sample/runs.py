@@ -57,6 +57,11 @@ def folder_name(ckpt_name: str, opts: SampleConfig, ema: float | str, classes: l
         parts.append(f"cls{opts.cfg_cls:g}")
     if opts.shift > 0:
         parts.append(f"shift{opts.shift:g}")
+    if opts.grid != "uniform":
+        parts.append(f"grid-{opts.grid}")
+    if opts.internal_guidance != 1.0:
+        lo, hi = opts.internal_interval
+        parts.append(f"ig{opts.internal_guidance:g}" + (f"-{lo:g}-{hi:g}" if (lo, hi) != (0.0, 1.0) else ""))
     if opts.sampler == "sde" and opts.sde_t_last != SampleConfig.sde_t_last:
         parts.append(f"tlast{opts.sde_t_last:g}")
     if opts.sampler == "dopri5":
