@@ -32,7 +32,7 @@ from ..runtime.checkpoint import ema_file
 from ..runtime.distributed import DistInfo
 from ..runtime.precision import autocast_for
 from .ema import EMA
-from .optim import build_optimizer, lr_factor
+from .optim import build_optimizer, lr_factor, parts
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -73,7 +73,9 @@ class TrainState:
             shard(method)
         nets = method.networks()
         self.ema = {n: EMA(nets[n], t.ema_decays, warmup=t.ema_warmup) for n in method.ema_networks}
-        self.optimizers = {p.name: build_optimizer(self.phase_parameters(p), p.optim, self.device) for p in self.phases}
+        self.optimizers = {p.name: self._build_optimizer(p) for p in self.phases}
+        # each group's base lr (Muon's and AdamW's may differ: train.adamw_lr), multiplied by the schedule
+        self.base_lrs = {n: [g["lr"] for g in opt.param_groups] for n, opt in self.optimizers.items()}
         self.lr_factors = {p.name: lr_factor(p.optim) for p in self.phases}
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)  # same on every rank (see Draw)
         self.micro = t.batch_size // (dist.world * t.grad_accum)  # per-process micro-batch
@@ -92,6 +94,11 @@ class TrainState:
         if unknown:
             raise ValueError(f"phase {phase.name!r} names unknown networks {unknown}; the method has {list(nets)}")
         return [p for n in phase.networks for p in nets[n].parameters() if p.requires_grad]
+
+    def _build_optimizer(self, phase: Phase):
+        nets = self.method.networks()
+        tables = [m.weight for n in phase.networks for m in nets[n].modules() if isinstance(m, nn.Embedding)]
+        return build_optimizer(self.phase_parameters(phase), phase.optim, self.device, tables)
 
     def lr(self, phase: Phase, step: int | None = None) -> float:
         return phase.optim.lr * self.lr_factors[phase.name](self.step if step is None else step)
@@ -147,8 +154,9 @@ class TrainState:
             norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
             logged[f"grad_norm{tag}"] = full_tensor(norm)
             optimizer = self.optimizers[phase.name]
-            for group in optimizer.param_groups:
-                group["lr"] = self.lr(phase)
+            factor = self.lr_factors[phase.name](self.step)
+            for group, base in zip(optimizer.param_groups, self.base_lrs[phase.name], strict=True):
+                group["lr"] = base * factor
             optimizer.step()
         nets = self.method.networks()
         for name, ema in self.ema.items():
@@ -188,13 +196,15 @@ class TrainState:
         rng = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        optimizers = {
-            name: get_optimizer_state_dict(self.method, opt, options=FULL) for name, opt in self.optimizers.items()
+        optimizers = {  # name-keyed: Muon's and AdamW's states in one dict, found again by parameter name
+            name: get_optimizer_state_dict(self.method, parts(opt), options=FULL)
+            for name, opt in self.optimizers.items()
         }
         state = {
             "step": self.step,
             "images_seen": self.images_seen,
             "optimizer": optimizers,
+            "optimizer_kind": {p.name: p.optim.optimizer for p in self.phases},
             "rng": rng,
             "world_size": self.dist.world,
             "parallel": "fsdp" if self.fsdp else "ddp",
@@ -220,14 +230,16 @@ class TrainState:
         saved = state["optimizer"]
         if "param_groups" in saved:  # repflow <= 0.1: one optimiser
             saved = {self.phases[0].name: saved}
-        for name, optimizer in self.optimizers.items():
-            if name in saved:
-                sd = _rename_optimizer_state(saved[name], rename)
-                set_optimizer_state_dict(self.method, optimizer, sd, options=StateDictOptions(full_state_dict=True))
-        for phase in self.phases:  # hyperparameters come from the current config, not the checkpoint
-            fresh = build_optimizer(self.phase_parameters(phase), phase.optim, torch.device("cpu"))
+        kinds = state.get("optimizer_kind", {})  # absent before train.optimizer existed: AdamW
+        for phase in self.phases:  # a phase whose optimiser kind changed starts with a fresh state
+            if phase.name in saved and kinds.get(phase.name, "adamw") == phase.optim.optimizer:
+                sd = _rename_optimizer_state(saved[phase.name], rename)
+                set_optimizer_state_dict(self.method, parts(self.optimizers[phase.name]), sd,
+                                         options=StateDictOptions(full_state_dict=True))  # fmt: skip
+            # hyperparameters come from the current config (and this torch's Muon keys), not the checkpoint
+            fresh = self._build_optimizer(phase)
             for group, new in zip(self.optimizers[phase.name].param_groups, fresh.param_groups, strict=True):
-                group.update({k: new[k] for k in ("lr", "betas", "eps", "weight_decay")})
+                group.update({k: v for k, v in new.items() if k != "params"})
         rng = state.get("rng", {})  # empty in a checkpoint imported from another codebase: fresh generators
         if "generator" in rng:
             self.generator.set_state(rng["generator"].to(self.generator.get_state().device))
