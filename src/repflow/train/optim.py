@@ -40,6 +40,12 @@ def parts(optimizer: Optimizer | MuonAdamW) -> tuple[Optimizer, ...]:
     return optimizer.parts if isinstance(optimizer, MuonAdamW) else (optimizer,)
 
 
+def muon_parameters(optimizer: Optimizer | MuonAdamW) -> list[nn.Parameter]:
+    """The parameters Muon steps (none under AdamW)."""
+    muon = [part for part in parts(optimizer) if not isinstance(part, torch.optim.AdamW)]  # parts: Muon or AdamW
+    return [p for part in muon for g in part.param_groups for p in g["params"]]
+
+
 def _adamw_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict]:
     # weight decay on matrices (and conv kernels) only, not on biases and norms
     return [
