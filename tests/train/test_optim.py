@@ -10,9 +10,10 @@ from torch import nn
 from repflow.config import Config, ConfigError, TrainConfig
 from repflow.runtime.checkpoint import list_checkpoints, load_checkpoint
 from repflow.train.loop import Trainer
-from repflow.train.optim import MuonAdamW, build_optimizer
+from repflow.train.optim import MuonAdamW, build_optimizer, parts
 
 from ..conftest import tiny_config
+from ..methods import toy_gan  # noqa: F401  (registers the two-phase toy method)
 from .test_distributed import assert_close, torchrun
 
 CPU = torch.device("cpu")
@@ -141,9 +142,10 @@ def everything(trainer: Trainer) -> dict[str, torch.Tensor]:
     out = {f"model.{k}": v.clone() for k, v in trainer.method.state_dict().items()}
     out.update({f"ema.{k}": v.clone() for k, v in trainer.ema.state_dict(0.9).items()})
     names = {id(p): n for n, p in trainer.method.named_parameters()}
-    for part in trainer.optimizer.parts:
-        for p, s in part.state.items():
-            out.update({f"{type(part).__name__}.{names[id(p)]}.{k}": v.clone() for k, v in s.items()})
+    for phase, opt in trainer.state.optimizers.items():
+        for part in parts(opt):
+            for p, s in part.state.items():
+                out.update({f"{phase}.{type(part).__name__}.{names[id(p)]}.{k}": v.clone() for k, v in s.items()})
     return out
 
 
@@ -171,10 +173,30 @@ def test_a_muon_run_trains_and_resumes_bit_for_bit(tmp_path):
     assert [g["lr"] for g in resumed.optimizer.param_groups] == pytest.approx([1e-3 / 3, 3e-3 / 3, 3e-3 / 3])
 
 
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_a_two_phase_method_resumes_bit_for_bit_from_before_its_critic_starts(tmp_path, optimizer):
+    """Both phases (a GAN's generator and its critic) get the optimiser; a checkpoint written before the critic's
+    phase starts holds no critic state, and the resumed critic starts as fresh as the uninterrupted one."""
+    cfg = muon_run(
+        "method.kind=toy_gan", "method.critic_start=3", "train.grad_clip=0.5", f"train.optimizer={optimizer}"
+    )
+    straight = Trainer(cfg, tmp_path / "a")
+    straight.fit()
+    Trainer(cfg, tmp_path / "b").fit(stop_at=2)
+    resumed = Trainer(cfg, tmp_path / "b")
+    resumed.fit()
+    a, b = everything(straight), everything(resumed)
+    assert a.keys() == b.keys() and any(k.startswith("critic.") for k in a)
+    if optimizer == "muon":
+        assert {k.split(".")[1] for k in a if k.startswith(("generator.", "critic."))} == {"Muon", "AdamW"}
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def kept_states(trainer: Trainer) -> list[set[str]]:
     """Per part of the first phase's optimiser: the parameters it has a state for."""
     names = {id(p): n for n, p in trainer.method.named_parameters()}
-    return [{names[id(p)] for p in part.state} for part in getattr(trainer.optimizer, "parts", [trainer.optimizer])]
+    return [{names[id(p)] for p in part.state} for part in parts(trainer.optimizer)]
 
 
 def test_resume_applies_new_muon_settings_and_a_changed_optimizer_starts_afresh(tmp_path):

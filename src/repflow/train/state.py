@@ -106,8 +106,8 @@ class TrainState:
     def _load_optimizer(self, optimizer, saved: dict, was_muon: set[str], rename: Callable[[str], str]) -> None:
         """Restore a phase's optimiser from its saved name-keyed state, laid out as ``optimizer`` is: the groups keep
         this config's hyperparameters (and this torch's keys: Muon's differ between versions); a parameter gets its
-        saved state if the same kind of optimiser (Muon or AdamW) wrote it, else (a changed train.optimizer or
-        train.muon_embeddings) it starts afresh."""
+        saved state if the same kind of optimiser (Muon or AdamW) wrote it. One without (its phase had not started:
+        a late GAN critic) or of another kind (a changed train.optimizer or train.muon_embeddings) starts afresh."""
         names = self._parameter_names()
         state = {rename(k): v for k, v in saved["state"].items()}
         muon_now = {id(p) for p in muon_parameters(optimizer)}
@@ -116,14 +116,14 @@ class TrainState:
             fqns = [names[id(p)] for p in group["params"]]
             groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": fqns})
             for p, fqn in zip(group["params"], fqns, strict=True):
-                if (fqn in was_muon) == (id(p) in muon_now):
-                    kept[fqn] = state[fqn]  # KeyError if absent: the loop says the checkpoint does not fit
+                if fqn in state and (fqn in was_muon) == (id(p) in muon_now):
+                    kept[fqn] = state[fqn]
                 else:
                     fresh.append(p)
         if kept:
             set_optimizer_state_dict(self.method, parts(optimizer), {"state": kept, "param_groups": groups},
                                      options=StateDictOptions(full_state_dict=True, strict=False))  # fmt: skip
-        for part in parts(optimizer):  # DCP gave the left-out ones a zero step's state (AdamW: step 1): none
+        for part in parts(optimizer):  # DCP gave the left-out ones a zero step's state (AdamW: step 1), not a fresh one
             for p in fresh:
                 part.state.pop(p, None)
 
