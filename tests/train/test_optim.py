@@ -121,13 +121,13 @@ def test_original_lr_adjustment_and_the_adamw_part_equal_to_a_plain_adamw():
     plain = torch.optim.AdamW([{"params": rest, "weight_decay": 0.0}], lr=0.02, betas=(0.8, 0.9), eps=1e-6)
     w0 = model[0].weight.detach().double().clone()
     g = torch.Generator().manual_seed(1)
-    for _ in range(3):
+    for i in range(3):
         grads = [torch.randn(p.shape, generator=g) for p in model.parameters()]
         for p, q, grad in zip(model.parameters(), twin.parameters(), grads, strict=True):
             p.grad, q.grad = grad.clone(), grad.clone()
         opt.step()
         plain.step()
-        if _ == 0:  # Keller's adjustment sqrt(max(1, rows / cols)), here sqrt(6 / 4)
+        if i == 0:  # Keller's adjustment sqrt(max(1, rows / cols)), here sqrt(6 / 4)
             o = -(model[0].weight.detach().double() - w0 * (1 - lr * 0.1)) / (lr * math.sqrt(6 / 4))
             assert (o - newton_schulz(grads[0].double(), KELLER, 5)).abs().max() < TOL
     for name in ("0.bias", "1.weight", "1.bias"):  # bit for bit: the AdamW part is torch's AdamW, unchanged
@@ -245,7 +245,7 @@ def test_a_checkpoint_of_another_torchs_muon_resumes(tmp_path):
         ("train.muon_ns_coefficients=[1.0,2.0]", "config key 'train.muon_ns_coefficients' expects 3 values"),
         ("train.adamw_lr=-0.5", "config key 'train.adamw_lr' must be -1 (train.lr) or >= 0, got -0.5"),
         ("train.muon_adjust_lr=rms_norm", "config key 'train.muon_adjust_lr' must be one of"),
-        ("train.parallel=fsdp", "muon does not run under train.parallel=fsdp"),
+        ("train.parallel=fsdp", "'train.optimizer' is muon, which does not run under train.parallel=fsdp"),
     ],
 )
 def test_bad_muon_settings_fail_in_one_line(override, message):

@@ -165,8 +165,8 @@ class TrainConfig(Section):
             raise ConfigError(f"config key 'train.decay_end' must be 0 (the last step) or >= train.warmup_steps + "
                               f"train.hold_steps = {start}, got {self.decay_end}")  # fmt: skip
         if self.optimizer == "muon" and self.parallel == "fsdp":  # Muon orthogonalises whole matrices
-            raise ConfigError("config key 'train.optimizer' muon does not run under train.parallel=fsdp (Muon needs "
-                              "whole matrices, FSDP shards them): use train.parallel=ddp")  # fmt: skip
+            raise ConfigError("config key 'train.optimizer' is muon, which does not run under train.parallel=fsdp "
+                              "(Muon needs whole matrices, FSDP shards them): use train.parallel=ddp")  # fmt: skip
 
 
 @dataclass(frozen=True)
