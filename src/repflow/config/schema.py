@@ -130,8 +130,22 @@ class TrainConfig(Section):
     betas: tuple[float, float] = checked((0.9, 0.999), each(probability))
     weight_decay: float = checked(0.0, nonnegative)
     adam_eps: float = checked(1e-8, positive)
-    schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warmup
+    # muon: torch.optim.Muon on 2-D weights, AdamW (betas, adam_eps) on the rest; README "Training loop"
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    adamw_lr: float = checked(-1.0, lambda v: None if v == -1 or v >= 0 else "must be -1 (train.lr) or >= 0")
+    muon_momentum: float = checked(0.95, probability)
+    muon_nesterov: bool = True
+    muon_ns_steps: int = checked(5, lambda v: None if 1 <= v < 100 else "must lie in [1, 99]")  # torch: < 100
+    # (a, b, c) of every Newton-Schulz step; torch's default (Keller Jordan's). One triple for all steps: torch
+    # cannot take Polar Express's per-step coefficients (RAEv2), see README
+    muon_ns_coefficients: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
+    muon_adjust_lr: Literal["match_rms_adamw", "original"] = "match_rms_adamw"  # RAEv2's "rms_norm" is the first
+    muon_embeddings: bool = True  # nn.Embedding tables (2-D) to Muon, as RAEv2; false: to AdamW
+    # lr: warmup from zero, hold, then constant / linear / cosine decay to lr_final at decay_end, kept after it
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: int = checked(0, nonnegative)
+    hold_steps: int = checked(0, nonnegative)  # lr held after the warmup before the decay starts
+    decay_end: int = checked(0, nonnegative)  # the step the decay reaches lr_final; 0: the last step
     lr_final: float = checked(0.0, nonnegative)  # end value of the linear / cosine decay
     grad_clip: float = checked(1.0, nonnegative)  # 0 disables
     ema_decays: tuple[float, ...] = checked((0.9999,), each(lambda d: None if 0 < d < 1 else "must lie in (0, 1)"))
@@ -145,6 +159,15 @@ class TrainConfig(Section):
     keep_ckpts: int = checked(2, nonnegative)  # 0 keeps all
     sample_every: int = checked(0, nonnegative)  # preview every N steps (0: only at the end)
     sample_num: int = checked(64, nonnegative)  # images in a preview (0: no previews)
+
+    def validate(self) -> None:
+        start = self.warmup_steps + self.hold_steps
+        if self.decay_end and self.decay_end < start:
+            raise ConfigError(f"config key 'train.decay_end' must be 0 (the last step) or >= train.warmup_steps + "
+                              f"train.hold_steps = {start}, got {self.decay_end}")  # fmt: skip
+        if self.optimizer == "muon" and self.parallel == "fsdp":  # Muon orthogonalises whole matrices
+            raise ConfigError("config key 'train.optimizer' is muon, which does not run under train.parallel=fsdp "
+                              "(Muon needs whole matrices, FSDP shards them): use train.parallel=ddp")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from ..runtime.lock import DirectoryLock
 from ..runtime.precision import autocast_for, use_bf16
 from .batching import BatchPreparer
 from .logging import RunLogger, plot_loss
+from .optim import MuonAdamW
 from .state import TrainState
 
 
@@ -142,6 +143,11 @@ class Trainer:
         model = (f"; model {m.arch} ({m.depth} blocks x {m.hidden_size}, {m.input_size}x{m.input_size}x"
                  f"{m.in_channels} input)" if self.method.uses_model_section else "")  # fmt: skip
         lines.append(f"method {self.method.describe()}{model}; parameters: {sizes}")
+        for name, opt in self.state.optimizers.items():  # which tensors Muon takes is worth seeing once
+            if isinstance(opt, MuonAdamW):
+                split = ", ".join(f"{type(p).__name__} on {sum(len(g['params']) for g in p.param_groups)} tensors"
+                                  for p in opt.parts)  # fmt: skip
+                lines.append(f"optimizer of phase {name}: {split}")
         codec = f"codec {cfg.codec.kind}" + (f" ({cfg.codec.path})" if getattr(cfg.codec, "path", "") else "")
         encoders = "; ".join(f"{e.name} {e.embed_dim}-d from {'cache ' + c.cache if c.cache else e.source}"
                              for e, c in zip(self.encoders, cfg.encoders, strict=True))  # fmt: skip

@@ -32,7 +32,7 @@ from ..runtime.checkpoint import ema_file
 from ..runtime.distributed import DistInfo
 from ..runtime.precision import autocast_for
 from .ema import EMA
-from .optim import build_optimizer, lr_factor
+from .optim import build_optimizer, lr_factor, muon_parameters, parts
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -73,7 +73,9 @@ class TrainState:
             shard(method)
         nets = method.networks()
         self.ema = {n: EMA(nets[n], t.ema_decays, warmup=t.ema_warmup) for n in method.ema_networks}
-        self.optimizers = {p.name: build_optimizer(self.phase_parameters(p), p.optim, self.device) for p in self.phases}
+        self.optimizers = {p.name: self._build_optimizer(p) for p in self.phases}
+        # each group's base lr (Muon's and AdamW's may differ: train.adamw_lr), multiplied by the schedule
+        self.base_lrs = {n: [g["lr"] for g in opt.param_groups] for n, opt in self.optimizers.items()}
         self.lr_factors = {p.name: lr_factor(p.optim) for p in self.phases}
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)  # same on every rank (see Draw)
         self.micro = t.batch_size // (dist.world * t.grad_accum)  # per-process micro-batch
@@ -92,6 +94,38 @@ class TrainState:
         if unknown:
             raise ValueError(f"phase {phase.name!r} names unknown networks {unknown}; the method has {list(nets)}")
         return [p for n in phase.networks for p in nets[n].parameters() if p.requires_grad]
+
+    def _build_optimizer(self, phase: Phase):
+        nets = self.method.networks()
+        tables = [m.weight for n in phase.networks for m in nets[n].modules() if isinstance(m, nn.Embedding)]
+        return build_optimizer(self.phase_parameters(phase), phase.optim, self.device, tables)
+
+    def _parameter_names(self) -> dict[int, str]:
+        return {id(p): n for n, p in self.method.named_parameters()}  # the names DCP keys optimiser states by
+
+    def _load_optimizer(self, optimizer, saved: dict, was_muon: set[str], rename: Callable[[str], str]) -> None:
+        """Restore a phase's optimiser from its saved name-keyed state, laid out as ``optimizer`` is: the groups keep
+        this config's hyperparameters (and this torch's keys: Muon's differ between versions); a parameter gets its
+        saved state if the same kind of optimiser (Muon or AdamW) wrote it. One without (its phase had not started:
+        a late GAN critic) or of another kind (a changed train.optimizer or train.muon_embeddings) starts afresh."""
+        names = self._parameter_names()
+        state = {rename(k): v for k, v in saved["state"].items()}
+        muon_now = {id(p) for p in muon_parameters(optimizer)}
+        groups, kept, fresh = [], {}, []
+        for group in optimizer.param_groups:
+            fqns = [names[id(p)] for p in group["params"]]
+            groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": fqns})
+            for p, fqn in zip(group["params"], fqns, strict=True):
+                if fqn in state and (fqn in was_muon) == (id(p) in muon_now):
+                    kept[fqn] = state[fqn]
+                else:
+                    fresh.append(p)
+        if kept:
+            set_optimizer_state_dict(self.method, parts(optimizer), {"state": kept, "param_groups": groups},
+                                     options=StateDictOptions(full_state_dict=True, strict=False))  # fmt: skip
+        for part in parts(optimizer):  # DCP gave the left-out ones a zero step's state (AdamW: step 1), not a fresh one
+            for p in fresh:
+                part.state.pop(p, None)
 
     def lr(self, phase: Phase, step: int | None = None) -> float:
         return phase.optim.lr * self.lr_factors[phase.name](self.step if step is None else step)
@@ -147,8 +181,9 @@ class TrainState:
             norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
             logged[f"grad_norm{tag}"] = full_tensor(norm)
             optimizer = self.optimizers[phase.name]
-            for group in optimizer.param_groups:
-                group["lr"] = self.lr(phase)
+            factor = self.lr_factors[phase.name](self.step)
+            for group, base in zip(optimizer.param_groups, self.base_lrs[phase.name], strict=True):
+                group["lr"] = base * factor
             optimizer.step()
         nets = self.method.networks()
         for name, ema in self.ema.items():
@@ -188,13 +223,16 @@ class TrainState:
         rng = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        optimizers = {
-            name: get_optimizer_state_dict(self.method, opt, options=FULL) for name, opt in self.optimizers.items()
+        names = self._parameter_names()
+        optimizers = {  # name-keyed: Muon's and AdamW's states in one dict, found again by parameter name
+            name: get_optimizer_state_dict(self.method, parts(opt), options=FULL)
+            for name, opt in self.optimizers.items()
         }
         state = {
             "step": self.step,
             "images_seen": self.images_seen,
             "optimizer": optimizers,
+            "muon_parameters": {n: [names[id(p)] for p in muon_parameters(o)] for n, o in self.optimizers.items()},
             "rng": rng,
             "world_size": self.dist.world,
             "parallel": "fsdp" if self.fsdp else "ddp",
@@ -220,14 +258,10 @@ class TrainState:
         saved = state["optimizer"]
         if "param_groups" in saved:  # repflow <= 0.1: one optimiser
             saved = {self.phases[0].name: saved}
+        was_muon = state.get("muon_parameters", {})  # absent before train.optimizer existed: all AdamW
         for name, optimizer in self.optimizers.items():
             if name in saved:
-                sd = _rename_optimizer_state(saved[name], rename)
-                set_optimizer_state_dict(self.method, optimizer, sd, options=StateDictOptions(full_state_dict=True))
-        for phase in self.phases:  # hyperparameters come from the current config, not the checkpoint
-            fresh = build_optimizer(self.phase_parameters(phase), phase.optim, torch.device("cpu"))
-            for group, new in zip(self.optimizers[phase.name].param_groups, fresh.param_groups, strict=True):
-                group.update({k: new[k] for k in ("lr", "betas", "eps", "weight_decay")})
+                self._load_optimizer(optimizer, saved[name], {rename(n) for n in was_muon.get(name, [])}, rename)
         rng = state.get("rng", {})  # empty in a checkpoint imported from another codebase: fresh generators
         if "generator" in rng:
             self.generator.set_state(rng["generator"].to(self.generator.get_state().device))
@@ -237,10 +271,3 @@ class TrainState:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.step = int(state["step"])
         self.images_seen = int(state.get("images_seen", self.step * self.cfg.train.batch_size))
-
-
-def _rename_optimizer_state(sd: dict, rename: Callable[[str], str]) -> dict:
-    """Parameter names as today; without ``initial_lr`` (written by the LambdaLR of repflow <= 0.1)."""
-    groups = [{**{k: v for k, v in g.items() if k != "initial_lr"}, "params": [rename(p) for p in g["params"]]}
-              for g in sd["param_groups"]]  # fmt: skip
-    return {"state": {rename(k): v for k, v in sd["state"].items()}, "param_groups": groups}
