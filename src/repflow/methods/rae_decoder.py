@@ -178,4 +178,4 @@ class RAEDecoderMethod(Method):
         codec = to_dict(cfg.codec)
         return {"method.kind": m.kind, "method.size": m.size, "method.latent_dim": m.latent_dim,
                 "method.grid": m.grid, "disc_blocks": list(m.disc_blocks),
-                **{f"codec.{k}": codec[k] for k in ("encoder", "layers", "decoder_patch")}}  # fmt: skip
+                **{f"codec.{k}": codec[k] for k in ("encoder", "layer_indices", "token_mean", "decoder_patch")}}  # fmt: skip
