@@ -93,8 +93,8 @@ class FrozenEncoder(nn.Module):
                 "dim": self.embed_dim}  # fmt: skip
 
     def preprocess(self, images: Tensor) -> Tensor:
-        """[-1, 1] images (any size, 1 or 3 channels) -> normalised (B, 3, R, R)."""
-        x = (images.float() + 1) / 2
+        """[-1, 1] images (any size, 1 or 3 channels) -> normalised (B, 3, R, R), float32 (float64 stays: checks)."""
+        x = (images.to(torch.promote_types(images.dtype, torch.float32)) + 1) / 2
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
@@ -130,7 +130,8 @@ class FrozenEncoder(nn.Module):
         x = self.preprocess(images)
         with autocast_for(x.device, precision):
             tokens = self._layers(x, self.block_indices(layers))
-        normed = [F.layer_norm(t.float(), (t.shape[-1],), eps=self.norm_eps) for t in tokens]
+        dtype = torch.promote_types(x.dtype, torch.float32)  # bf16 under autocast -> float32
+        normed = [F.layer_norm(t.to(dtype), (t.shape[-1],), eps=self.norm_eps) for t in tokens]
         z = torch.stack(normed).mean(0)  # (B, N, D)
         if token_mean:  # RAEv2: + outputs[-1].mean(dim=1, keepdim=True), outputs in block order: the deepest
             z = z + normed[-1].mean(1, keepdim=True)  # (B, 1, D), the same vector added to every token

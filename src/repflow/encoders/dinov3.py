@@ -41,22 +41,26 @@ def timm_arch(spec: EncoderSpec, state: dict[str, Tensor]) -> str:
 
 def build_timm_dinov3(spec: EncoderSpec, resolution: int, arch: str = "", pretrained_id: str = ""):
     timm = require("timm")
-    kwargs = dict(img_size=resolution, num_classes=0, **spec.timm_kwargs)
+    kwargs = dict(img_size=resolution, dynamic_img_size=True, num_classes=0, **spec.timm_kwargs)
     if pretrained_id:
         name = pretrained_id.removeprefix("hf-hub:").removeprefix("timm/")
         return timm.create_model(name if "." in name else spec.timm_name, pretrained=True, **kwargs)
     return timm.create_model(arch or spec.timm_name.split(".")[0], pretrained=False, **kwargs)
 
 
-def check_rope_periods(model, state: dict[str, Tensor], path: Path) -> None:
-    """Official files store their RoPE periods; timm recomputes them (base 100): they must agree."""
+def use_stored_rope_periods(model, state: dict[str, Tensor], path: Path) -> None:
+    """Official files store their RoPE periods, in the released ones rounded to bf16 (as timm's DINOv3 port
+    notes), and the official model (what RAEv2 loads through torch.hub) computes with them; timm recomputes exact
+    float32 periods. So the stored ones replace timm's, once checked to be DINOv3's (base 100, this head width)."""
     stored = state.get("rope_embed.periods")
     if stored is None:
         return
-    ours = model.rope.periods.float()
-    if stored.shape != ours.shape or not torch.allclose(stored.float(), ours, rtol=1e-5, atol=0):
+    ours = model.rope.periods
+    if stored.shape != ours.shape or not torch.allclose(stored.float(), ours.float(), rtol=1e-2, atol=0):
         raise ValueError(f"'{path}' has RoPE periods {stored.flatten()[:3].tolist()}... but DINOv3's are "
                          f"{ours[:3].tolist()}...; it is not a DINOv3 backbone of this size")  # fmt: skip
+    with torch.no_grad():  # read at every forward: timm's DINOv3 builds its RoPE per input grid (dynamic_img_size)
+        ours.copy_(stored.to(ours.dtype))
 
 
 def timm_dinov3_encoder(spec: EncoderSpec, resolution: int, path: str, source: str) -> FrozenEncoder:
@@ -65,8 +69,8 @@ def timm_dinov3_encoder(spec: EncoderSpec, resolution: int, path: str, source: s
     if path and Path(path).is_file():
         state = read_state_dict(Path(path))
         model = build_timm_dinov3(spec, resolution, arch=timm_arch(spec, state))
-        check_rope_periods(model, state, Path(path))
         load_timm_state(model, state, checkpoint_filter_fn, Path(path))
+        use_stored_rope_periods(model, state, Path(path))
     else:
         model = build_timm_dinov3(spec, resolution, pretrained_id=path or spec.timm_name)
     return timm_frozen(model, spec, resolution, source, resize="bilinear")
