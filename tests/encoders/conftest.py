@@ -100,9 +100,11 @@ def images():
 RES3 = 64  # 4 x 4 patches of 16 px
 TINY_DINO3 = {"depth": 4, "embed_dim": 64, "num_heads": 2}
 register_encoder(
-    EncoderSpec("dinov3-test", "dinov3", 64, 16, timm_name="vit_small_patch16_dinov3.lvd1689m", registers=4,
-                timm_kwargs=TINY_DINO3)  # fmt: skip
-)
+    EncoderSpec(
+        "dinov3-test", "dinov3", 64, 16, timm_name="vit_small_patch16_dinov3.lvd1689m", registers=4,
+        timm_kwargs=TINY_DINO3,
+    )
+)  # fmt: skip
 
 
 def timm_dinov3(seed: int = 0):
@@ -121,7 +123,7 @@ def timm_dinov3(seed: int = 0):
 
 
 def rope_periods(head_dim: int, base: float = 100.0) -> torch.Tensor:
-    """DINOv3's RoPE periods: base ** (2 i / (head_dim / 2)), i < head_dim / 4 (dinov3/layers/rope_position_encoding)."""
+    """DINOv3's RoPE periods: base ** (2 i / (head_dim / 2)) for i < head_dim / 4 (rope_position_encoding.py)."""
     return base ** (2 * torch.arange(head_dim // 4, dtype=torch.float32) / (head_dim // 2))
 
 
@@ -132,7 +134,8 @@ def dinov3_to_official(state: dict, periods: torch.Tensor) -> dict:
         if key.endswith("attn.q_bias"):
             k_bias = torch.randn(dim)  # stored in the official files, masked to zero by bias_mask
             out[key.replace("q_bias", "qkv.bias")] = torch.cat([value, k_bias, state[key.replace("q_", "v_")]])
-            out[key.replace("q_bias", "qkv.bias_mask")] = torch.cat([torch.ones(dim), torch.zeros(dim), torch.ones(dim)])
+            mask = torch.cat([torch.ones(dim), torch.zeros(dim), torch.ones(dim)])
+            out[key.replace("q_bias", "qkv.bias_mask")] = mask
         elif not key.endswith("attn.v_bias"):
             name = key.replace("reg_token", "storage_tokens").replace("gamma_1", "ls1.gamma")
             out[name.replace("gamma_2", "ls2.gamma")] = value
@@ -159,7 +162,8 @@ def dinov3_to_transformers(state: dict, depth: int):
         new.update({h + "attention.q_proj.weight": q, h + "attention.k_proj.weight": k,
                     h + "attention.v_proj.weight": v, h + "attention.q_proj.bias": state[t + "attn.q_bias"],
                     h + "attention.v_proj.bias": state[t + "attn.v_bias"],
-                    h + "layer_scale1.lambda1": state[t + "gamma_1"], h + "layer_scale2.lambda1": state[t + "gamma_2"]})  # fmt: skip
+                    h + "layer_scale1.lambda1": state[t + "gamma_1"],
+                    h + "layer_scale2.lambda1": state[t + "gamma_2"]})  # fmt: skip
         pairs = {"norm1": "norm1", "norm2": "norm2", "attn.proj": "attention.o_proj", "mlp.fc1": "mlp.up_proj",
                  "mlp.fc2": "mlp.down_proj"}  # fmt: skip
         for a, b in pairs.items():

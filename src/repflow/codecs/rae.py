@@ -31,7 +31,7 @@ def block_list(v: tuple[int, ...]) -> str | None:
     from the end (-1: the last block), each once, in increasing order."""
     if not v:
         return "must name at least one block"
-    if any(a >= b for a, b in zip(v, v[1:])) or (min(v) < 0 <= max(v)):
+    if any(a >= b for a, b in zip(v, v[1:], strict=False)) or (min(v) < 0 <= max(v)):
         return "must be increasing block indices, all >= 0 (0-indexed) or all < 0 (from the last block, -1)"
     return None
 
@@ -142,6 +142,8 @@ class RAECodec:
     # -- the frozen encoder, built once the image size is known --------------------------------------------
     def encoder(self, resolution: int | None = None):
         resolution = resolution or self._resolution
+        if not resolution:
+            raise ValueError("the RAE codec builds its encoder for an image size: call model_shape(3, size) first")
         if self._encoder is None or resolution != self._resolution:
             from ..encoders import build_encoder, get_spec
 

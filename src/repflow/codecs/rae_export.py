@@ -3,8 +3,9 @@
 diffusers builds its encoder from a transformers config (DINOv2 with registers, SigLIP2, MAE) with the final
 LayerNorm's affine removed, as repflow's RAE codec reads the tokens; the run's encoder must therefore be such
 a transformers model, with 64-wide heads (diffusers derives the head count as width / 64), and a one-block
-latent (``codec.layer_indices`` the last block, no ``token_mean``). diffusers normalises by ``(z - mean) / (std + 1e-5)``; the stored ``std`` is
-``sqrt(var + eps) - 1e-5`` so that its codec and repflow's give the same latents.
+latent (``codec.layer_indices`` the last block, no ``token_mean``). diffusers normalises by
+``(z - mean) / (std + 1e-5)``; the stored ``std`` is ``sqrt(var + eps) - 1e-5`` so that its codec and repflow's
+give the same latents.
 """
 
 from __future__ import annotations

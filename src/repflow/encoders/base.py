@@ -113,7 +113,7 @@ class FrozenEncoder(nn.Module):
         if bad:
             raise ValueError(f"{self.name} has {self.depth} blocks (0..{self.depth - 1}, or -{self.depth}..-1 from "
                              f"the end); cannot take block {bad[0]}")  # fmt: skip
-        if not out or any(a >= b for a, b in zip(out, out[1:])):
+        if not out or any(a >= b for a, b in zip(out, out[1:], strict=False)):
             raise ValueError(f"blocks {list(layers)} of {self.name}: name at least one, each once, in increasing order")
         return out
 

@@ -57,8 +57,8 @@ for _k, (_word, _dim, _hash) in _DINO3.items():
     register_encoder(
         EncoderSpec(
             f"dinov3-vit{_k}", "dinov3", _dim, 16, timm_name=f"vit_{_word}_patch16_dinov3.lvd1689m",
-            hf_id=f"facebook/dinov3-vit{_k}-pretrain-lvd1689m", hub_file=f"dinov3_vit{_k}_pretrain_lvd1689m-{_hash}.pth",
-            registers=4,
+            hf_id=f"facebook/dinov3-vit{_k}-pretrain-lvd1689m", registers=4,
+            hub_file=f"dinov3_vit{_k}_pretrain_lvd1689m-{_hash}.pth",
         )
     )  # fmt: skip
 register_encoder(EncoderSpec("clip-vitl14", "clip", 1024, 14, hf_id="openai/clip-vit-large-patch14"))
