@@ -39,7 +39,7 @@ def block_list(v: tuple[int, ...]) -> str | None:
 @dataclass(frozen=True)
 class RAECodecConfig(CodecConfig):
     kind: str = "rae"
-    encoder: str = "dinov2-vitb14-reg"  # a name from repflow.encoders (DINOv2 with registers, SigLIP, MAE, tiny)
+    encoder: str = "dinov2-vitb14-reg"  # a name from repflow.encoders (DINOv2 with registers, DINOv3, SigLIP, ...)
     encoder_path: str = ""  # its weights (file, directory or hub id; "" the name's default)
     encoder_format: Literal["auto", "timm", "transformers", "torchhub", "repflow"] = "auto"
     # the blocks averaged (0-indexed, or from the end: -1 the last). RAE and RAEv2's K1: [-1]; RAEv2's K7 on

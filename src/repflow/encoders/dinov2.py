@@ -7,7 +7,8 @@
 
 All return the final-LayerNorm tokens: the class token (``x_norm_clstoken``) and the patch tokens
 (``x_norm_patchtokens``); register tokens are dropped. The position embedding is interpolated when the input
-grid differs from the stored one (224 -> 16 x 16 patches, 448 -> 32 x 32).
+grid differs from the stored one (224 -> 16 x 16 patches, 448 -> 32 x 32). ``timm_frozen`` and
+``transformers_encoder`` serve DINOv3 too (``dinov3.py``).
 """
 
 from __future__ import annotations
