@@ -94,3 +94,81 @@ def to_transformers(state: dict, registers: int, depth: int):
 @pytest.fixture
 def images():
     return torch.rand(2, 3, RES, RES, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+# -- DINOv3: a 4-block, 64-wide ViT of the real architecture (RoPE, 4 storage tokens, LayerScale, q/v biases) ----
+RES3 = 64  # 4 x 4 patches of 16 px
+TINY_DINO3 = {"depth": 4, "embed_dim": 64, "num_heads": 2}
+register_encoder(
+    EncoderSpec(
+        "dinov3-test", "dinov3", 64, 16, timm_name="vit_small_patch16_dinov3.lvd1689m", registers=4,
+        timm_kwargs=TINY_DINO3,
+    )
+)  # fmt: skip
+
+
+def timm_dinov3(seed: int = 0):
+    """timm's DINOv3 with q / v biases (the layout of the official files), made non-trivial."""
+    timm = require("timm")
+    torch.manual_seed(seed)
+    model = timm.create_model("vit_small_patch16_dinov3_qkvb", pretrained=False, img_size=RES3, num_classes=0,
+                              **TINY_DINO3)  # fmt: skip
+    with torch.no_grad():  # LayerScale is 1e-5 at init: every block would be the identity
+        for name, p in model.named_parameters():
+            if "gamma" in name:
+                p.copy_(0.05 + 0.1 * torch.rand_like(p))
+            else:
+                p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def rope_periods(head_dim: int, base: float = 100.0) -> torch.Tensor:
+    """DINOv3's RoPE periods: base ** (2 i / (head_dim / 2)) for i < head_dim / 4 (rope_position_encoding.py)."""
+    return base ** (2 * torch.arange(head_dim // 4, dtype=torch.float32) / (head_dim // 2))
+
+
+def dinov3_to_official(state: dict, periods: torch.Tensor) -> dict:
+    """timm layout -> facebookresearch/dinov3 torch.hub layout (dinov3_vit*16_pretrain_lvd1689m-*.pth)."""
+    out, dim = {}, state["cls_token"].shape[-1]
+    for key, value in state.items():
+        if key.endswith("attn.q_bias"):
+            k_bias = torch.randn(dim)  # stored in the official files, masked to zero by bias_mask
+            out[key.replace("q_bias", "qkv.bias")] = torch.cat([value, k_bias, state[key.replace("q_", "v_")]])
+            mask = torch.cat([torch.ones(dim), torch.zeros(dim), torch.ones(dim)])
+            out[key.replace("q_bias", "qkv.bias_mask")] = mask
+        elif not key.endswith("attn.v_bias"):
+            name = key.replace("reg_token", "storage_tokens").replace("gamma_1", "ls1.gamma")
+            out[name.replace("gamma_2", "ls2.gamma")] = value
+    out["mask_token"] = torch.zeros(1, dim)
+    out["rope_embed.periods"] = periods
+    return out
+
+
+def dinov3_to_transformers(state: dict, depth: int):
+    """timm layout -> a transformers DINOv3ViTModel with the same weights."""
+    transformers = require("transformers")
+    dim = state["cls_token"].shape[-1]
+    cfg = transformers.DINOv3ViTConfig(hidden_size=dim, intermediate_size=4 * dim, num_hidden_layers=depth,
+                                       num_attention_heads=2, num_register_tokens=4, image_size=RES3,
+                                       layer_norm_eps=1e-5)  # fmt: skip
+    model = transformers.DINOv3ViTModel(cfg)
+    new = {"embeddings.cls_token": state["cls_token"], "embeddings.register_tokens": state["reg_token"],
+           "embeddings.mask_token": torch.zeros(1, 1, dim), "norm.weight": state["norm.weight"],
+           "norm.bias": state["norm.bias"], "embeddings.patch_embeddings.weight": state["patch_embed.proj.weight"],
+           "embeddings.patch_embeddings.bias": state["patch_embed.proj.bias"]}  # fmt: skip
+    for i in range(depth):
+        t, h = f"blocks.{i}.", f"model.layer.{i}."
+        q, k, v = state[t + "attn.qkv.weight"].chunk(3)
+        new.update({h + "attention.q_proj.weight": q, h + "attention.k_proj.weight": k,
+                    h + "attention.v_proj.weight": v, h + "attention.q_proj.bias": state[t + "attn.q_bias"],
+                    h + "attention.v_proj.bias": state[t + "attn.v_bias"],
+                    h + "layer_scale1.lambda1": state[t + "gamma_1"],
+                    h + "layer_scale2.lambda1": state[t + "gamma_2"]})  # fmt: skip
+        pairs = {"norm1": "norm1", "norm2": "norm2", "attn.proj": "attention.o_proj", "mlp.fc1": "mlp.up_proj",
+                 "mlp.fc2": "mlp.down_proj"}  # fmt: skip
+        for a, b in pairs.items():
+            new[h + b + ".weight"], new[h + b + ".bias"] = state[t + a + ".weight"], state[t + a + ".bias"]
+    missing = set(model.state_dict()) - set(new)
+    assert not missing, missing
+    model.load_state_dict(new)
+    return model.eval()

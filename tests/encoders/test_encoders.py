@@ -112,8 +112,8 @@ def test_hf_vision_towers_clip_siglip_mae(tmp_path, images):
 
 
 def test_bad_encoder_inputs_are_clear(tmp_path):
-    with pytest.raises(ValueError, match="unknown encoder 'dinov3"):
-        build_encoder(EncoderConfig(name="dinov3-vitb16"), 224)
+    with pytest.raises(ValueError, match="unknown encoder 'dinov4"):
+        build_encoder(EncoderConfig(name="dinov4-vitb16"), 224)
     with pytest.raises(FileNotFoundError, match="do not exist"):
         build_encoder(EncoderConfig(name="dinov2-test", path=str(tmp_path / "missing.pth")), RES)
     bad = tmp_path / "bad.safetensors"

@@ -1,8 +1,10 @@
 """The RAE codec (Zheng et al. 2025): a frozen representation encoder's patch tokens are the latent space.
 
 ``encode``: the encoder's patch tokens through its final LayerNorm *without* the affine (class and register
-tokens dropped; with ``layers: k > 1`` the mean of the last k blocks, RAEv2's multi-layer latent), laid out as
-(C, h, w), then normalised per element with dataset statistics (``repflow rae stats``). ``decode``: undo the
+tokens dropped; RAE: the last block), laid out as (C, h, w), then normalised per element with dataset statistics
+(``repflow rae stats``, or the official ``stat.pt`` / ``stats.pt``). RAEv2's multi-layer latent: the mean over
+``layer_indices`` of those normalised tokens, plus (``token_mean``) the mean over tokens of the deepest one.
+The encoder runs in ``precision`` (fp32 by default, as the official code). ``decode``: undo the
 normalisation and run a ViT decoder (MAE-decoder style; diffusers' ``RAEDecoder``, so decoders move between
 repflow and diffusers' ``AutoencoderRAE``) back to pixels. The latent grid is the image size over the
 decoder's patch (256 px / 16 = 16 x 16); the encoder sees grid x its own patch (224 px for DINOv2-B/14).
@@ -11,6 +13,7 @@ decoder's patch (256 px / 16 = 16 x 16); the encoder sees grid x its own patch (
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,35 +26,99 @@ from ..errors import ConfigError
 from ..registry import CODECS
 
 
+def block_list(v: tuple[int, ...]) -> str | None:
+    """Block indices as the official ``get_intermediate_layers(n=[...])`` takes them (0-indexed), or all counted
+    from the end (-1: the last block), each once, in increasing order."""
+    if not v:
+        return "must name at least one block"
+    if any(a >= b for a, b in zip(v, v[1:], strict=False)) or (min(v) < 0 <= max(v)):
+        return "must be increasing block indices, all >= 0 (0-indexed) or all < 0 (from the last block, -1)"
+    return None
+
+
 @dataclass(frozen=True)
 class RAECodecConfig(CodecConfig):
     kind: str = "rae"
-    encoder: str = "dinov2-vitb14-reg"  # a name from repflow.encoders (DINOv2 with registers, SigLIP, MAE, tiny)
+    encoder: str = "dinov2-vitb14-reg"  # a name from repflow.encoders (DINOv2 with registers, DINOv3, SigLIP, ...)
     encoder_path: str = ""  # its weights (file, directory or hub id; "" the name's default)
     encoder_format: Literal["auto", "timm", "transformers", "torchhub", "repflow"] = "auto"
-    layers: int = checked(1, positive)  # the latent is the mean of the last `layers` blocks (1: RAE)
+    # the blocks averaged (0-indexed, or from the end: -1 the last). RAE and RAEv2's K1: [-1]; RAEv2's K7 on
+    # DINOv3-L: [11, 13, 15, 17, 19, 21, 23]; K23: [1, 2, ..., 23]
+    layer_indices: tuple[int, ...] = checked((-1,), block_list)
+    token_mean: bool = False  # add the deepest block's token mean (RAEv2's DINOv3 / SigLIP2 multi-layer: true)
     decoder_patch: int = checked(16, positive)  # pixels per latent token along each side
-    decoder: str = ""  # a `rae-decoder` run or checkpoint, or a diffusers AutoencoderRAE directory ("": none yet)
-    stats: str = ""  # per-element latent mean / var from `repflow rae stats` ("": unnormalised)
+    decoder: str = ""  # a `rae-decoder` run / checkpoint, a diffusers AutoencoderRAE directory or its hub id (cached)
+    stats: str = ""  # per-element latent mean / var: `repflow rae stats`, or RAE's stat.pt / RAEv2's stats.pt
     stats_eps: float = checked(1e-5, positive)  # z = (z - mean) / sqrt(var + eps), as the official code
     cache: str = ""  # cached (unnormalised) latents: `repflow cache latents`
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # the encoder's and decoder's
+    # the encoder's (auto: bf16 autocast on GPU, what repflow <= 0.2 did; the official code encodes in fp32)
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+
+    @classmethod
+    def upgrade(cls, data: dict) -> dict:
+        """repflow <= 0.2 wrote ``layers: k``, the mean of the last k blocks (no token mean)."""
+        if "layers" not in data:
+            return data
+        data = dict(data)
+        k = data.pop("layers")
+        if type(k) is not int or k < 1:
+            raise ConfigError(f"config key 'codec.layers' (the last k blocks; now codec.layer_indices) must be a "
+                              f"positive integer, got {k!r}")  # fmt: skip
+        return {**data, "layer_indices": list(range(-k, 0))}
 
 
 def load_stats(path: str | Path) -> tuple[Tensor, Tensor, dict]:
-    """(mean, var, metadata) of a statistics file written by ``repflow rae stats``."""
+    """(mean, var, metadata), per element (C, h, w): a ``repflow rae stats`` file (.safetensors), or the official
+    RAE ``stat.pt`` / RAEv2 ``stats.pt`` (``torch.save({"mean": ..., "var": ...})``, population variance), read
+    without unpickling code. Both normalise ``(z - mean) / sqrt(var + 1e-5)``, so either is used as it is."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    path = Path(path)
+    path, meta = Path(path), {}
     if not path.is_file():
         raise FileNotFoundError(f"latent statistics '{path}' do not exist; make them with `repflow rae stats`")
-    tensors = load_file(str(path))
-    if set(tensors) != {"mean", "var"}:
-        raise ValueError(f"'{path}' is not a repflow latent-statistics file (it holds {sorted(tensors)})")
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads((f.metadata() or {}).get("repflow", "{}"))
-    return tensors["mean"], tensors["var"], meta
+    if path.suffix == ".safetensors":
+        tensors: Any = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("repflow", "{}"))
+    else:
+        try:
+            tensors = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # pickled code, or not a torch file
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"cannot read latent statistics '{path}' as weights only ({first[:150]})") from err
+    if not isinstance(tensors, dict) or set(tensors) != {"mean", "var"}:
+        what = sorted(map(str, tensors)) if isinstance(tensors, dict) else type(tensors).__name__
+        raise ValueError(f"'{path}' holds {what}; latent statistics are a dict of two tensors, 'mean' and 'var'")
+    mean, var = tensors["mean"], tensors["var"]
+    if not (isinstance(mean, Tensor) and isinstance(var, Tensor)) or mean.shape != var.shape:
+        shapes = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in (mean, var)]
+        raise ValueError(f"'{path}': 'mean' {shapes[0]} and 'var' {shapes[1]} must be tensors of one shape")
+    if mean.dim() == 4 and mean.shape[0] == 1:  # a (1, C, h, w) batch axis, as some scripts keep it
+        mean, var = mean[0], var[0]
+    if mean.dim() != 3:
+        raise ValueError(f"'{path}' holds {tuple(mean.shape)} statistics; expected one per latent element (C, h, w)")
+    if not (torch.isfinite(mean).all() and torch.isfinite(var).all() and (var >= 0).all()):
+        raise ValueError(f"'{path}' holds non-finite statistics or a negative variance")
+    return mean, var, meta
+
+
+def decoder_path(source: str) -> str:
+    """``codec.decoder`` as a local path: a hub id (``ORG/NAME``, a diffusers AutoencoderRAE repository) is looked
+    up in the local Hugging Face cache only (no multi-GB download when a run starts)."""
+    from ..encoders import looks_like_hub_id
+
+    if Path(source).expanduser().exists() or not looks_like_hub_id(source):
+        return source
+    from huggingface_hub import snapshot_download
+
+    try:  # HF_HUB_CACHE read now, not when huggingface_hub was imported
+        return snapshot_download(source, local_files_only=True, cache_dir=os.environ.get("HF_HUB_CACHE") or None)
+    except (OSError, ValueError) as err:  # not cached (LocalEntryNotFoundError), incomplete, not a repository id
+        raise FileNotFoundError(
+            f"codec.decoder '{source}' is not a local path, nor a hub id in the local Hugging Face cache; download "
+            f"it with `hf download {source} --local-dir DIR` and set codec.decoder=DIR"
+        ) from err
 
 
 class RAECodec:
@@ -75,6 +142,8 @@ class RAECodec:
     # -- the frozen encoder, built once the image size is known --------------------------------------------
     def encoder(self, resolution: int | None = None):
         resolution = resolution or self._resolution
+        if not resolution:
+            raise ValueError("the RAE codec builds its encoder for an image size: call model_shape(3, size) first")
         if self._encoder is None or resolution != self._resolution:
             from ..encoders import build_encoder, get_spec
 
@@ -85,6 +154,7 @@ class RAECodec:
             spec = get_spec(self.cfg.encoder)
             ecfg = EncoderConfig(name=self.cfg.encoder, path=self.cfg.encoder_path, format=self.cfg.encoder_format)
             self._encoder = build_encoder(ecfg, grid * spec.patch_size, device=self.device)
+            self._encoder.block_indices(self.cfg.layer_indices)  # blocks it lacks: refused before any training
             self._resolution = resolution
         return self._encoder
 
@@ -103,7 +173,9 @@ class RAECodec:
     def raw(self, images: Tensor) -> Tensor:
         """Unnormalised latent (B, C, h, w) of images in [-1, 1]."""
         resolution = images.shape[-1]
-        tokens = self.encoder(resolution).latent_tokens(images.to(self.device), self.cfg.layers)  # (B, N, C)
+        c = self.cfg
+        tokens = self.encoder(resolution).latent_tokens(images.to(self.device), c.layer_indices, c.token_mean,
+                                                        c.precision)  # (B, N, C)  # fmt: skip
         grid = resolution // self.factor
         return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, grid, grid)
 
@@ -140,7 +212,7 @@ class RAECodec:
                                   "point it at a rae-decoder run or a diffusers AutoencoderRAE directory")  # fmt: skip
             from ..models.rae_decoder import load_decoder
 
-            self._decoder = load_decoder(self.decoder_source, self.device)
+            self._decoder = load_decoder(decoder_path(self.decoder_source), self.device)
         return self._decoder
 
     @torch.no_grad()
@@ -150,7 +222,12 @@ class RAECodec:
 
     def identity(self) -> dict[str, Any]:
         enc = self.encoder()
-        return {"kind": self.name, "encoder": enc.identity(), "layers": self.cfg.layers, "patch": self.factor}
+        blocks = enc.block_indices(self.cfg.layer_indices)
+        if blocks == list(range(enc.depth - len(blocks), enc.depth)) and not self.cfg.token_mean:
+            latent: dict[str, Any] = {"layers": len(blocks)}  # as repflow <= 0.2 wrote it: its caches stay valid
+        else:
+            latent = {"layer_indices": blocks, "token_mean": self.cfg.token_mean}
+        return {"kind": self.name, "encoder": enc.identity(), **latent, "patch": self.factor}
 
     def to(self, device: torch.device | str) -> RAECodec:
         self.device = torch.device(device)

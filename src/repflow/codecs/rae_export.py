@@ -3,8 +3,9 @@
 diffusers builds its encoder from a transformers config (DINOv2 with registers, SigLIP2, MAE) with the final
 LayerNorm's affine removed, as repflow's RAE codec reads the tokens; the run's encoder must therefore be such
 a transformers model, with 64-wide heads (diffusers derives the head count as width / 64), and a one-block
-latent (``codec.layers: 1``). diffusers normalises by ``(z - mean) / (std + 1e-5)``; the stored ``std`` is
-``sqrt(var + eps) - 1e-5`` so that its codec and repflow's give the same latents.
+latent (``codec.layer_indices`` the last block, no ``token_mean``). diffusers normalises by
+``(z - mean) / (std + 1e-5)``; the stored ``std`` is ``sqrt(var + eps) - 1e-5`` so that its codec and repflow's
+give the same latents.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ def export_autoencoder_rae(run: str | Path, out: Path, stats: str = "") -> Path:
     cfg = ckpt.config
     if cfg.method.kind != "rae_decoder":
         raise ConfigError(f"{ckpt.path} was trained with method {cfg.method.kind}: export a rae_decoder run")
-    if cfg.codec.layers != 1:
-        raise ConfigError("diffusers' AutoencoderRAE reads one encoder block: this run uses codec.layers="
-                          f"{cfg.codec.layers}")  # fmt: skip
     codec = build_codec(cfg.codec.__class__(**{**cfg.codec.__dict__, "stats": "", "decoder": ""}))
     encoder = codec.encoder(cfg.data.resolution)
+    if encoder.block_indices(cfg.codec.layer_indices) != [encoder.depth - 1] or cfg.codec.token_mean:
+        raise ConfigError("diffusers' AutoencoderRAE reads the last encoder block alone: this run uses "
+                          f"codec.layer_indices={list(cfg.codec.layer_indices)}, codec.token_mean="
+                          f"{str(cfg.codec.token_mean).lower()}")  # fmt: skip
     network = encoder.network
     kinds = {"Dinov2WithRegistersModel": "dinov2", "SiglipVisionModel": "siglip2", "ViTMAEModel": "mae"}
     kind = kinds.get(type(network).__name__)

@@ -22,6 +22,9 @@ def _stats(args) -> int:
         cfg = cfg.replace(**{"codec.stats": ""})  # the statistics of the unnormalised latents
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if Path(args.out).suffix != ".safetensors":
+        raise ValueError(f"--out {args.out}: latent statistics are written as .safetensors (codec.stats also reads "
+                         "the official stat.pt / stats.pt)")  # fmt: skip
     dist = setup_distributed(args.device)
     try:
         dataset = build_dataset(cfg.data, num_classes_hint=max(cfg.model.num_classes, 1))

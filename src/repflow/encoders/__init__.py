@@ -1,9 +1,10 @@
 """Frozen representation encoders behind one protocol (see ``base.FrozenEncoder``).
 
 ``build_encoder(cfg, resolution)`` picks the weights format from ``cfg.format`` or, in ``auto`` mode, from
-``cfg.path``: a directory -> transformers; a file -> timm / official torch.hub layout (DINOv2) or a repflow
-tiny-encoder file; a hub id -> timm (``timm/...``) or transformers; nothing -> the name's default hub weights
-(DINOv2 through timm, others through transformers), which needs a network or a filled hub cache.
+``cfg.path``: a directory -> transformers; a file -> timm / official torch.hub layout (DINOv2, DINOv3) or a
+repflow tiny-encoder file; a hub id -> timm (``timm/...``) or transformers; nothing -> the name's default hub
+weights (DINOv2 and DINOv3 through timm, others through transformers), which needs a network or a filled hub
+cache.
 """
 
 from __future__ import annotations
@@ -42,12 +43,12 @@ def resolve_format(spec: EncoderSpec, cfg: EncoderConfig) -> str:
         return "transformers"
     if path is not None and path.is_file():
         return "timm"  # timm's DINOv2 filter also reads the official torch.hub layout
-    if cfg.path.startswith(("timm/", "hf-hub:timm/")) or (not cfg.path and spec.family == "dinov2"):
+    if cfg.path.startswith(("timm/", "hf-hub:timm/")) or (not cfg.path and spec.family in ("dinov2", "dinov3")):
         return "timm"
     return "transformers"
 
 
-def _looks_like_hub_id(path: str) -> bool:
+def looks_like_hub_id(path: str) -> bool:
     """``namespace/name`` (optionally ``timm/`` or ``hf-hub:`` prefixed), not a filesystem path."""
     path = path.removeprefix("hf-hub:")
     suffixes = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
@@ -57,12 +58,13 @@ def _looks_like_hub_id(path: str) -> bool:
 def build_encoder(cfg: EncoderConfig, resolution: int, device=None) -> FrozenEncoder:
     """A frozen encoder for ``cfg`` taking ``resolution`` x ``resolution`` inputs."""
     from .dinov2 import timm_encoder, transformers_encoder
+    from .dinov3 import timm_dinov3_encoder
     from .hf import hf_vision_encoder
     from .tiny import tiny_encoder
 
     spec = get_spec(cfg.name)
     fmt = resolve_format(spec, cfg)
-    if cfg.path and not Path(cfg.path).exists() and not _looks_like_hub_id(cfg.path):
+    if cfg.path and not Path(cfg.path).exists() and not looks_like_hub_id(cfg.path):
         raise FileNotFoundError(f"encoder weights '{cfg.path}' do not exist (give a file, a directory or a hub id)")
     source = f"{fmt}:{cfg.path or spec.timm_name or spec.hf_id or 'packaged'}"
     try:
@@ -70,7 +72,9 @@ def build_encoder(cfg: EncoderConfig, resolution: int, device=None) -> FrozenEnc
             enc = tiny_encoder(spec, resolution, cfg.path, source)
         elif spec.family == "dinov2" and fmt in ("timm", "torchhub"):
             enc = timm_encoder(spec, resolution, cfg.path, source)
-        elif spec.family == "dinov2":
+        elif spec.family == "dinov3" and fmt in ("timm", "torchhub"):
+            enc = timm_dinov3_encoder(spec, resolution, cfg.path, source)
+        elif spec.family in ("dinov2", "dinov3"):
             enc = transformers_encoder(spec, resolution, cfg.path or spec.hf_id, source)
         elif fmt == "transformers":
             enc = hf_vision_encoder(spec, resolution, cfg.path or spec.hf_id, source)

@@ -2,8 +2,9 @@
 
 Every encoder (DINOv2 through timm / transformers / torch.hub files, CLIP, SigLIP, MAE, repflow's tiny ViT) is
 wrapped in :class:`FrozenEncoder`, which owns the preprocessing (channel replication, resize to the encoder's
-input size, its mean/std normalisation), keeps the network in eval mode without gradients, and runs it in
-bf16 autocast on GPU.
+input size, its mean/std normalisation) and keeps the network in eval mode without gradients. Features for
+REPA / REG run in bf16 autocast on GPU; RAE's latent (:meth:`FrozenEncoder.latent_tokens`) in the precision its
+codec asks for (fp32 by default, as the official code).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -53,13 +55,16 @@ class FrozenEncoder(nn.Module):
         layers: Layers | None = None,
         depth: int = 0,
         norm_eps: float = 1e-6,
+        resize: Literal["bicubic", "bilinear"] = "bicubic",
     ):
         """``layers`` / ``depth`` / ``norm_eps``: the blocks' raw tokens, how many blocks, and the final
-        LayerNorm's eps (for RAE's latent: the final norm without its affine, :meth:`latent_tokens`)."""
+        LayerNorm's eps (for RAE's latent: the final norm without its affine, :meth:`latent_tokens`).
+        ``resize``: how inputs of another size are resized (DINOv3's transform: bilinear with antialias)."""
         super().__init__()
         self.network = network
         self._forward = forward
         self._layers, self.depth, self.norm_eps = layers, depth, norm_eps
+        self.resize = resize
         self.name, self.embed_dim, self.patch_size, self.resolution = name, embed_dim, patch_size, resolution
         self.source = source  # where the weights came from (for logs)
         self._sha256: str | None = None
@@ -88,27 +93,49 @@ class FrozenEncoder(nn.Module):
                 "dim": self.embed_dim}  # fmt: skip
 
     def preprocess(self, images: Tensor) -> Tensor:
-        """[-1, 1] images (any size, 1 or 3 channels) -> normalised (B, 3, R, R)."""
-        x = (images.float() + 1) / 2
+        """[-1, 1] images (any size, 1 or 3 channels) -> normalised (B, 3, R, R), float32 (float64 stays: checks)."""
+        x = (images.to(torch.promote_types(images.dtype, torch.float32)) + 1) / 2
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic", align_corners=False)
+            size = (self.resolution, self.resolution)
+            if self.resize == "bilinear":  # torchvision's Resize(antialias=True) on tensors, as DINOv3's transform
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            else:
+                x = F.interpolate(x, size=size, mode="bicubic", align_corners=False)
         return (x - self.mean) / self.std
 
+    def block_indices(self, layers: Sequence[int]) -> list[int]:
+        """0-indexed block numbers of ``layers`` (a negative index counts from the end: -1 is the last block),
+        each named once, in increasing order (the official code returns them in block order)."""
+        out = [i + self.depth if i < 0 else i for i in layers]
+        bad = [i for i, b in zip(layers, out, strict=True) if not 0 <= b < self.depth]
+        if bad:
+            raise ValueError(f"{self.name} has {self.depth} blocks (0..{self.depth - 1}, or -{self.depth}..-1 from "
+                             f"the end); cannot take block {bad[0]}")  # fmt: skip
+        if not out or any(a >= b for a, b in zip(out, out[1:], strict=False)):
+            raise ValueError(f"blocks {list(layers)} of {self.name}: name at least one, each once, in increasing order")
+        return out
+
     @torch.no_grad()
-    def latent_tokens(self, images: Tensor, last: int = 1) -> Tensor:
-        """RAE's latent: the patch tokens after each of the ``last`` blocks through the final LayerNorm *without*
-        its affine, averaged (RAE: ``last=1``; RAEv2's multi-layer latent: more). (B, N, D) float32."""
+    def latent_tokens(
+        self, images: Tensor, layers: Sequence[int] = (-1,), token_mean: bool = False, precision: str = "auto"
+    ) -> Tensor:
+        """RAE's latent (B, N, D) float32: the patch tokens after each block of ``layers`` (0-indexed, as the
+        official ``get_intermediate_layers(n=[...])``; negative from the end) through the final LayerNorm *without*
+        its affine, averaged; with ``token_mean`` plus the mean over tokens of the deepest one (RAEv2's DINOv3 /
+        SigLIP2 multi-layer encoders add ``outputs[-1].mean(dim=1)``; its DINOv2 one does not). RAE: ``(-1,)``."""
         if self._layers is None:
             raise ValueError(f"encoder {self.name} ({self.source}) cannot give its blocks' tokens")
-        if not 1 <= last <= self.depth:
-            raise ValueError(f"{self.name} has {self.depth} blocks; cannot average the last {last}")
         x = self.preprocess(images)
-        with autocast_for(x.device):
-            tokens = self._layers(x, list(range(self.depth - last, self.depth)))
-        normed = [F.layer_norm(t.float(), (t.shape[-1],), eps=self.norm_eps) for t in tokens]
-        return torch.stack(normed).mean(0)
+        with autocast_for(x.device, precision):
+            tokens = self._layers(x, self.block_indices(layers))
+        dtype = torch.promote_types(x.dtype, torch.float32)  # bf16 under autocast -> float32
+        normed = [F.layer_norm(t.to(dtype), (t.shape[-1],), eps=self.norm_eps) for t in tokens]
+        z = torch.stack(normed).mean(0)  # (B, N, D)
+        if token_mean:  # RAEv2: + outputs[-1].mean(dim=1, keepdim=True), outputs in block order: the deepest
+            z = z + normed[-1].mean(1, keepdim=True)  # (B, 1, D), the same vector added to every token
+        return z
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> EncoderOutput:

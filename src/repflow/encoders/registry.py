@@ -6,7 +6,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Literal
 
-Family = Literal["dinov2", "clip", "siglip", "mae", "tiny"]
+Family = Literal["dinov2", "dinov3", "clip", "siglip", "mae", "tiny"]
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class EncoderSpec:
     patch_size: int
     timm_name: str = ""  # timm architecture (and default hub weights)
     hf_id: str = ""  # transformers hub id
-    hub_file: str = ""  # official torch.hub checkpoint file (facebookresearch/dinov2 layout)
+    hub_file: str = ""  # official torch.hub checkpoint file (facebookresearch/dinov2 or /dinov3 layout)
     registers: int = 0
     timm_kwargs: dict = field(default_factory=dict)  # architecture overrides (tests build tiny DINOv2s)
 
@@ -45,6 +45,20 @@ for _k, (_word, _dim) in _DINO.items():
             timm_name=f"vit_{_word}_patch14_reg4_dinov2.lvd142m",
             hf_id=f"facebook/dinov2-with-registers-{_word}", hub_file=f"dinov2_vit{_k}14_reg4_pretrain.pth",
             registers=4,
+        )
+    )  # fmt: skip
+# DINOv3 (facebookresearch/dinov3, LVD-1689M): patch 16, 4 register ("storage") tokens, RoPE; the official
+# files' names carry a hash of their weights
+_DINO3 = {
+    "s16": ("small", 384, "08c60483"), "s16plus": ("small_plus", 384, "4057cbaa"), "b16": ("base", 768, "73cec8be"),
+    "l16": ("large", 1024, "8aa4cbdd"), "h16plus": ("huge_plus", 1280, "7c1da9a5"), "7b16": ("7b", 4096, "a955f4ea"),
+}  # fmt: skip
+for _k, (_word, _dim, _hash) in _DINO3.items():
+    register_encoder(
+        EncoderSpec(
+            f"dinov3-vit{_k}", "dinov3", _dim, 16, timm_name=f"vit_{_word}_patch16_dinov3.lvd1689m",
+            hf_id=f"facebook/dinov3-vit{_k}-pretrain-lvd1689m", registers=4,
+            hub_file=f"dinov3_vit{_k}_pretrain_lvd1689m-{_hash}.pth",
         )
     )  # fmt: skip
 register_encoder(EncoderSpec("clip-vitl14", "clip", 1024, 14, hf_id="openai/clip-vit-large-patch14"))

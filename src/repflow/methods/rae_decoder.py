@@ -176,6 +176,7 @@ class RAEDecoderMethod(Method):
     def resume_key(cls, cfg: Config) -> dict[str, Any]:
         m = cfg.method
         codec = to_dict(cfg.codec)
+        latent = ("encoder", "layer_indices", "token_mean", "decoder_patch")
         return {"method.kind": m.kind, "method.size": m.size, "method.latent_dim": m.latent_dim,
                 "method.grid": m.grid, "disc_blocks": list(m.disc_blocks),
-                **{f"codec.{k}": codec[k] for k in ("encoder", "layers", "decoder_patch")}}  # fmt: skip
+                **{f"codec.{k}": codec[k] for k in latent}}  # fmt: skip
