@@ -229,7 +229,8 @@ class FlowMethod(Method):
         key = super().resume_key(cfg)
         key.update({f"flow.{k}": getattr(cfg.flow, k) for k in ("path", "prediction")})  # what the output means
         codec = to_dict(cfg.codec)
-        key.update({f"codec.{k}": codec[k] for k in ("kind", "scale", "shift") if k in codec})
+        latent = ("kind", "scale", "shift", "encoder", "layer_indices", "token_mean", "decoder_patch")  # what z means
+        key.update({f"codec.{k}": codec[k] for k in latent if k in codec})
         for term in enabled_terms(cfg):
             key.update(term.resume_key(cfg))
         key["encoders"] = [e.name for e in cfg.encoders] if cls.needs_encoders(cfg) else []
