@@ -30,11 +30,12 @@ WHERE = (f"download torchvision's VGG16 ({VGG_URL}) and the LPIPS lin layers ({L
 
 
 def vgg16_features() -> nn.Sequential:
-    """torchvision's ``vgg16().features`` architecture (no download), up to relu5_3."""
+    """torchvision's ``vgg16().features`` architecture (no download; the same layer indices), up to relu5_3,
+    built without the 124M-parameter classifier LPIPS never uses."""
     from .._compat import require
 
-    tv = require("torchvision")
-    return tv.models.vgg16(weights=None).features[: VGG_LAYERS[-1] + 1]
+    vgg = require("torchvision.models.vgg")
+    return vgg.make_layers(vgg.cfgs["D"])[: VGG_LAYERS[-1] + 1]
 
 
 class LPIPS(nn.Module):
