@@ -11,7 +11,9 @@ from repflow.config import ConfigError, load_config
 from repflow.methods.decoder_losses import diffaug, draw_diffaug, translate, upgrade_gan
 from repflow.methods.discriminator import (
     DINO_BLOCKS,
+    BatchNormLocal,
     DinoDiscriminator,
+    DiscHead,
     EncoderDiscriminator,
     legacy_disc_name,
     load_dino,
@@ -61,6 +63,43 @@ def test_the_dino_discriminator_has_five_heads_on_the_official_taps(dino_vits8):
         torch.testing.assert_close(logits[:, 784 * i : 784 * (i + 1)], want, rtol=1e-4, atol=1e-4)
     logits_grey = disc(images[:, :1])  # greyscale is replicated to RGB
     torch.testing.assert_close(logits_grey, disc(images[:, :1].expand(-1, 3, -1, -1)))
+
+
+def test_a_head_by_hand_per_sample_norms_and_one_power_iteration_per_training_call():
+    """RAE's head: SN conv k 1 -> BN -> LReLU, then (SN conv k 9 circular -> BN -> LReLU + x) / sqrt 2, then SN conv
+    k 1; BN normalises each sample's channels over its tokens (virtual batch 1); SN divides by u^T W v."""
+    torch.manual_seed(0)
+    head = DiscHead(6).eval()
+    for m in head.modules():
+        if isinstance(m, BatchNormLocal):
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.5, 0.5)
+    tokens = torch.randn(3, 20, 6, dtype=torch.float64)
+    head.double()
+
+    def sn(conv):
+        w = conv.weight_orig
+        return w / (conv.weight_u @ w.flatten(1) @ conv.weight_v)
+
+    def block(seq, x):
+        conv, norm = seq[0], seq[1]
+        k = conv.kernel_size[0]
+        y = F.conv1d(F.pad(x, (k // 2, k // 2), mode="circular"), sn(conv), conv.bias)
+        mean, var = y.mean(-1, keepdim=True), y.var(-1, keepdim=True, unbiased=False)
+        y = (y - mean) / (var + 1e-6).sqrt() * norm.weight[:, None] + norm.bias[:, None]
+        return F.leaky_relu(y, 0.2)
+
+    x = block(head.inp, tokens.transpose(1, 2))
+    x = (block(head.res, x) + x) / 2**0.5
+    want = F.conv1d(x, sn(head.out), head.out.bias)[:, 0]
+    torch.testing.assert_close(head(tokens), want, rtol=1e-12, atol=1e-12)
+    other = tokens.clone()
+    other[1:] = torch.randn(2, 20, 6, dtype=torch.float64)
+    assert torch.equal(head(other)[0], head(tokens)[0])  # per-sample norms: the rest of the batch does not matter
+    conv = head.inp[0]
+    u, w = conv.weight_u.clone(), conv.weight_orig.detach().flatten(1)
+    head.train()(tokens)  # one power iteration, from the stored u: v = W^T u / |.|, u = W v / |.|
+    v = F.normalize(w.T @ u, dim=0, eps=1e-12)
+    torch.testing.assert_close(conv.weight_u, F.normalize(w @ v, dim=0, eps=1e-12))
 
 
 def test_dino_weights_in_every_layout_and_the_missing_weights_line(dino_vits8, tmp_path):
