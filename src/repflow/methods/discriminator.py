@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import spectral_norm
 
+from ..encoders.base import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError
 from .decoder_losses import GANSettings
 
@@ -34,7 +35,6 @@ DINO_BLOCKS = (2, 5, 8, 11)  # RAE's key_depths
 DINO_WHERE = ("download RAE's discs/dino_vit_small_patch8_224.pth from https://huggingface.co/nyu-visionx/"
               "RAE-collections (or timm's vit_small_patch8_224.dino model.safetensors) and set method.disc_weights="
               "/path/to/it")  # fmt: skip
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class BatchNormLocal(nn.Module):
