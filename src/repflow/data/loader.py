@@ -92,7 +92,7 @@ class ResumableBatchSampler:
             self._perm = torch.randperm(self.size, generator=g)
             self._flip = (torch.rand(self.size, generator=g) < 0.5) & self.hflip
             if self.crops:  # drawn after the flips: the order and flips stay those of a run without crops
-                self._window = torch.rand(self.size, 2, generator=g, dtype=torch.float64).tolist()
+                self._window = torch.rand(self.size, 2, generator=g, dtype=torch.float64)
             self._epoch = epoch
         return self._perm, self._flip
 
@@ -105,7 +105,7 @@ class ResumableBatchSampler:
             perm, flip = self._epoch_order(k // self.size)
             j = k % self.size
             item = (int(perm[j]), bool(flip[j]))
-            out.append((*item, tuple(self._window[j])) if self.crops else item)
+            out.append((*item, tuple(self._window[j].tolist())) if self.crops else item)
         return out
 
     def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
