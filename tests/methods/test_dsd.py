@@ -156,7 +156,8 @@ def test_parameter_counts_near_the_papers_family():
 
 
 def test_the_gan_term_with_a_frozen_encoder_discriminator_trains_and_resumes(tmp_path):
-    gan = ["encoders=[{name: tiny}]", "method.gan_weight=0.5", "method.disc_start=1", "method.gan_start=2"]
+    gan = ["encoders=[{name: tiny}]", "method.gan_weight=0.5", "method.disc_start=1", "method.gan_start=2",
+           "method.disc=encoder"]  # fmt: skip
     straight = trainer(tmp_path / "a", *gan)
     assert [p.name for p in straight.method.phases()] == ["main", "disc"]
     straight.fit()
@@ -169,4 +170,50 @@ def test_the_gan_term_with_a_frozen_encoder_discriminator_trains_and_resumes(tmp
     a, b = straight.method.state_dict(), resumed.method.state_dict()
     assert any(k.startswith("disc.") for k in a) and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ConfigError, match="needs a frozen encoder"):
-        trainer(tmp_path / "c", "method.gan_weight=0.5")
+        trainer(tmp_path / "c", "method.gan_weight=0.5", "method.disc=encoder")
+    with pytest.raises(ConfigError, match="method.disc=dino needs the DINO ViT-S/8 weights: download"):
+        trainer(tmp_path / "d", "method.gan_weight=0.5")  # RAE's discriminator by default: no silent fallback
+
+
+def test_the_gan_with_rae_s_dino_discriminator_sees_fresh_clean_decodes(tmp_path, monkeypatch):
+    from ..rae.conftest import save_tiny_dino
+
+    dino = save_tiny_dino(tmp_path / "dino.pth", img_size=32)
+    tr = trainer(tmp_path / "run", "method.gan_weight=0.5", f"method.disc_weights={dino}", "method.diffaug=false")
+    assert len(tr.method.disc.heads) == 5 and not tr.method.needs_encoders(tr.cfg)
+    inputs, batches, forward, next_batch = [], [], type(tr.method.disc).forward, tr.next_batch
+    monkeypatch.setattr(type(tr.method.disc), "forward", lambda d, x: inputs.append(x.detach()) or forward(d, x))
+    monkeypatch.setattr(tr, "next_batch", lambda a: batches.append(next_batch(a)) or batches[-1])
+    tr.train_step()
+    _, fake, real = inputs  # the generator's term, then the critic: fakes first
+    with torch.no_grad():  # the online network after the main phase's update, the clean latent, 8-bit rounding
+        clean = tr.method.model.decode(tr.method.model.encode(batches[0].x)[0]).clamp(-1, 1)
+    assert torch.equal(fake, ((clean + 1) * 127.5).round() / 127.5 - 1) and torch.equal(real, batches[0].x)
+
+
+def test_without_predict_clean_the_velocity_target_is_that_of_the_path_z_t_lies_on(tmp_path, monkeypatch):
+    """z_t is built from z1 (the online latent of the masked view): its velocity is eps - z1. repflow 0.2 paired
+    it with the *target* network's latent z2 of the other view (eps - z2), a velocity of no path through z_t."""
+    tr = trainer(tmp_path, "method.predict_clean=false", trained=True)
+    net, seen = tr.method.model, {}
+    encode, denoise = net.encode, net.denoise
+    keep = lambda *a, **k: seen.setdefault("z", []).append(encode(*a, **k)) or seen["z"][-1]  # noqa: E731
+    monkeypatch.setattr(net, "encode", keep)
+    monkeypatch.setattr(net, "denoise", lambda *a, **k: seen.setdefault("out", denoise(*a, **k)))
+    batch = tr.next_batch(0)
+    draw = tr.method.draw(batch, len(batch), torch.Generator().manual_seed(3))
+    terms = tr.method(batch, draw).terms
+    (_, _), (z1, _) = seen["z"][:2]  # the weak view, then the masked one
+    pred, eps, t = seen["out"].pred, draw["eps"], draw["t"].view(-1, 1, 1)
+    torch.testing.assert_close(tr.method.path.interpolate(z1, eps, draw["t"]), (1 - t) * z1 + t * eps)
+    torch.testing.assert_close(terms["dsd"], (pred - (eps - z1)).pow(2).mean())
+    with torch.no_grad():
+        z2, _ = tr.method.target.encode(batch.x)
+    assert (terms["dsd"] - (pred - (eps - z2)).pow(2).mean()).abs() > 1e-3  # what the old code computed
+
+
+def test_the_imagenet_presets_switch_on_the_whole_recipe():
+    for size in ("s", "m", "b"):
+        m = load_config(f"dsd-{size}16-in256").method
+        assert min(m.lpips_weight, m.gan_weight, m.align_weight, m.deep_weight, m.cls_weight) > 0, size
+        assert m.disc == "dino" and m.disc_fakes == "clean" and 0 < m.disc_start < m.gan_start

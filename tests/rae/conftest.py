@@ -38,3 +38,29 @@ def rae_overrides(dino_dir=None, *extra: str) -> list[str]:
 
 DECODER = ["method.kind=rae_decoder", "method.size=T", "method.disc_start=1", "method.gan_start=2",
            "train.ema_decays=[0.9]", "train.sample_num=4"]  # fmt: skip
+
+
+def save_tiny_dino(path, img_size: int = 224, dim: int = 32, fmt: str = "pth"):
+    """A DINO ViT-S/8 of timm's architecture (``vit_small_patch8_224``: patch 8, 12 blocks, a class token) at a
+    tiny width, every weight random, saved as the official RAE file (a flat ``.pth`` state dict) or timm's
+    safetensors (the same keys)."""
+    timm = require("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch8_224", pretrained=False, num_classes=0, img_size=img_size,
+                              embed_dim=dim, num_heads=1)  # fmt: skip
+    state = {k: v + 0.02 * torch.randn_like(v) for k, v in model.state_dict().items()}  # biases non-zero too
+    if fmt == "pth":
+        torch.save(state, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def dino_vits8(tmp_path_factory):
+    """Tiny DINO ViT-S/8 files: ``full`` at 224 px (28 x 28 tokens, as RAE's), ``small`` at 32 px (4 x 4)."""
+    folder = tmp_path_factory.mktemp("dino-vits8")
+    return {"full": save_tiny_dino(folder / "dino_vit_small_patch8_224.pth"),
+            "small": save_tiny_dino(folder / "dino-32.pth", img_size=32)}  # fmt: skip

@@ -38,6 +38,18 @@ class DataConfig(Section):
     subset: int = checked(0, nonnegative)  # use only the first N images (0: all)
     workers: int = checked(-1, at_least(-1))  # DataLoader workers; -1: chosen from the CPU count
     synthetic_size: int = checked(512, positive)  # images in the synthetic dataset (tests)
+    # training images from files: ADM's centre crop, or RAE stage 1's short side to crop_resize (bicubic) and a
+    # random resolution-sized window (previews, evaluation and statistics still see centre crops)
+    crop: Literal["center", "random"] = "center"
+    crop_resize: int = checked(0, nonnegative)  # crop=random: 0 is 1.5 x resolution (RAE: 384 at 256 px)
+
+    def validate(self) -> None:
+        if self.crop == "random" and self.dataset not in ("image_folder", "file_list"):
+            raise ConfigError(f"config key 'data.crop' random crops images from files (data.dataset=image_folder or "
+                              f"file_list), not {self.dataset}")  # fmt: skip
+        if self.crop == "random" and 0 < self.crop_resize < self.resolution:
+            raise ConfigError(f"config key 'data.crop_resize' must be >= data.resolution={self.resolution}, "
+                              f"got {self.crop_resize}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -225,6 +237,9 @@ class Config:
             raise ConfigError(_unknown_key_message(sorted(unknown)[0], _top_level_keys()))
         full = {e.name: self.terms.get(e.name) or e.config() for e in TERMS.entries()}
         object.__setattr__(self, "terms", full)
+        if self.data.crop == "random" and (getattr(self.codec, "cache", "") or any(e.cache for e in self.encoders)):
+            raise ConfigError("data.crop=random: caches (codec.cache, encoders[].cache) hold centre crops; use "
+                              "data.crop=center or no cache")  # fmt: skip
 
     def __getattr__(self, name: str) -> Any:
         terms = self.__dict__.get("terms")

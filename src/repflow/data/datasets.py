@@ -1,4 +1,5 @@
-"""Datasets. Each returns whole batches: ``get_batch([(index, flip), ...])`` -> :class:`Batch`.
+"""Datasets. Each returns whole batches: ``get_batch([(index, flip), ...])`` -> :class:`Batch` (image files with
+random crops: ``(index, flip, (u, v))``, the window's place drawn by the sampler).
 
 Fetching a batch at a time lets in-memory datasets index one tensor instead of collating thousands of
 items, and lets the sampler decide flips, so augmentation is reproducible whatever the worker count.
@@ -17,7 +18,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .transforms import center_crop_arr, pil_to_uint8, resize_uint8, to_mode
+from .transforms import center_crop_arr, pil_to_uint8, random_crop_arr, resize_uint8, to_mode
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -100,7 +101,8 @@ def prepare_tensor_images(images: Tensor, resolution: int, channels: int) -> Ten
 class ImageFolderDataset(ImageDataset):
     """ImageNet layout (``root/<class>/.../<image>``, labels in sorted class-folder order), a flat folder
     (unconditional), or an explicit list of files (optionally labelled). Unreadable files are replaced by the
-    next readable one and reported in ``Batch.bad_files``."""
+    next readable one and reported in ``Batch.bad_files``. ``crop_resize`` > 0: items that carry a window
+    ``(u, v)`` are cropped there after resizing the short side to ``crop_resize`` (RAE stage 1), others centre."""
 
     def __init__(
         self,
@@ -109,9 +111,10 @@ class ImageFolderDataset(ImageDataset):
         channels: int = 3,
         files: list[Path] | None = None,
         labels: list[int] | None = None,
+        crop_resize: int = 0,
     ):
         self.root = Path(root)
-        self.resolution, self.channels = resolution, channels
+        self.resolution, self.channels, self.crop_resize = resolution, channels, crop_resize
         if files is None:
             if not self.root.is_dir():
                 raise FileNotFoundError(f"image folder '{self.root}' does not exist")
@@ -151,19 +154,21 @@ class ImageFolderDataset(ImageDataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def load(self, index: int) -> Tensor:
+    def load(self, index: int, window: tuple[float, float] | None = None) -> Tensor:
         with Image.open(self.files[index]) as img:
             img.load()
             img = to_mode(img, self.channels)
+        if window is not None and self.crop_resize:
+            return pil_to_uint8(random_crop_arr(img, self.resolution, self.crop_resize, *window))
         return pil_to_uint8(center_crop_arr(img, self.resolution))
 
     def get_batch(self, items):
         images, indices, bad = [], [], []
-        for index, flip in items:
+        for index, flip, *window in items:
             for attempt in range(len(self)):  # substitute the next readable image
                 j = (index + attempt) % len(self)
                 try:
-                    img = self.load(j)
+                    img = self.load(j, *window)
                     break
                 except Exception:  # PIL raises many types for corrupt files
                     if str(self.files[j]) not in bad:  # a bad file before another is tried by both

@@ -5,7 +5,8 @@ The data order is a pure function of (seed, position): epoch ``e`` is a fixed pe
 position. A global batch is split into ``accum x world`` micro-batches; micro-step ``a`` of rank ``r`` takes
 chunk ``a * world + r``. So the union over ranks and accumulation steps is the same global batch whatever
 the process count, and a run resumed at image ``n`` continues with image ``n`` of the stream, whatever its
-new batch size, with no replay.
+new batch size, with no replay. Random crops (``data.crop: random``) are placed by uniforms drawn with the
+epoch's permutation, so they are part of the same pure function.
 """
 
 from __future__ import annotations
@@ -44,11 +45,13 @@ def build_dataset(cfg: DataConfig, num_classes_hint: int = 10) -> ImageDataset:
         if not cfg.root:
             what = "/path/to/images" if cfg.dataset == "image_folder" else "/path/to/list.txt"
             raise ValueError(f"data.dataset={cfg.dataset} needs data.root={what}")
+        resize = (cfg.crop_resize or int(1.5 * cfg.resolution)) if cfg.crop == "random" else 0
         if cfg.dataset == "image_folder":
-            ds = ImageFolderDataset(cfg.root, cfg.resolution, cfg.channels)
+            ds = ImageFolderDataset(cfg.root, cfg.resolution, cfg.channels, crop_resize=resize)
         else:
             files, labels = read_file_list(cfg.root)
-            ds = ImageFolderDataset(Path(cfg.root).parent, cfg.resolution, cfg.channels, files=files, labels=labels)
+            ds = ImageFolderDataset(Path(cfg.root).parent, cfg.resolution, cfg.channels, files=files, labels=labels,
+                                    crop_resize=resize)  # fmt: skip
         if cfg.subset:
             ds.files, ds.labels = ds.files[: cfg.subset], ds.labels[: cfg.subset]
         return ds
@@ -56,7 +59,8 @@ def build_dataset(cfg: DataConfig, num_classes_hint: int = 10) -> ImageDataset:
 
 
 class ResumableBatchSampler:
-    """Infinite iterator over this rank's micro-batches of ``(index, flip)`` pairs, from image ``start_image``."""
+    """Infinite iterator over this rank's micro-batches of ``(index, flip)`` pairs (``(index, flip, (u, v))``
+    with ``crops``: where a random crop's window lies), from image ``start_image``."""
 
     def __init__(
         self,
@@ -68,6 +72,7 @@ class ResumableBatchSampler:
         world: int = 1,
         accum: int = 1,
         start_image: int = 0,
+        crops: bool = False,
     ):
         if size <= 0:
             raise ValueError("the dataset is empty")
@@ -77,14 +82,17 @@ class ResumableBatchSampler:
             )
         self.size, self.global_batch, self.seed, self.hflip = size, global_batch, seed, hflip
         self.rank, self.world, self.accum, self.start_image = rank, world, accum, start_image
+        self.crops = crops
         self.micro = global_batch // (world * accum)
-        self._epoch, self._perm, self._flip = -1, None, None
+        self._epoch, self._perm, self._flip, self._window = -1, None, None, None
 
     def _epoch_order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._perm = torch.randperm(self.size, generator=g)
             self._flip = (torch.rand(self.size, generator=g) < 0.5) & self.hflip
+            if self.crops:  # drawn after the flips: the order and flips stay those of a run without crops
+                self._window = torch.rand(self.size, 2, generator=g, dtype=torch.float64)
             self._epoch = epoch
         return self._perm, self._flip
 
@@ -96,7 +104,8 @@ class ResumableBatchSampler:
         for k in range(start, start + self.micro):
             perm, flip = self._epoch_order(k // self.size)
             j = k % self.size
-            out.append((int(perm[j]), bool(flip[j])))
+            item = (int(perm[j]), bool(flip[j]))
+            out.append((*item, tuple(self._window[j].tolist())) if self.crops else item)
         return out
 
     def __iter__(self) -> Iterator[list[tuple[int, bool]]]:

@@ -1,4 +1,4 @@
-"""Image preprocessing: ADM centre crop, colour-mode normalisation, uint8 <-> [-1, 1] tensors."""
+"""Image preprocessing: ADM centre crop, RAE's random crop, colour-mode normalisation, uint8 <-> [-1, 1] tensors."""
 
 from __future__ import annotations
 
@@ -18,6 +18,20 @@ def center_crop_arr(image: Image.Image, size: int) -> Image.Image:
     arr = np.asarray(image)
     top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
     return Image.fromarray(arr[top : top + size, left : left + size])
+
+
+def random_crop_arr(image: Image.Image, size: int, resize_to: int, u: float, v: float) -> Image.Image:
+    """RAE stage 1's ``Resize(resize_to, BICUBIC)`` then ``RandomCrop(size)`` (torchvision's arithmetic on PIL
+    images): the short side to ``resize_to``, the long side scaled and truncated; the window's top and left at
+    fractions ``u``, ``v`` in [0, 1) of the ``free + 1`` possible offsets."""
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = resize_to, int(resize_to * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), resample=Image.BICUBIC)
+    top, left = int(u * (new_h - size + 1)), int(v * (new_w - size + 1))
+    return Image.fromarray(np.asarray(image)[top : top + size, left : left + size])
 
 
 def to_mode(image: Image.Image, channels: int) -> Image.Image:

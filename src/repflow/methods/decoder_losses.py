@@ -1,177 +1,71 @@
-"""Pieces of a pixel decoder's loss, shared by RAE's decoder and DSD's image head: LPIPS, DiffAugment, a
-discriminator of trainable heads on a frozen encoder, the hinge loss and taming's adaptive GAN weight.
+"""Pieces of a pixel decoder's GAN loss, shared by RAE's decoder and DSD's image head, as RAE's stage 1 has
+them (``src/disc/``, ``src/train_stage1.py`` of the official code):
 
-- **LPIPS** (Zhang et al. 2018, the VGG16 variant of ``lpips`` / taming): VGG16 features at relu1_2 ...
-  relu5_3, unit-normalised over channels, squared differences weighted by 1 x 1 "lin" layers, spatially
-  averaged, summed. Its weights come from a file (``save_lpips`` writes one from torchvision's VGG16 and the
-  lpips lin layers); without one the term is off and the run says so.
-- **DiffAugment** (as StyleGAN-T / RAE): translation up to 1/8 of the side with zero padding, brightness,
-  saturation and contrast, with parameters drawn for the global batch like every other randomness.
-- **Discriminator** (RAE's recipe): a frozen encoder's tokens after a few blocks, each read by a head of
-  spectral-normalised 1-D convolutions (k = 1, a residual k = 9 circular, k = 1) with per-sample norms.
+- **DiffAugment** (StyleGAN-T's, RAE's ``prob: 1.0, cutout: 0.0``): translation by an integer in
+  ``[-round(side / 8), round(side / 8)]`` with zero padding, *then* colour (brightness + U(-0.5, 0.5),
+  saturation x U(0, 2), contrast x U(0.5, 1.5)); each view draws its own uniforms for the global batch;
+- the hinge loss of the discriminator, taming's adaptive GAN weight and the generator's ``-D(DiffAug(x_hat))``;
+- the order of a step: the decoder's term sees the discriminator in eval mode (its spectral norms use their
+  stored vectors), then the discriminator trains (train mode: one power iteration per call, fakes first) on
+  a *fresh* decode, after the decoder's update, of the clean latent, rounded to 8 bits.
+
+The discriminators themselves are in ``discriminator.py``, LPIPS in ``lpips.py``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import spectral_norm
 
-from ..config import checked, nonnegative, positive
+from ..config import checked, each, nonnegative, positive
 
-VGG_LAYERS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in torchvision's vgg16.features
-VGG_CHANNELS = (64, 128, 256, 512, 512)
-_SHIFT = (-0.030, -0.088, -0.188)  # lpips' ScalingLayer, for images in [-1, 1]
-_SCALE = (0.458, 0.448, 0.450)
+# -- DiffAugment --------------------------------------------------------------------------------------------------
 
-
-def vgg16_features() -> nn.Sequential:
-    """torchvision's ``vgg16().features`` architecture (no download), up to relu5_3."""
-    from .._compat import require
-
-    tv = require("torchvision")
-    return tv.models.vgg16(weights=None).features[: VGG_LAYERS[-1] + 1]
-
-
-class LPIPS(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.vgg = vgg16_features()
-        self.lin = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in VGG_CHANNELS)
-        self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1), persistent=False)
-        self.requires_grad_(False).eval()
-
-    def train(self, mode: bool = True) -> LPIPS:
-        return super().train(False)  # frozen
-
-    def features(self, x: Tensor) -> list[Tensor]:
-        x = (x - self.shift) / self.scale
-        out = []
-        for i, layer in enumerate(self.vgg):
-            x = layer(x)
-            if i in VGG_LAYERS:
-                out.append(x / (x.pow(2).sum(1, keepdim=True).sqrt() + 1e-10))
-        return out
-
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        """Per-sample distance (B,) between images in [-1, 1] (greyscale is repeated to RGB)."""
-        x, y = (v.expand(-1, 3, -1, -1) if v.shape[1] == 1 else v for v in (x, y))
-        total = 0.0
-        for lin, fx, fy in zip(self.lin, self.features(x.float()), self.features(y.float()), strict=True):
-            total = total + lin((fx - fy) ** 2).mean(dim=(1, 2, 3))
-        return total
-
-
-def save_lpips(vgg_state: dict[str, Tensor], lin_state: dict[str, Tensor], out: str | Path) -> Path:
-    """One LPIPS weights file from torchvision's ``vgg16`` state dict (``features.<i>.*``) and the lpips /
-    taming lin layers (``lin<k>.model.1.weight``)."""
-    from safetensors.torch import save_file
-
-    tensors = {f"vgg.{k[len('features.'):]}": v for k, v in vgg_state.items()
-               if k.startswith("features.") and int(k.split(".")[1]) <= VGG_LAYERS[-1]}  # fmt: skip
-    tensors.update({f"lin.{k}.weight": lin_state[f"lin{k}.model.1.weight"] for k in range(len(VGG_CHANNELS))})
-    out = Path(out)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out))
-    return out
-
-
-def load_lpips(path: str | Path, device: torch.device | str = "cpu") -> LPIPS:
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"LPIPS weights '{path}' do not exist (write them with repflow.methods."
-                                "decoder_losses.save_lpips from VGG16 and lpips' lin layers)")  # fmt: skip
-    model = LPIPS()
-    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"'{path}' is not an LPIPS weights file ({'missing ' + str(missing[:2]) if missing else ''}"
-                         f"{'unexpected ' + str(unexpected[:2]) if unexpected else ''})")  # fmt: skip
-    return model.to(device)
-
-
-# -- DiffAugment ------------------------------------------------------------------------------------------------
+TRANSLATION = 0.125  # of the side
+DIFFAUG_KEYS = ("ty", "tx", "brightness", "saturation", "contrast")  # the official rand01[0:5], in its order
 
 
 def draw_diffaug(n: int, generator: torch.Generator | None, device) -> dict[str, Tensor]:
-    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=generator, device=device)  # noqa: E731
-    return {"tx": u(-0.125, 0.125), "ty": u(-0.125, 0.125), "brightness": u(-0.5, 0.5), "saturation": u(0.0, 2.0),
-            "contrast": u(0.5, 1.5)}  # fmt: skip
+    """Uniforms in [0, 1) per image; :func:`diffaug` maps them as the official code maps its ``rand01``."""
+    return {k: torch.rand(n, generator=generator, device=device) for k in DIFFAUG_KEYS}
 
 
-def diffaug(x: Tensor, p: dict[str, Tensor]) -> Tensor:
-    """Colour then translation (zero padding), on images in [-1, 1], differentiable in x."""
-    b = x.shape[0]
-    view = lambda v: v.view(b, 1, 1, 1).to(x.dtype)  # noqa: E731
-    x = x + view(p["brightness"])
-    mean = x.mean(dim=1, keepdim=True)
-    x = (x - mean) * view(p["saturation"]) + mean
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * view(p["contrast"]) + mean
+def translate(x: Tensor, ty: Tensor, tx: Tensor) -> Tensor:
+    """``out[b, :, i, j] = x[b, :, i + ty[b], j + tx[b]]``, zero outside the image (integer shifts)."""
     h, w = x.shape[-2:]
-    shift_y, shift_x = (p["ty"] * h).round().long(), (p["tx"] * w).round().long()
-    rows = torch.arange(h, device=x.device)[None, :] - shift_y[:, None]  # (B, H) source row of each row
-    cols = torch.arange(w, device=x.device)[None, :] - shift_x[:, None]
+    rows = torch.arange(h, device=x.device)[None, :] + ty[:, None]  # (B, H) source row of each row
+    cols = torch.arange(w, device=x.device)[None, :] + tx[:, None]
     valid = ((rows >= 0) & (rows < h))[:, None, :, None] & ((cols >= 0) & (cols < w))[:, None, None, :]
-    idx_r = rows.clamp(0, h - 1)[:, None, :, None].expand(-1, x.shape[1], -1, w)
-    out = torch.gather(x, 2, idx_r)
-    idx_c = cols.clamp(0, w - 1)[:, None, None, :].expand(-1, x.shape[1], h, -1)
-    out = torch.gather(out, 3, idx_c)
+    out = torch.gather(x, 2, rows.clamp(0, h - 1)[:, None, :, None].expand(-1, x.shape[1], -1, w))
+    out = torch.gather(out, 3, cols.clamp(0, w - 1)[:, None, None, :].expand(-1, x.shape[1], h, -1))
     return out * valid
 
 
-# -- discriminator ------------------------------------------------------------------------------------------------
+def diffaug(x: Tensor, p: dict[str, Tensor]) -> Tensor:
+    """Translation then colour, on images in [-1, 1], differentiable in x. The arithmetic follows the official
+    code operation by operation, so equal uniforms give equal images (fp32; half precision is computed in fp32
+    as there)."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    h, w = x.shape[-2:]
+    dh, dw = round(h * TRANSLATION), round(w * TRANSLATION)
+    ty = p["ty"].mul(2 * dh + 1).floor().long() - dh  # uniform on the integers -dh .. dh
+    tx = p["tx"].mul(2 * dw + 1).floor().long() - dw
+    x = translate(x, ty, tx)
+    view = lambda v: v.view(-1, 1, 1, 1)  # noqa: E731
+    x = x.add(view(p["brightness"]).sub(0.5))
+    mean = x.mean(dim=1, keepdim=True)
+    x = x.sub(mean).mul(view(p["saturation"]).mul(2)).add(mean)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return x.sub(mean).mul(view(p["contrast"]).add(0.5)).add(mean)
 
 
-class BatchNormLocal(nn.Module):
-    """Per-sample normalisation over tokens (RAE's BatchNormLocal with virtual batch 1), affine."""
-
-    def __init__(self, channels: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight, self.bias = nn.Parameter(torch.ones(channels)), nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: Tensor) -> Tensor:  # (B, C, N)
-        mean, var = x.mean(-1, keepdim=True), x.var(-1, keepdim=True, unbiased=False)
-        return (x - mean) / (var + self.eps).sqrt() * self.weight[:, None] + self.bias[:, None]
-
-
-class DiscHead(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.inp = nn.Sequential(spectral_norm(nn.Conv1d(dim, dim, 1)), BatchNormLocal(dim), nn.LeakyReLU(0.2))
-        self.res = nn.Sequential(spectral_norm(nn.Conv1d(dim, dim, 9, padding=4, padding_mode="circular")),
-                                 BatchNormLocal(dim), nn.LeakyReLU(0.2))  # fmt: skip
-        self.out = spectral_norm(nn.Conv1d(dim, 1, 1))
-
-    def forward(self, tokens: Tensor) -> Tensor:  # (B, N, D) -> (B, N)
-        x = self.inp(tokens.transpose(1, 2))
-        x = (self.res(x) + x) / 2**0.5
-        return self.out(x).squeeze(1)
-
-
-class Discriminator(nn.Module):
-    """Trainable heads on a frozen encoder's tokens after ``blocks`` (0-indexed). The encoder is not part of
-    this module (it is not trained and not saved): it is passed to :meth:`forward`."""
-
-    def __init__(self, dim: int, blocks: tuple[int, ...]):
-        super().__init__()
-        self.blocks = blocks
-        self.heads = nn.ModuleList(DiscHead(dim) for _ in blocks)
-
-    def forward(self, images: Tensor, encoder) -> Tensor:
-        """Logits (B, heads x N) of images in [-1, 1]; gradients flow back to the images."""
-        size = encoder.resolution
-        x = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-        if x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        feats = encoder._layers(encoder.preprocess(x), list(self.blocks))
-        return torch.cat([head(f.float()) for head, f in zip(self.heads, feats, strict=True)], dim=1)
+# -- losses ---------------------------------------------------------------------------------------------------------
 
 
 def hinge_d_loss(real: Tensor, fake: Tensor) -> Tensor:
@@ -185,28 +79,41 @@ def adaptive_weight(rec: Tensor, gan: Tensor, last_layer: Tensor, maximum: float
     return (g_rec.norm() / (g_gan.norm() + 1e-6)).clamp(0.0, maximum).detach()
 
 
-def default_disc_blocks(depth: int) -> tuple[int, ...]:
-    """Four evenly spaced blocks and the last (RAE: 2, 5, 8, 11 of 12, and 11)."""
-    picks = sorted({max(0, round(depth * k / 4) - 1) for k in (1, 2, 3, 4)})
-    return tuple(picks)
-
-
 # -- the GAN of a decoder's training, shared by RAE's decoder and DSD's image head --------------------------------
 
 
 @dataclass(frozen=True)
 class GANSettings:
-    """Config fields of a decoder's GAN (mixed into a method's config section)."""
+    """Config fields of a decoder's GAN and LPIPS (mixed into a method's config section)."""
 
-    lpips: str = ""  # LPIPS weights (save_lpips); "": the term is off (said at start-up)
+    lpips: str = ""  # LPIPS lin layers (lpips' / taming's vgg.pth) or one save_lpips file; "": off (said once)
+    lpips_vgg: str = ""  # torchvision's VGG16 weights (vgg16-397923af.pth) for the lin-layer file
     lpips_weight: float = checked(1.0, nonnegative)
     gan_weight: float = checked(0.75, nonnegative)  # 0: no discriminator at all
     disc_start: int = checked(0, nonnegative)  # the discriminator trains from this step
     gan_start: int = checked(0, nonnegative)  # the GAN term enters the decoder's loss from this step
     disc_lr: float = checked(2e-4, positive)
-    disc_blocks: tuple[int, ...] = ()  # encoder blocks the heads read (0-indexed); (): four spread + the last
+    # dino: RAE's, a separate frozen DINO ViT-S/8 (disc_weights); encoder: repflow 0.2's, heads on the run's own
+    # frozen encoder (RAE: the codec's; DSD: encoders[0]), cheap enough for CPU demos
+    disc: Literal["dino", "encoder"] = "dino"
+    disc_weights: str = ""  # disc=dino: dino_vit_small_patch8_224.pth (RAE) or timm's vit_small_patch8_224.dino
+    disc_blocks: tuple[int, ...] = checked((), each(nonnegative))  # 0-indexed; (): dino 2,5,8,11; encoder spread
+    disc_fakes: Literal["clean", "noisy"] = "clean"  # the critic's fakes: decodes of the clean latent (official)
     max_adaptive_weight: float = checked(1e4, positive)
     diffaug: bool = True
+
+
+# every GAN key a stored config of repflow <= 0.2 holds; such a config keeps its encoder-headed discriminator
+_V02_KEYS = ("lpips", "lpips_weight", "gan_weight", "disc_start", "gan_start", "disc_lr", "disc_blocks",
+             "max_adaptive_weight", "diffaug")  # fmt: skip
+
+
+def upgrade_gan(data: dict, fakes: str) -> dict:
+    """A config stored by repflow <= 0.2 (all its GAN keys, no ``disc``) resumes with the discriminator it was
+    trained with (``disc: encoder``) and the fakes it showed it (RAE: noisy decodes; DSD: clean)."""
+    if "disc" in data or not all(k in data for k in _V02_KEYS):
+        return data
+    return {**data, "disc": "encoder", "disc_fakes": fakes}
 
 
 GAN_VIEWS = ("gen", "real", "fake")  # the images the discriminator sees, each with its own DiffAugment draw
@@ -222,17 +129,24 @@ def gan_view(x: Tensor, tensors: dict[str, Tensor], tag: str, augment: bool = Tr
     return diffaug(x, {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{tag}.")})
 
 
-def critic_loss(disc, encoder, real: Tensor, fake: Tensor, tensors: dict[str, Tensor], augment: bool):
-    """The discriminator's hinge loss on real images and (8-bit rounded, as saved) reconstructions."""
-    fake = ((fake.detach().clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
-    real_logits = disc(gan_view(real, tensors, "real", augment), encoder)
-    loss = hinge_d_loss(real_logits, disc(gan_view(fake, tensors, "fake", augment), encoder))
-    return loss, {"d_hinge": loss, "d_real": real_logits.mean().detach()}
+def critic_loss(disc: nn.Module, real: Tensor, reconstruct: Callable[[], Tensor], tensors: dict[str, Tensor],
+                augment: bool) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
+    """The discriminator's hinge loss on real images and on ``reconstruct()`` (run here without gradients:
+    after the decoder's update in the same step), rounded to 8 bits as a saved image is."""
+    disc.train()  # the official critic step: one power iteration per call
+    with torch.no_grad():
+        fake = reconstruct().clamp(-1, 1)
+    fake = ((fake + 1) * 127.5).round() / 127.5 - 1
+    fake_logits = disc(gan_view(fake, tensors, "fake", augment))  # fakes first, as the official call order
+    real_logits = disc(gan_view(real, tensors, "real", augment))
+    loss = hinge_d_loss(real_logits, fake_logits)
+    return loss, {"d_hinge": loss, "d_real": real_logits.mean().detach(), "d_fake": fake_logits.mean().detach()}
 
 
-def generator_gan(disc, encoder, x_hat: Tensor, rec: Tensor, last_layer: Tensor, tensors: dict[str, Tensor],
+def generator_gan(disc: nn.Module, x_hat: Tensor, rec: Tensor, last_layer: Tensor, tensors: dict[str, Tensor],
                   settings: GANSettings) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
     """The decoder's GAN term ``weight x adaptive x (-D(DiffAug(x_hat)))`` and what to log."""
-    gan = -disc(gan_view(x_hat, tensors, "gen", settings.diffaug), encoder).mean()
+    disc.eval()  # the official generator step: the spectral norms' stored vectors, no power iteration
+    gan = -disc(gan_view(x_hat, tensors, "gen", settings.diffaug)).mean()
     weight = adaptive_weight(rec, gan, last_layer, settings.max_adaptive_weight)
     return settings.gan_weight * weight * gan, {"gan": gan, "adaptive_weight": weight}

@@ -10,8 +10,9 @@ weak view) and ``z_t = (1 - t) z1 + t eps`` (t = 0 data):
     + optional: REPA alignment of a shallow encode block with a frozen encoder; self-distillation of the last
       block (online strong view -> target weak view); a linear classifier on the pooled latent trunk.
 
-LPIPS and the GAN (a second phase: RAE's discriminator heads on the frozen ``encoders[0]``, its adaptive weight
-at the image head) are ``decoder_losses``' pieces, shared with RAE's decoder.
+LPIPS and the GAN (a second phase: RAE's discriminator, heads on a frozen DINO ViT-S/8, or with ``disc:
+encoder`` on the frozen ``encoders[0]``; its adaptive weight at the image head) are the pieces RAE's decoder
+uses (``decoder_losses``, ``discriminator``, ``lpips``); the critic sees fresh decodes of the clean latent.
 
 The switches (``stop_gradient``, ``predict_clean``, ``ema_target``, ``strong_augment``), all off, give the
 naive baseline ``|| v(z_t) - (eps - z) ||^2`` with gradients through both ``z_t`` and the target. The latent's
@@ -43,16 +44,10 @@ from ..models.dit import ModelOutput
 from ..models.dsd_net import DSDNet
 from ..registry import METHODS
 from .base import Draw, Method, MethodEnv, Phase, TrainBatch
-from .decoder_losses import (
-    Discriminator,
-    GANSettings,
-    critic_loss,
-    default_disc_blocks,
-    draw_gan_views,
-    generator_gan,
-    load_lpips,
-)
+from .decoder_losses import GANSettings, critic_loss, draw_gan_views, generator_gan, upgrade_gan
+from .discriminator import build_discriminator, legacy_disc_name
 from .erank import token_rank
+from .lpips import lpips_for
 from .repa import build_projector, match_grid, negative_cosine
 
 
@@ -68,7 +63,8 @@ class DSDConfig(MethodConfig, GANSettings):
     velocity_weight: float = checked(1.0, nonnegative)
     recon_weight: float = checked(1.0, nonnegative)
     recon_tau: float = checked(0.3, unit)  # noise interpolation of the decoded latent, s ~ U(0, tau)
-    gan_weight: float = checked(0.0, nonnegative)  # > 0: a discriminator on encoders[0] (RAE's), from disc_start
+    gan_weight: float = checked(0.0, nonnegative)  # > 0: RAE's discriminator (see disc), from disc_start
+    lpips_weight: float = checked(0.0, nonnegative)  # > 0 with lpips (and lpips_vgg): LPIPS on reconstructions
     align_weight: float = checked(0.0, nonnegative)  # > 0: REPA on encode block align_depth (needs encoders)
     align_depth: int = checked(0, nonnegative)  # 1-indexed; 0: a quarter of the trunk
     projector_dim: int = checked(2048, positive)
@@ -77,6 +73,10 @@ class DSDConfig(MethodConfig, GANSettings):
     erank_images: int = checked(64, positive)  # the fixed batch the latent's effective rank is measured on
     erank_warning: float = checked(2.0, nonnegative)  # warn when the effective rank falls below this
     sampler_head: Literal["velocity", "diffusion"] = "velocity"
+
+    @classmethod
+    def upgrade(cls, data: dict) -> dict:
+        return upgrade_gan(data, fakes="clean")  # repflow 0.2's DSD critic saw clean decodes already
 
     @property
     def naive(self) -> bool:
@@ -119,15 +119,11 @@ class DSDMethod(Method):
         self.path = build_path(cfg.flow.path)
         self.times = TimeSampler(kind=t.kind, mean=t.mean, std=t.std, shift=t.shift)
         self.class_dropout = cfg.model.class_dropout if net.num_classes else 0.0
-        self._lpips = [load_lpips(m.lpips, env.device)] if m.lpips and m.lpips_weight > 0 else []
-        self._critic = []  # the frozen encoder the discriminator reads (not a network: not trained or saved)
+        self._lpips = [lp] if (lp := lpips_for(m, env.device)) else []
         if m.gan_weight > 0:
-            if not env.encoders:
-                raise ConfigError("method.gan_weight > 0 needs a frozen encoder for the discriminator (encoders)")
-            encoder = env.encoders[0]
-            blocks = m.disc_blocks or default_disc_blocks(encoder.depth)
-            self.add_network("disc", Discriminator(encoder.embed_dim, tuple(blocks)))
-            self._critic = [encoder]
+            if m.disc == "encoder" and not env.encoders:
+                raise ConfigError("method.disc=encoder needs a frozen encoder for the discriminator (encoders)")
+            self.add_network("disc", build_discriminator(m, env.encoders[0] if env.encoders else None, env.device))
         self.monitor_images = m.erank_images
         if cfg.train.grad_clip > 0 and m.velocity_weight > 0:
             print("repflow: note: train.grad_clip clips all of DSD's parameters together, so the detached velocity "
@@ -164,10 +160,9 @@ class DSDMethod(Method):
 
     def forward(self, batch: TrainBatch, draw: Draw, phase: str = "main", step: int = 0) -> LossOutput:
         m, net, x = self.cfg.method, self.model, batch.x
-        if phase == "disc":
-            with torch.no_grad():
-                fake = net.decode(net.encode(x)[0])
-            loss, terms = critic_loss(self.disc, self._critic[0], x, fake, draw.tensors, m.diffaug)
+        if phase == "disc":  # after the main update in this step: a fresh decode
+            noisy = draw if m.disc_fakes == "noisy" else None
+            loss, terms = critic_loss(self.disc, x, lambda: self.reconstruct(x, noisy), draw.tensors, m.diffaug)
             return LossOutput(total=loss, terms=terms)
         align = (m.align_depth,) if m.align_weight > 0 else ()
         z, hidden = net.encode(x, keep=align)  # online, weak view: (B, N, C)
@@ -185,15 +180,17 @@ class DSDMethod(Method):
         if y is not None and self.class_dropout > 0:
             y = torch.where(draw["drop"], torch.full_like(y, net.null_label), y)
         out = net.denoise(z_t, t, y)
-        target = z2 if m.predict_clean else self.path.target("v", z2, eps, t)
+        if m.predict_clean:
+            target = z2
+        else:  # the velocity of the path z_t lies on: from z1, the latent it was built from (not the other view's)
+            target = self.path.target("v", z1.detach() if m.stop_gradient else z1, eps, t)
         terms = {"dsd": mse(out.pred, target)}
         # the velocity head distils the diffusion head's implied velocity: the same minimiser as regressing on
         # (z_t - z2) / t, without that target's variance near t = 0 where the two views differ
         kind = "x" if m.predict_clean else "v"
         v_target = self.path.convert(out.pred.detach(), kind, "v", z_t.detach(), t, self.cfg.flow.min_denominator)
         terms["velocity"] = mse(out.velocity, v_target)
-        s = expand_t(draw["recon_s"], z)
-        x_hat = net.decode((1 - s) * z + s * draw["recon_eps"])
+        x_hat = self.decode_noised(z, draw)
         terms["recon"] = mse(x_hat, x)
         rec = terms["recon"]
         if self._lpips:
@@ -201,13 +198,23 @@ class DSDMethod(Method):
             rec = rec + m.lpips_weight * terms["lpips"]
         total = m.velocity_weight * terms["velocity"] + terms["dsd"] + m.recon_weight * rec
         if m.gan_weight > 0 and step >= m.gan_start:
-            gan, logged = generator_gan(self.disc, self._critic[0], x_hat, rec, net.image_head.weight, draw.tensors, m)
+            gan, logged = generator_gan(self.disc, x_hat, rec, net.image_head.weight, draw.tensors, m)
             terms.update(logged)
             total = total + m.recon_weight * gan
         for name, value, weight in self.auxiliary(batch, hidden, hidden_s, hidden_t, align):
             terms[name] = value
             total = total + weight * value
         return LossOutput(total=total, terms=terms)
+
+    def decode_noised(self, z: Tensor, draw: Draw) -> Tensor:
+        """The reconstruction loss's decode: of ``(1 - s) z + s eps'`` (noise interpolation), s ~ U(0, recon_tau)."""
+        s = expand_t(draw["recon_s"], z)
+        return self.model.decode((1 - s) * z + s * draw["recon_eps"])
+
+    def reconstruct(self, x: Tensor, draw: Draw | None = None) -> Tensor:
+        """The critic's fakes: decodes of the online latent, clean, or noise-interpolated with ``draw``."""
+        z, _ = self.model.encode(x)
+        return self.model.decode(z) if draw is None else self.decode_noised(z, draw)
 
     def auxiliary(self, batch, hidden, hidden_s, hidden_t, align):
         """The optional terms: (name, value, weight)."""
@@ -257,14 +264,20 @@ class DSDMethod(Method):
 
     @classmethod
     def needs_encoders(cls, cfg: Config) -> bool:
-        return cfg.method.align_weight > 0 or cfg.method.gan_weight > 0
+        m = cfg.method
+        return m.align_weight > 0 or (m.gan_weight > 0 and m.disc == "encoder")
 
     @classmethod
     def resume_key(cls, cfg: Config) -> dict[str, Any]:
         m = cfg.method
         key = {f"method.{k}": to_dict(m)[k] for k in ("ema_target", "align_depth", "projector_dim")}
         key.update({f"method.{k}_on": getattr(m, f"{k}_weight") > 0 for k in ("align", "deep", "cls", "gan")})
+        key["method.disc"] = m.disc if m.gan_weight > 0 else ""
         return {**super().resume_key(cfg), **key}  # the networks that exist and their shapes
+
+    @classmethod
+    def legacy_name(cls, cfg: Config, name: str) -> str:
+        return legacy_disc_name(name)
 
     @classmethod
     def inference_networks(cls, cfg: Config) -> dict[str, nn.Module]:

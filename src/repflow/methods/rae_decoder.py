@@ -4,8 +4,9 @@
   per image, tau = 0.8: the decoder learns to ignore the error a diffusion model's latents will carry), plus,
   from ``gan_start``, the GAN term ``-D(DiffAug(x_hat))`` weighted by ``gan_weight`` times taming's adaptive
   weight ``||grad L_rec|| / ||grad L_gan||`` at the decoder's last layer (clamped);
-- ``disc``: the hinge loss of trainable heads on a frozen encoder's tokens (DiffAug on real and fake), from
-  ``disc_start``.
+- ``disc``: from ``disc_start``, the hinge loss of trainable heads on a frozen DINO ViT-S/8's tokens (RAE's
+  discriminator; ``disc: encoder``: on the codec's encoder), DiffAug on real images and on a fresh decode of
+  the clean latent by the just-updated decoder (``disc_fakes: noisy``: of the noise-augmented one).
 
 The batch carries the unnormalised latent (``codec.kind: rae`` with no statistics) and the images. The
 decoder is saved as ``decoder.safetensors`` (and its EMA copy); ``codec.decoder: RUN`` decodes with it, and
@@ -15,7 +16,6 @@ decoder is saved as ``decoder.safetensors`` (and its EMA copy); ``codec.decoder:
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,15 +28,9 @@ from ..flow.loss import LossOutput
 from ..models.rae_decoder import DECODER_SIZES, decoder_for
 from ..registry import METHODS
 from .base import Draw, Method, MethodEnv, Phase, TrainBatch
-from .decoder_losses import (
-    Discriminator,
-    GANSettings,
-    critic_loss,
-    default_disc_blocks,
-    draw_gan_views,
-    generator_gan,
-    load_lpips,
-)
+from .decoder_losses import GANSettings, critic_loss, draw_gan_views, generator_gan, upgrade_gan
+from .discriminator import build_discriminator, legacy_disc_name
+from .lpips import lpips_for
 
 
 @dataclass(frozen=True)
@@ -51,6 +45,10 @@ class RAEDecoderConfig(MethodConfig, GANSettings):
     def validate(self) -> None:
         if self.size not in DECODER_SIZES:
             raise ConfigError(f"config key 'method.size' must be one of {', '.join(DECODER_SIZES)}, got {self.size!r}")
+
+    @classmethod
+    def upgrade(cls, data: dict) -> dict:
+        return upgrade_gan(data, fakes="noisy")  # repflow 0.2 showed the critic noise-augmented decodes
 
 
 @METHODS.register("rae_decoder", RAEDecoderConfig)
@@ -70,16 +68,10 @@ class RAEDecoderMethod(Method):
         m = cfg.method
         self.add_network("decoder", type(self).inference_networks(cfg)["decoder"])
         encoder = codec.encoder()
-        blocks = m.disc_blocks or default_disc_blocks(encoder.depth)
-        self.add_network("disc", Discriminator(encoder.embed_dim, tuple(blocks)))
         self._encoder = [encoder]  # frozen, rebuilt from the config: not a network, not saved
-        if m.lpips and m.lpips_weight > 0:
-            self._lpips = [load_lpips(m.lpips, env.device)]
-        else:
-            self._lpips = []
-            if m.lpips_weight > 0:
-                print("repflow: LPIPS is off: no weights given (method.lpips=/path/to/lpips.safetensors)",
-                      file=sys.stderr)  # fmt: skip
+        self._lpips = [lp] if (lp := lpips_for(m, env.device)) else []  # first: its note before a missing DINO
+        if m.gan_weight > 0:
+            self.add_network("disc", build_discriminator(m, encoder, env.device))
 
     @property
     def encoder(self):
@@ -87,10 +79,10 @@ class RAEDecoderMethod(Method):
 
     def phases(self) -> list[Phase]:
         m = self.cfg.method
-        return [
-            Phase("decoder", ("decoder",), self.cfg.train),
-            Phase("disc", ("disc",), replace(self.cfg.train, lr=m.disc_lr), start_step=m.disc_start),
-        ]
+        decoder = Phase("decoder", ("decoder",), self.cfg.train)
+        if m.gan_weight == 0:
+            return [decoder]
+        return [decoder, Phase("disc", ("disc",), replace(self.cfg.train, lr=m.disc_lr), start_step=m.disc_start)]
 
     def draw(self, batch: TrainBatch, n: int, generator: torch.Generator | None) -> Draw:
         dev = batch.x.device
@@ -107,10 +99,9 @@ class RAEDecoderMethod(Method):
 
     def forward(self, batch: TrainBatch, draw: Draw, phase: str = "decoder", step: int = 0) -> LossOutput:
         m, x = self.cfg.method, batch.images
-        if phase == "disc":
-            with torch.no_grad():
-                fake = self.reconstruct(batch.x, draw)
-            loss, terms = critic_loss(self.disc, self.encoder, x, fake, draw.tensors, m.diffaug)
+        if phase == "disc":  # after the decoder's update in this step: a fresh decode
+            noisy = draw if m.disc_fakes == "noisy" else None
+            loss, terms = critic_loss(self.disc, x, lambda: self.reconstruct(batch.x, noisy), draw.tensors, m.diffaug)
             return LossOutput(total=loss, terms=terms)
         x_hat = self.reconstruct(batch.x, draw)
         l1 = (x_hat - x).abs().mean() / 2  # in [0, 1] units, as the official L1
@@ -122,7 +113,7 @@ class RAEDecoderMethod(Method):
             rec = rec + m.lpips_weight * lp
         total = rec
         if m.gan_weight > 0 and step >= m.gan_start:
-            gan, logged = generator_gan(self.disc, self.encoder, x_hat, rec, self.decoder.last_layer, draw.tensors, m)
+            gan, logged = generator_gan(self.disc, x_hat, rec, self.decoder.last_layer, draw.tensors, m)
             terms.update(logged)
             total = total + gan
         return LossOutput(total=total, terms=terms)
@@ -143,7 +134,8 @@ class RAEDecoderMethod(Method):
 
     def describe(self) -> str:
         m = self.cfg.method
-        gan = f"GAN {m.gan_weight} from step {m.gan_start} (disc from {m.disc_start})" if m.gan_weight else "no GAN"
+        gan = (f"GAN {m.gan_weight} from step {m.gan_start} ({m.disc} discriminator from {m.disc_start}, "
+               f"{m.disc_fakes} fakes)") if m.gan_weight else "no GAN"  # fmt: skip
         lp = "LPIPS" if self._lpips else "no LPIPS"
         return f"rae_decoder (ViT-{m.size} decoder, noise tau {m.noise_tau}; L1, {lp}, {gan})"
 
@@ -173,10 +165,14 @@ class RAEDecoderMethod(Method):
         return cfg.replace(method=dataclasses.replace(m, latent_dim=enc.embed_dim, grid=grid))
 
     @classmethod
+    def legacy_name(cls, cfg: Config, name: str) -> str:
+        return legacy_disc_name(name)
+
+    @classmethod
     def resume_key(cls, cfg: Config) -> dict[str, Any]:
         m = cfg.method
         codec = to_dict(cfg.codec)
         latent = ("encoder", "layer_indices", "token_mean", "decoder_patch")
         return {"method.kind": m.kind, "method.size": m.size, "method.latent_dim": m.latent_dim,
-                "method.grid": m.grid, "disc_blocks": list(m.disc_blocks),
+                "method.grid": m.grid, "disc_blocks": list(m.disc_blocks), "method.disc": m.disc * (m.gan_weight > 0),
                 **{f"codec.{k}": codec[k] for k in latent}}  # fmt: skip

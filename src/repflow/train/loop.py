@@ -118,6 +118,7 @@ class Trainer:
         sampler = ResumableBatchSampler(
             len(self.dataset), t.batch_size, cfg.seed, cfg.data.hflip,
             rank=self.dist.rank, world=self.dist.world, accum=t.grad_accum, start_image=self.state.images_seen,
+            crops=cfg.data.crop == "random",
         )  # fmt: skip
         self.loader = iter(build_loader(self.dataset, sampler, cfg.data.workers))
         self.state.distribute()
@@ -134,6 +135,8 @@ class Trainer:
         """What this run is, said once at start-up (rank 0): data, networks, codec, encoders, device, resume."""
         cfg, d = self.cfg, self.dataset
         flips = ", mirrored at random" if cfg.data.hflip else ""
+        if cfg.data.crop == "random":
+            flips += f", random crops after resizing to {getattr(d, 'crop_resize', 0)} px"
         where = f" at {cfg.data.root}" if cfg.data.root else ""
         lines = [f"data: {cfg.data.dataset}{where} ({cfg.data.split}): {len(d)} images, {d.num_classes} classes, "
                  f"{cfg.data.resolution} px, {cfg.data.channels} channel(s){flips}"]  # fmt: skip
