@@ -93,7 +93,14 @@ def test_every_official_key_maps_to_the_inferred_model_and_back(kind, dims, keys
     cfg = official_rae.infer_config(kind, sd)
     m = cfg.model
     assert (m.depth, m.hidden_size, m.num_heads, m.head_width, m.head_heads, m.in_channels, m.input_size) == (
-        dims["depth"], dims["enc"], dims["heads"], dims["dec"], dims["head_heads"], dims["channels"], dims["grid"])
+        dims["depth"],
+        dims["enc"],
+        dims["heads"],
+        dims["dec"],
+        dims["head_heads"],
+        dims["channels"],
+        dims["grid"],
+    )
     model, objective, extra = official_rae.from_official(kind, sd, cfg)
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in build_flow_network(cfg).state_dict().items()}

@@ -28,6 +28,12 @@ def export_autoencoder_rae(run: str | Path, out: Path, stats: str = "") -> Path:
     cfg = ckpt.config
     if cfg.method.kind != "rae_decoder":
         raise ConfigError(f"{ckpt.path} was trained with method {cfg.method.kind}: export a rae_decoder run")
+    m = cfg.method
+    if m.output != "normalised" or m.positions != "fixed":
+        raise ConfigError(
+            f"diffusers' AutoencoderRAE decodes to the encoder's normalised space with fixed sin-cos "
+            f"positions; this decoder has method.output={m.output}, method.positions={m.positions}"
+        )
     codec = build_codec(cfg.codec.__class__(**{**cfg.codec.__dict__, "stats": "", "decoder": ""}))
     encoder = codec.encoder(cfg.data.resolution)
     if encoder.block_indices(cfg.codec.layer_indices) != [encoder.depth - 1] or cfg.codec.token_mean:

@@ -6,8 +6,14 @@ import argparse
 
 from .options import examples
 
-FORMATS = ["official-sit", "official-repa", "official-reg", "official-jit", "official-rae",
-           "official-raev2"]  # repflow.convert.FORMATS
+FORMATS = [
+    "official-sit",
+    "official-repa",
+    "official-reg",
+    "official-jit",
+    "official-rae",
+    "official-raev2",
+]  # repflow.convert.FORMATS
 
 
 def _convert(args) -> int:

@@ -19,7 +19,7 @@ from ..build import WEIGHTS_KEY, weights_record
 from ..config import Config
 from ..errors import CheckpointError
 from ..runtime.checkpoint import ema_name, load_checkpoint, resolve_checkpoint, save_checkpoint
-from . import official_jit, official_rae, official_sit
+from . import official_jit, official_rae, official_rae_decoder, official_sit
 
 FORMATS = (*official_sit.KINDS, official_jit.KIND, *official_rae.KINDS)
 EMA_DECAY = 0.9999  # the official EMA's decay (REPA / REG / SiT); a format module may name its own
@@ -80,6 +80,8 @@ def import_checkpoint(kind: str, path: str | Path, out: str | Path, overrides: l
     fmt = _module(kind)
     emas, raw, step = read_official(path, kind)
     first = next(iter(emas.values()))
+    if kind in official_rae.KINDS and official_rae_decoder.is_decoder(first):
+        return _import_decoder(kind, next(iter(emas.values())), raw, step, path, out, overrides)
     cfg = fmt.infer_config(kind, first, overrides)
     weights: dict[str, dict[str, Tensor]] = {}
     extra: dict[str, Tensor] = {}
@@ -104,6 +106,33 @@ def import_checkpoint(kind: str, path: str | Path, out: str | Path, overrides: l
     return save_checkpoint(out, step, weights, state, cfg, metadata={WEIGHTS_KEY: weights_record(cfg)})
 
 
+def _import_decoder(kind: str, ema: dict, raw: dict | None, step: int, path, out, overrides) -> Path:
+    """A stage-1 decoder of RAE / RAEv2 as a ``rae_decoder`` run (the decoder and its EMA; no discriminator)."""
+    from ..build import method_class
+
+    dec = official_rae_decoder
+    cfg = dec.infer_config(kind, ema, overrides)
+    weights = {"decoder": dec.from_official(raw if raw is not None else ema),
+               f"decoder-{ema_name(dec.EMA_DECAY)}": dec.from_official(ema)}  # fmt: skip
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in method_class(cfg).inference_networks(cfg)["decoder"].state_dict().items()}
+    for key, value in weights["decoder-" + ema_name(dec.EMA_DECAY)].items():
+        if tuple(value.shape) != tuple(expected.get(key, value.shape)) or not torch.isfinite(value).all():
+            raise CheckpointError(
+                f"{kind} decoder tensor for {key} has shape {tuple(value.shape)} or non-finite "
+                f"values; the inferred {cfg.method.size} decoder expects {tuple(expected[key])}"
+            )
+    missing = sorted(set(expected) - set(weights["decoder"]))
+    if missing:
+        raise CheckpointError(f"the {kind} decoder file lacks {missing[0]} (and {len(missing) - 1} more)")
+    state = {"step": step, "images_seen": step * cfg.train.batch_size, "optimizer": {}, "rng": {},
+             "imported_from": str(Path(path).resolve()), "format": kind}  # fmt: skip
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(_yaml(cfg))
+    return save_checkpoint(out, step, weights, state, cfg, metadata={WEIGHTS_KEY: weights_record(cfg)})
+
+
 def export_checkpoint(kind: str, run: str | Path, path: str | Path) -> Path:
     """Write a run's newest checkpoint (or a checkpoint) in the official layout: REG ``{"model", "ema"}``,
     REPA and SiT a bare (EMA) state dict, JiT ``{"model", "model_ema1", "model_ema2"}``, as their sampling
@@ -111,6 +140,13 @@ def export_checkpoint(kind: str, run: str | Path, path: str | Path) -> Path:
     fmt = _module(kind)
     ckpt = load_checkpoint(resolve_checkpoint(run))
     cfg: Config = ckpt.config
+    if cfg.method.kind == "rae_decoder":  # stage 1: the EMA decoder, flat, as their extract_decoder.py writes it
+        if kind not in official_rae.KINDS:
+            raise CheckpointError(f"{ckpt.path} is an RAE decoder run: export it as official-rae or official-raev2")
+        names = ckpt.weight_names()
+        file = next((f"decoder-{ema_name(d)}" for d in cfg.train.ema_decays if f"decoder-{ema_name(d)}" in names),
+                    "decoder")  # fmt: skip
+        return _save(official_rae_decoder.to_official(ckpt.weights(file)), path)
     names = ckpt.weight_names()
     extra = ckpt.weights("official") if "official" in names else {}
     objective = ckpt.weights("objective") if "objective" in names else {}
@@ -131,6 +167,10 @@ def export_checkpoint(kind: str, run: str | Path, path: str | Path) -> Path:
         obj = {"model": official("model"), "ema": emas[0]}
     else:
         obj = emas[0]
+    return _save(obj, path)
+
+
+def _save(obj: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -41,6 +41,8 @@ class RAEDecoderConfig(MethodConfig, GANSettings):
     grid: int = checked(0, nonnegative)  # latent tokens per side; 0: from the data and the codec
     noise_tau: float = checked(0.8, nonnegative)  # noise-augmented decoding: sigma ~ U(0, tau)
     l1_weight: float = checked(1.0, nonnegative)
+    output: Literal["normalised", "pixels"] = "normalised"  # RAE: the encoder's normalised input; RAEv2: pixels
+    positions: Literal["fixed", "learned"] = "fixed"  # learned: trained as the official stage 1 does
 
     def validate(self) -> None:
         if self.size not in DECODER_SIZES:
@@ -174,5 +176,6 @@ class RAEDecoderMethod(Method):
         codec = to_dict(cfg.codec)
         latent = ("encoder", "layer_indices", "token_mean", "decoder_patch")
         return {"method.kind": m.kind, "method.size": m.size, "method.latent_dim": m.latent_dim,
-                "method.grid": m.grid, "disc_blocks": list(m.disc_blocks), "method.disc": m.disc * (m.gan_weight > 0),
+                "method.grid": m.grid, "method.output": m.output, "method.positions": m.positions,
+                "disc_blocks": list(m.disc_blocks), "method.disc": m.disc * (m.gan_weight > 0),
                 **{f"codec.{k}": codec[k] for k in latent}}  # fmt: skip

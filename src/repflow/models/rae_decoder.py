@@ -41,11 +41,24 @@ def diffusers_decoder(latent_dim: int, grid: int, patch: int, size: str):
 
 
 class RAEImageDecoder(nn.Module):
-    """Latent (B, C, h, w) -> patches in the encoder's normalised space -> images."""
+    """Latent (B, C, h, w) -> patches -> images. ``output``: RAE's decoders predict the encoder's normalised
+    input space (undone in :meth:`images`), RAEv2's predict pixels in [0, 1]. ``learned_positions``: the
+    official stage-1 trainings also train the sin-cos position table (``rae.decoder.requires_grad_(True)``
+    unfreezes it), so their decoders carry their own table; diffusers' ``RAEDecoder`` recomputes it as a buffer.
+    With ``learned_positions`` it becomes a parameter saved with the decoder."""
 
-    def __init__(self, decoder: nn.Module):
+    def __init__(self, decoder: nn.Module, output: str = "normalised", learned_positions: bool = False):
         super().__init__()
-        self.decoder = decoder
+        if output not in ("normalised", "pixels"):
+            raise ValueError(f"unknown decoder output {output!r}; choose from normalised, pixels")
+        self.decoder, self.output = decoder, output
+        if learned_positions:
+            table = decoder._buffers.pop("decoder_pos_embed")
+            decoder.decoder_pos_embed = nn.Parameter(table.clone())
+
+    @property
+    def learned_positions(self) -> bool:
+        return isinstance(self.decoder.decoder_pos_embed, nn.Parameter)
 
     @property
     def last_layer(self) -> Tensor:
@@ -59,15 +72,18 @@ class RAEImageDecoder(nn.Module):
         return self.decoder.unpatchify(patches)
 
     def images(self, z: Tensor, encoder) -> Tensor:
-        """Images in [-1, 1]: the decoder's output with the encoder's normalisation undone."""
-        x01 = self(z).float() * encoder.std.to(z.device) + encoder.mean.to(z.device)
+        """Images in [-1, 1]: the decoder's output (with the encoder's normalisation undone, for RAE's)."""
+        x01 = self(z).float()
+        if self.output == "normalised":
+            x01 = x01 * encoder.std.to(z.device) + encoder.mean.to(z.device)
         return 2 * x01 - 1
 
 
 def decoder_for(cfg) -> RAEImageDecoder:
     """A fresh decoder for a ``rae_decoder`` run's config (``method.size``, ``latent_dim``, ``grid``)."""
     m = cfg.method
-    return RAEImageDecoder(diffusers_decoder(m.latent_dim, m.grid, cfg.codec.decoder_patch, m.size))
+    decoder = diffusers_decoder(m.latent_dim, m.grid, cfg.codec.decoder_patch, m.size)
+    return RAEImageDecoder(decoder, m.output, m.positions == "learned")
 
 
 def load_decoder(source: str, device: torch.device | str = "cpu", ema: float = -1.0) -> RAEImageDecoder:
