@@ -56,23 +56,34 @@ def read_official(path: str | Path, kind: str = "") -> tuple[dict[float, dict[st
     return {decay: obj}, None, 0
 
 
-def check_fits(cfg: Config, kind: str, model: dict[str, Tensor]) -> None:
-    """Every imported tensor has the shape the config's network expects and holds finite values; one line
-    naming the first that does not (a file of another size, a damaged file)."""
+def check_fits(cfg: Config, kind: str, weights: dict[str, Tensor], network: str = "model") -> None:
+    """Every imported tensor has the shape the config's network expects and holds finite values, and none is
+    missing; one line naming the first that does not fit (a file of another size, a damaged file)."""
     from ..build import method_class
 
     with torch.device("meta"):
-        expected = {k: v.shape for k, v in method_class(cfg).inference_networks(cfg)["model"].state_dict().items()}
-    for key, value in model.items():
+        expected = {k: v.shape for k, v in method_class(cfg).inference_networks(cfg)[network].state_dict().items()}
+    what = cfg.model.arch if network == "model" else f"{cfg.method.size} decoder"
+    for key, value in weights.items():
         if key in expected and tuple(value.shape) != tuple(expected[key]):
-            raise CheckpointError(f"{kind} tensor for {key} has shape {tuple(value.shape)}; the inferred "
-                                  f"{cfg.model.arch} expects {tuple(expected[key])}")  # fmt: skip
+            raise CheckpointError(f"{kind} tensor for {key} has shape {tuple(value.shape)}; the inferred {what} "
+                                  f"expects {tuple(expected[key])}")  # fmt: skip
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise CheckpointError(f"{kind} tensor for {key} holds NaN or infinite values: the file is damaged")
-    missing = sorted(set(expected) - set(model))
+    missing = sorted(set(expected) - set(weights))
     if missing:
         raise CheckpointError(f"the {kind} file lacks {missing[0]} (and {len(missing) - 1} more) that the inferred "
-                              f"{cfg.model.arch} needs: is it a checkpoint of this format?")  # fmt: skip
+                              f"{what} needs: is it a checkpoint of this format?")  # fmt: skip
+
+
+def _write_run(out: str | Path, step: int, weights: dict, cfg: Config, path: str | Path, kind: str) -> Path:
+    """The imported run: its config, the weights and a fresh training state."""
+    state = {"step": step, "images_seen": step * cfg.train.batch_size, "optimizer": {}, "rng": {},
+             "imported_from": str(Path(path).resolve()), "format": kind}  # fmt: skip
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(_yaml(cfg))
+    return save_checkpoint(out, step, weights, state, cfg, metadata={WEIGHTS_KEY: weights_record(cfg)})
 
 
 def import_checkpoint(kind: str, path: str | Path, out: str | Path, overrides: list[str] | None = None) -> Path:
@@ -98,39 +109,18 @@ def import_checkpoint(kind: str, path: str | Path, out: str | Path, overrides: l
     extra = {k: v.clone() for k, v in extra.items()}  # tensors the raw and EMA dicts share are stored once each
     weights.update({"model": model, "objective": objective, "official": extra})
     cfg = cfg.replace(**{"train.ema_decays": tuple(emas)})
-    state = {"step": step, "images_seen": step * cfg.train.batch_size, "optimizer": {}, "rng": {},
-             "imported_from": str(Path(path).resolve()), "format": kind}  # fmt: skip
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(_yaml(cfg))
-    return save_checkpoint(out, step, weights, state, cfg, metadata={WEIGHTS_KEY: weights_record(cfg)})
+    return _write_run(out, step, weights, cfg, path, kind)
 
 
 def _import_decoder(kind: str, ema: dict, raw: dict | None, step: int, path, out, overrides) -> Path:
     """A stage-1 decoder of RAE / RAEv2 as a ``rae_decoder`` run (the decoder and its EMA; no discriminator)."""
-    from ..build import method_class
-
     dec = official_rae_decoder
     cfg = dec.infer_config(kind, ema, overrides)
     weights = {"decoder": dec.from_official(raw if raw is not None else ema),
                f"decoder-{ema_name(dec.EMA_DECAY)}": dec.from_official(ema)}  # fmt: skip
-    with torch.device("meta"):
-        expected = {k: v.shape for k, v in method_class(cfg).inference_networks(cfg)["decoder"].state_dict().items()}
-    for key, value in weights["decoder-" + ema_name(dec.EMA_DECAY)].items():
-        if tuple(value.shape) != tuple(expected.get(key, value.shape)) or not torch.isfinite(value).all():
-            raise CheckpointError(
-                f"{kind} decoder tensor for {key} has shape {tuple(value.shape)} or non-finite "
-                f"values; the inferred {cfg.method.size} decoder expects {tuple(expected[key])}"
-            )
-    missing = sorted(set(expected) - set(weights["decoder"]))
-    if missing:
-        raise CheckpointError(f"the {kind} decoder file lacks {missing[0]} (and {len(missing) - 1} more)")
-    state = {"step": step, "images_seen": step * cfg.train.batch_size, "optimizer": {}, "rng": {},
-             "imported_from": str(Path(path).resolve()), "format": kind}  # fmt: skip
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(_yaml(cfg))
-    return save_checkpoint(out, step, weights, state, cfg, metadata={WEIGHTS_KEY: weights_record(cfg)})
+    for tensors in weights.values():
+        check_fits(cfg, kind, tensors, network="decoder")
+    return _write_run(out, step, weights, cfg, path, kind)
 
 
 def export_checkpoint(kind: str, run: str | Path, path: str | Path) -> Path:

@@ -101,24 +101,23 @@ def _init_patch_embed(conv: nn.Conv2d) -> None:
     nn.init.zeros_(conv.bias)
 
 
-class LightningBackbone(nn.Module):
-    """RAE's official DiT^DH backbone. Initialised as theirs: torch's default for the blocks' linears,
-    xavier patch embedding, N(0, 0.02) label table and time-MLP weights, zero adaLN."""
+class _Backbone(nn.Module):
+    """What RAE's and RAEv2's backbones share, initialised as theirs: torch's default for the blocks' linears,
+    xavier patch embedding, N(0, 0.02) label table and time-MLP weights."""
 
-    def __init__(self, cfg: DiTDHConfig):
+    def __init__(self, cfg: DiTDHConfig, modulated: bool, conditions: int = 0):
         super().__init__()
         d, p, c = cfg.hidden_size, cfg.patch_size, cfg.in_channels
-        grid = cfg.input_size // p
         self.num_classes = max(cfg.num_classes, 0)
         self.grad_checkpointing = False
         self.x_embedder = nn.Conv2d(c, d, p, p)
         self.t_embedder = FourierTimeEmbedder(d, time_scale=cfg.time_scale, time_offset=cfg.time_offset)
         self.y_embedder = LabelEmbedder(self.num_classes, d, null_class=True) if self.num_classes else None
-        self.pos_embed = nn.Parameter(sincos_pos_embed_2d(d, grid, grid)[None]) if cfg.pos_embed else None
         self.blocks = nn.ModuleList(
-            RoPEBlock(d, cfg.num_heads, cfg.mlp_ratio, qk_norm=cfg.qk_norm == "rmsnorm") for _ in range(cfg.depth)
+            RoPEBlock(d, cfg.num_heads, cfg.mlp_ratio, qk_norm=cfg.qk_norm == "rmsnorm", modulated=modulated)
+            for _ in range(cfg.depth)
         )
-        cos, sin = rope_2d(d // cfg.num_heads, grid, cfg.rope_theta)
+        cos, sin = rope_2d(d // cfg.num_heads, cfg.input_size // p, cfg.rope_theta, back=conditions)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         _init_patch_embed(self.x_embedder)
@@ -126,6 +125,25 @@ class LightningBackbone(nn.Module):
             nn.init.normal_(self.y_embedder.table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+
+    def run(self, tokens: Tensor, c: Tensor | None, taps: set[int], n: int) -> tuple[Tensor, dict[int, Tensor]]:
+        """The blocks; the first ``n`` tokens (the image's) after the blocks in ``taps``."""
+        hidden = {}
+        for i, block in enumerate(self.blocks, start=1):
+            tokens = run_block(block, self.grad_checkpointing and self.training, tokens, c, self.rope_cos,
+                               self.rope_sin)  # fmt: skip
+            if i in taps:
+                hidden[i] = tokens[:, :n]
+        return tokens[:, :n], hidden
+
+
+class LightningBackbone(_Backbone):
+    """RAE's official DiT^DH backbone (adaLN-Zero blocks, absolute positions besides RoPE)."""
+
+    def __init__(self, cfg: DiTDHConfig):
+        super().__init__(cfg, modulated=True)
+        grid = cfg.input_size // cfg.patch_size
+        self.pos_embed = nn.Parameter(sincos_pos_embed_2d(cfg.hidden_size, grid, grid)[None]) if cfg.pos_embed else None
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
@@ -141,59 +159,29 @@ class LightningBackbone(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None, taps: set[int]) -> tuple[Tensor, Tensor, dict]:
         tokens, t_emb, c = self.embed(x, t, y)
-        hidden = {}
-        for i, block in enumerate(self.blocks, start=1):
-            tokens = run_block(block, self.grad_checkpointing and self.training, tokens, c, self.rope_cos,
-                               self.rope_sin)  # fmt: skip
-            if i in taps:
-                hidden[i] = tokens
+        tokens, hidden = self.run(tokens, c, taps, tokens.shape[1])
         return tokens, t_emb, hidden
 
 
-class InContextBackbone(nn.Module):
-    """RAEv2's backbone: the sequence is [image tokens, time tokens, class tokens]; plain pre-norm blocks.
-    Initialised as theirs (learned tokens ~ N(0, 1 / D), the rest as the lightning backbone)."""
+class InContextBackbone(_Backbone):
+    """RAEv2's backbone: the sequence is [image tokens, time tokens, class tokens]; plain pre-norm blocks. Its
+    learned tokens start ~ N(0, 1 / D), as theirs."""
 
     def __init__(self, cfg: DiTDHConfig):
-        super().__init__()
-        d, p, c = cfg.hidden_size, cfg.patch_size, cfg.in_channels
-        grid = cfg.input_size // p
-        self.num_classes = max(cfg.num_classes, 0)
-        self.grad_checkpointing = False
-        self.x_embedder = nn.Conv2d(c, d, p, p)
-        self.t_embedder = FourierTimeEmbedder(d, time_scale=cfg.time_scale, time_offset=cfg.time_offset)
+        classes = cfg.class_tokens if cfg.num_classes > 0 else 0
+        super().__init__(cfg, modulated=False, conditions=cfg.time_tokens + classes)
+        d = cfg.hidden_size
         self.time_tokens = nn.Parameter(torch.randn(cfg.time_tokens, d) / math.sqrt(d))
-        self.y_embedder = LabelEmbedder(self.num_classes, d, null_class=True) if self.num_classes else None
-        self.class_tokens = nn.Parameter(torch.randn(cfg.class_tokens, d) / math.sqrt(d)) if self.num_classes else None
-        self.blocks = nn.ModuleList(
-            RoPEBlock(d, cfg.num_heads, cfg.mlp_ratio, qk_norm=cfg.qk_norm == "rmsnorm", modulated=False)
-            for _ in range(cfg.depth)
-        )
-        conditions = cfg.time_tokens + (cfg.class_tokens if self.num_classes else 0)
-        cos, sin = rope_2d(d // cfg.num_heads, grid, cfg.rope_theta, back=conditions)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
-        _init_patch_embed(self.x_embedder)
-        if self.y_embedder is not None:
-            nn.init.normal_(self.y_embedder.table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        self.class_tokens = nn.Parameter(torch.randn(classes, d) / math.sqrt(d)) if classes else None
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None, taps: set[int]) -> tuple[Tensor, Tensor, dict]:
         tokens = self.x_embedder(x).flatten(2).transpose(1, 2)  # (B, N, D)
-        n = tokens.shape[1]
         t_emb = self.t_embedder(t)
         seq = [tokens, self.time_tokens + t_emb.unsqueeze(1)]
         if self.y_embedder is not None:
             seq.append(self.class_tokens + self.y_embedder(_labels(y, t, self.num_classes)).unsqueeze(1))
-        tokens = torch.cat(seq, dim=1)  # (B, N + conditions, D)
-        hidden = {}
-        for i, block in enumerate(self.blocks, start=1):
-            tokens = run_block(block, self.grad_checkpointing and self.training, tokens, None, self.rope_cos,
-                               self.rope_sin)  # fmt: skip
-            if i in taps:
-                hidden[i] = tokens[:, :n]
-        return tokens[:, :n], t_emb, hidden
+        tokens, hidden = self.run(torch.cat(seq, dim=1), None, taps, tokens.shape[1])  # (B, N + conditions, D) in
+        return tokens, t_emb, hidden
 
 
 class SiTBackbone(FlowTransformer):
