@@ -90,8 +90,10 @@ def test_resume_with_another_batch_size_continues_at_the_same_image(tmp_path):
     assert resumed.state.images_seen == 20
 
 
-def test_legacy_checkpoint_samples_and_resumes(tmp_path):
-    """A run written by repflow 0.1 (one objective, terms in a list, a LambdaLR state) still works."""
+@pytest.mark.parametrize("fixture", ["legacy-v0.1", "legacy-v0.2-ditdh"])
+def test_runs_of_older_repflow_sample_as_before_and_resume(tmp_path, fixture):
+    """Runs written by repflow 0.1 (one objective, terms in a list, a LambdaLR state) and 0.2 (a DiT^DH of SiT
+    blocks, before the official backbone) keep their architecture, their samples and their training."""
     import shutil
 
     import numpy as np
@@ -100,36 +102,20 @@ def test_legacy_checkpoint_samples_and_resumes(tmp_path):
     from repflow.sample.load import load_run
 
     run = tmp_path / "legacy"
-    shutil.copytree(ROOT / "tests" / "fixtures" / "legacy-v0.1", run)
+    shutil.copytree(ROOT / "tests" / "fixtures" / fixture, run)
     loaded = load_run(run)
     images, _ = sample_images(loaded.denoiser, loaded.cfg.sample, range(4))
     assert torch.equal(images, torch.from_numpy(np.load(run / "samples-0-3.npy")))
     trainer = Trainer(loaded.cfg.replace(**{"train.steps": 3}), run)
     assert trainer.step == 2 and trainer.state.images_seen == 16
     trainer.fit()
-    assert set(load_checkpoint(run).weights("objective")) == {
-        f"terms.repa.projectors.0.{i}.{w}" for i in (0, 2, 4) for w in ("weight", "bias")
-    }
-
-
-def test_a_dit_dh_run_of_repflow_0_2_samples_as_before_and_resumes(tmp_path):
-    """DiT^DH runs written before the official backbone (SiT blocks) keep their architecture and samples."""
-    import shutil
-
-    import numpy as np
-
-    from repflow.flow.generate import sample_images
-    from repflow.sample.load import load_run
-
-    run = tmp_path / "legacy"
-    shutil.copytree(ROOT / "tests" / "fixtures" / "legacy-v0.2-ditdh", run)
-    loaded = load_run(run)
-    images, _ = sample_images(loaded.denoiser, loaded.cfg.sample, range(4))
-    assert torch.equal(images, torch.from_numpy(np.load(run / "samples-0-3.npy")))
-    trainer = Trainer(loaded.cfg.replace(**{"train.steps": 3}), run)
-    assert trainer.step == 2
-    trainer.fit()
     assert trainer.step == 3
+    if fixture == "legacy-v0.1":
+        assert set(load_checkpoint(run).weights("objective")) == {
+            f"terms.repa.projectors.0.{i}.{w}" for i in (0, 2, 4) for w in ("weight", "bias")
+        }
+    else:
+        assert loaded.cfg.model.backbone == "sit"
 
 
 @pytest.mark.parametrize(
