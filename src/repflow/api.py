@@ -109,15 +109,25 @@ class Model:
         return images
 
 
-def load(run_or_ckpt: str | Path, ema: float = -1.0, device: str | torch.device = "auto", vae: str = "") -> Model:
+def load(
+    run_or_ckpt: str | Path, ema: float | None = None, device: str | torch.device = "auto", vae: str = ""
+) -> Model:
     """Load a run (its newest checkpoint) or a checkpoint for sampling. ``ema``: -1 the first EMA decay, 0 the raw
-    weights, else that decay. ``vae``: decode with other VAE weights than training used."""
+    weights, else that decay. ``vae``: decode with other VAE weights than training used. The setting ``repflow
+    sweep --write`` stored in the run (``sampling.json``) is the default of ``sample()`` (and of ``ema``), said
+    on stdout."""
+    from .runtime.checkpoint import resolve_checkpoint
     from .sample.load import load_run
+    from .sample.swept import with_swept
 
+    changes, ema, note = with_swept(resolve_checkpoint(run_or_ckpt), {}, ema)
+    if note:
+        print(f"repflow: {note}", flush=True)
     run = load_run(run_or_ckpt, ema=ema, device=_device(device), vae=vae)
     if run.denoiser is None:
         raise ConfigError(f"{run.ckpt.path} was trained with method {run.cfg.method.kind}, which does not generate")
-    return Model(run.cfg, run.denoiser, run.ckpt.path, run.ema)
+    cfg = run.cfg.replace(sample=replace(run.cfg.sample, **changes)) if changes else run.cfg
+    return Model(cfg, run.denoiser, run.ckpt.path, run.ema)
 
 
 def fit(
@@ -130,6 +140,7 @@ def fit(
     """Train a preset / YAML file (with dotted ``overrides``) or a :class:`Config` into ``out`` (resuming a run
     already there). Returns the :class:`~repflow.train.loop.TrainResult`. (Named ``fit`` because
     ``repflow.train`` is the package of the training loop.)"""
+    from .eval.online import training_hooks
     from .train.loop import train as run_training
 
     if isinstance(config, Config):
@@ -138,7 +149,8 @@ def fit(
         cfg = config
     else:
         cfg = load_config(config, list(overrides))
-    return run_training(cfg, Path(out or f"runs/{cfg.name}"), resume=resume, stop_at=stop_at)
+    out = Path(out or f"runs/{cfg.name}")
+    return run_training(cfg, out, resume=resume, stop_at=stop_at, hooks=training_hooks(cfg))
 
 
 def evaluate(
@@ -171,9 +183,9 @@ def evaluate(
     if is_run(target):
         if num_samples <= 0:
             raise ValueError("evaluating a run needs num_samples=N (samples to generate; FID-50K: 50000)")
-        ema = sampling.pop("ema", -1.0)
+        ema = sampling.pop("ema", None)  # None: the run's swept EMA, else its first
         if reconstruct or (reconstruct is None and not generates(target)):
-            recon = reconstruct_run(target, num_samples, ema, split, progress=False)
+            recon = reconstruct_run(target, num_samples, -1.0 if ema is None else ema, split, progress=False)
             source, ref, data_root = samples_source(recon.folder, recon.count), ref or recon.reference, recon.data_root
             extra = {"psnr": recon.psnr}
         else:

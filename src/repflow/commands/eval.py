@@ -37,7 +37,8 @@ def _eval(args) -> int:
         if is_run(target) and (args.reconstruct or not generates(target)):
             if args.num <= 0:
                 raise ValueError("evaluating reconstructions needs --num-samples N (images of --split to encode)")
-            recon = reconstruct_run(target, args.num, args.ema, args.split, args.data_root or "", args.samples_dir,
+            ema = -1.0 if args.ema is None else args.ema  # unset: the first EMA (a sweep stores none here)
+            recon = reconstruct_run(target, args.num, ema, args.split, args.data_root or "", args.samples_dir,
                                     dist, batch_size=args.sample_batch_size or args.batch_size)  # fmt: skip
             source, provenance, psnr = samples_source(recon.folder, recon.count), recon.provenance, recon.psnr
             reference, data_root = args.ref or recon.reference, recon.data_root

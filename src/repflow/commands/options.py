@@ -65,7 +65,8 @@ def add_sampling_args(
     p.add_argument("--internal-interval", type=parse_interval, help="LO,HI: internal guidance only for t in [LO, HI]")
     p.add_argument("--seed", type=int, help="sampling seed (sample i uses its own stream of it)")
     p.add_argument(*batch_flags, dest="sample_batch_size", type=int, help="images generated per batch")
-    p.add_argument("--ema", type=float, default=-1.0, help="EMA decay to use (-1: first EMA, 0: raw weights)")
+    p.add_argument("--ema", type=float, help="EMA decay to use (-1: first EMA, 0: raw weights; default: the one "
+                   "`repflow sweep --write` stored in the run, else the first)")  # fmt: skip
     if choose:
         p.add_argument("--classes", help="labels to generate, e.g. 3,7 or sneaker,bag (default: all, balanced)")
         p.add_argument("--guide", default="", help="AutoGuidance: a (weaker) run or checkpoint guiding this one")

@@ -132,6 +132,44 @@ class FlowConfig(Section):
     time: TimeConfig = field(default_factory=TimeConfig)
 
 
+def ema_choice(v: float) -> str | None:
+    return None if v == -1 or 0 <= v < 1 else "must be -1, 0 or a decay in (0, 1)"
+
+
+@dataclass(frozen=True)
+class TrainEvalConfig(Section):
+    """What ``train.eval_every`` measures: samples of the EMA drawn as ``repflow eval`` of the step's checkpoint
+    would draw them (the run's ``sample`` section, changed by the fields set here), against a reference."""
+
+    PREFIX: ClassVar[str] = "train.eval."
+    metrics: tuple[str, ...] = ("fid",)  # names as `repflow eval --metrics` (checked when training starts)
+    num_samples: int = checked(1000, positive)
+    sampler: Literal["", "euler", "heun", "sde", "dopri5"] = ""  # "": sample.sampler
+    steps: int = checked(0, nonnegative)  # 0: sample.steps
+    cfg: float = checked(-1.0, lambda v: None if v == -1 or v >= 0 else "must be -1 (sample.cfg) or >= 0")
+    cfg_interval: tuple[float, ...] = checked((), each(unit))  # (): sample.cfg_interval; else (lo, hi)
+    ema: float = checked(-1.0, ema_choice)  # -1: the first of train.ema_decays, 0: the raw weights
+    reference: str = ""  # as `repflow eval --ref` (dataset[:split], folder, ADM .npz); "": the training data
+    ref_count: int = checked(50000, nonnegative)  # images of a dataset / folder reference (0: all)
+    keep_samples: bool = False  # keep the PNGs after they are measured (eval.json is always kept)
+
+    def validate(self) -> None:
+        # "fid,is" (a dotted override) reads as one string: stored as the list of names
+        names = tuple(m.strip().lower() for item in self.metrics for m in str(item).split(",") if m.strip())
+        if not names:
+            raise ConfigError("config key 'train.eval.metrics' names no metric (e.g. [fid])")
+        object.__setattr__(self, "metrics", names)
+        if len(self.cfg_interval) not in (0, 2) or (self.cfg_interval and self.cfg_interval[0] > self.cfg_interval[1]):
+            raise ConfigError(f"config key 'train.eval.cfg_interval' needs [] or [lo, hi] with lo <= hi, got "
+                              f"{list(self.cfg_interval)}")  # fmt: skip
+
+    def sampling_changes(self) -> dict[str, Any]:
+        """The fields of the ``sample`` section this evaluation sets (the others keep the run's)."""
+        changes = {"sampler": self.sampler, "steps": self.steps, "cfg": self.cfg, "cfg_interval": self.cfg_interval}
+        unset = {"sampler": "", "steps": 0, "cfg": -1.0, "cfg_interval": ()}
+        return {k: v for k, v in changes.items() if v != unset[k]}
+
+
 @dataclass(frozen=True)
 class TrainConfig(Section):
     PREFIX: ClassVar[str] = "train."
@@ -171,6 +209,9 @@ class TrainConfig(Section):
     keep_ckpts: int = checked(2, nonnegative)  # 0 keeps all
     sample_every: int = checked(0, nonnegative)  # preview every N steps (0: only at the end)
     sample_num: int = checked(64, nonnegative)  # images in a preview (0: no previews)
+    # evaluation during training: every N steps and at the last (0: off), checkpointed first; README "Training loop"
+    eval_every: int = checked(0, nonnegative)
+    eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)
 
     def validate(self) -> None:
         start = self.warmup_steps + self.hold_steps
@@ -180,6 +221,9 @@ class TrainConfig(Section):
         if self.optimizer == "muon" and self.parallel == "fsdp":  # Muon orthogonalises whole matrices
             raise ConfigError("config key 'train.optimizer' is muon, which does not run under train.parallel=fsdp "
                               "(Muon needs whole matrices, FSDP shards them): use train.parallel=ddp")  # fmt: skip
+        if self.eval_every and self.eval.ema > 0 and self.eval.ema not in self.ema_decays:
+            raise ConfigError(f"config key 'train.eval.ema' is {self.eval.ema:g}, which is not one of train.ema_decays "
+                              f"{list(self.ema_decays)}; use -1 (the first) or 0 (the raw weights)")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -192,7 +236,7 @@ class SampleConfig(Section):
     sde_t_last: float = checked(0.04, lambda v: None if 0 < v < 1 else "must lie in (0, 1)")
     rtol: float = checked(1e-4, positive)  # dopri5
     atol: float = checked(1e-4, positive)
-    ema: float = checked(-1.0, lambda v: None if v == -1 or 0 <= v < 1 else "must be -1, 0 or a decay in (0, 1)")
+    ema: float = checked(-1.0, ema_choice)
     batch_size: int = checked(64, positive)
     seed: int = checked(0, nonnegative)
     cfg_cls: float = -1.0  # REG: guidance scale of the class token; -1: same as cfg

@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 
 from ..config import Config, SampleConfig, replace
-from ..runtime.checkpoint import CKPT_RE, ema_name
+from ..runtime.checkpoint import CKPT_RE, ema_name, resolve_checkpoint
 from ..runtime.distributed import DistInfo
 from .load import load_run
 from .sharded import Generated, describe_labels, generate_sharded, sampling_manifest
+from .swept import with_swept
 
 
 def resolve_classes(spec: str | list | None, class_names: list[str], num_classes: int) -> list[int] | None:
@@ -88,7 +89,7 @@ def sample_run(
     run: str | Path,
     num: int,
     changes: dict | None = None,
-    ema: float = -1.0,
+    ema: float | None = None,
     folder: str | Path | None = None,
     dist: DistInfo | None = None,
     progress: bool = True,
@@ -96,15 +97,23 @@ def sample_run(
     guide: str = "",
     vae: str = "",
     subdir: str = "samples",
+    swept: bool = True,
 ) -> RunSamples:
     """Make sure samples ``0..num-1`` of ``run`` exist as PNGs in ``folder`` (default
-    ``<run>/<subdir>/<settings>``), generating the missing ones on this process's shard."""
+    ``<run>/<subdir>/<settings>``), generating the missing ones on this process's shard. Options not given
+    (``changes``; ``ema`` None) come from the setting ``repflow sweep --write`` stored in the run if ``swept``
+    (said on stdout), else from the run's ``sample`` section (EMA: the first decay)."""
     dist = dist or DistInfo()
-    loaded = load_run(str(run), ema=ema, device=dist.device, vae=vae)
+    changes, note = changes or {}, ""
+    if swept:
+        changes, ema, note = with_swept(resolve_checkpoint(run), changes, ema)
+    if note and dist.is_main:
+        print(f"repflow: {note}", flush=True)
+    loaded = load_run(str(run), ema=-1.0 if ema is None else ema, device=dist.device, vae=vae)
     cfg, ckpt = loaded.cfg, loaded.ckpt
     if loaded.denoiser is None:
         raise ValueError(f"{ckpt.path} was trained with method {cfg.method.kind}, which does not generate images")
-    opts = replace(cfg.sample, **(changes or {}))
+    opts = replace(cfg.sample, **changes)
     if progress and dist.is_main and loaded.ema_warning():
         print(f"warning: {loaded.ema_warning()}", file=sys.stderr)
     chosen = resolve_classes(classes, ckpt.class_names(), cfg.model.num_classes)
@@ -133,6 +142,7 @@ def sample_run(
         "labels": describe_labels(cfg.model.num_classes, chosen),
         "guide": manifest["guide"],
         "samples": str(folder),
+        **({"swept": note} if note else {}),
     }
     return RunSamples(folder, cfg, opts, provenance, made, chosen)
 
