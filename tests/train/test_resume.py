@@ -115,3 +115,17 @@ def test_resume_refuses_a_different_architecture(tmp_path):
 
     with pytest.raises(CheckpointError, match="model.hidden_size"):
         Trainer(tiny_config("model.hidden_size=64"), tmp_path)
+
+
+def test_a_model_drawing_from_the_global_rng_resumes_bit_for_bit(tmp_path):
+    """JiT's dropout draws from torch's global RNG, which checkpoints save; nothing may draw from it between the
+    restore and the first step (the DataLoader iterator used to, for its workers' seed)."""
+    cfg = tiny_config("model.arch=JiT-T/2", "model.depth=2", "model.hidden_size=32", "model.num_heads=2",
+                      "model.bottleneck=8", "model.context_tokens=2", "model.context_start=1", "model.dropout=0.5")  # fmt: skip
+    straight = Trainer(cfg, tmp_path / "a")
+    straight.fit()
+    Trainer(cfg, tmp_path / "b").fit(stop_at=2)
+    resumed = Trainer(cfg, tmp_path / "b")
+    resumed.fit()
+    a, b = weights(straight), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)

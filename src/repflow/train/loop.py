@@ -124,7 +124,9 @@ class Trainer:
             rank=self.dist.rank, world=self.dist.world, accum=t.grad_accum, start_image=self.state.images_seen,
             crops=cfg.data.crop == "random",
         )  # fmt: skip
-        self.loader = iter(build_loader(self.dataset, sampler, cfg.data.workers))
+        with torch.random.fork_rng(devices=[]):  # a DataLoader iterator draws its workers' seed from the global RNG,
+            # which a resumed run has just restored for what training draws from it (dropout)
+            self.loader = iter(build_loader(self.dataset, sampler, cfg.data.workers))
         self.state.distribute()
         lines = self.describe()
         generates = type(self.method).generates() and self.codec.can_decode
