@@ -13,12 +13,11 @@ from repflow.train.logging import loss_panels
 from repflow.train.loop import Trainer
 
 from ..conftest import tiny_config
-from ..train.test_resume import weights
+from ..train.test_resume import DROPOUT_JIT, weights
 
 EVAL = ["train.eval_every=2", "train.eval.num_samples=6", "train.eval.ref_count=12"]
 # JiT's dropout draws from the global RNG during training: an evaluation that moved it would change the weights
-JIT = ["model.arch=JiT-T/2", "model.depth=2", "model.hidden_size=32", "model.num_heads=2", "model.bottleneck=8",
-       "model.context_tokens=2", "model.context_start=1", "model.dropout=0.5", "flow.prediction=x"]  # fmt: skip
+JIT = DROPOUT_JIT
 
 
 def trained(run_dir, *overrides, stop_at=None) -> Trainer:

@@ -117,11 +117,15 @@ def test_resume_refuses_a_different_architecture(tmp_path):
         Trainer(tiny_config("model.hidden_size=64"), tmp_path)
 
 
+# a tiny JiT whose dropout draws from torch's global RNG during training
+DROPOUT_JIT = ["model.arch=JiT-T/2", "model.depth=2", "model.hidden_size=32", "model.num_heads=2", "model.bottleneck=8",
+               "model.context_tokens=2", "model.context_start=1", "model.dropout=0.5", "flow.prediction=x"]  # fmt: skip
+
+
 def test_a_model_drawing_from_the_global_rng_resumes_bit_for_bit(tmp_path):
     """JiT's dropout draws from torch's global RNG, which checkpoints save; nothing may draw from it between the
     restore and the first step (the DataLoader iterator used to, for its workers' seed)."""
-    cfg = tiny_config("model.arch=JiT-T/2", "model.depth=2", "model.hidden_size=32", "model.num_heads=2",
-                      "model.bottleneck=8", "model.context_tokens=2", "model.context_start=1", "model.dropout=0.5")  # fmt: skip
+    cfg = tiny_config(*DROPOUT_JIT)
     straight = Trainer(cfg, tmp_path / "a")
     straight.fit()
     Trainer(cfg, tmp_path / "b").fit(stop_at=2)
