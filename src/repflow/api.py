@@ -25,7 +25,7 @@ from torch import Tensor
 from .config import Config, load_config, replace
 from .errors import ConfigError
 
-__all__ = ["Model", "evaluate", "fit", "load", "load_config", "presets"]
+__all__ = ["Model", "evaluate", "fit", "load", "load_config", "presets", "sweep"]
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -199,6 +199,41 @@ def evaluate(
     net = load_inception(inception, "tf", None, _device("auto"), explicit and "is" in chosen)
     opts = EvalOptions(metrics=chosen, explicit=explicit, reference=ref, ref_count=ref_count, data_root=data_root)
     return {**run_evaluation(source, net, opts).metrics, **extra}
+
+
+def sweep(
+    run: str | Path,
+    *,
+    cfg: Sequence[float] | None = None,
+    interval: Sequence[tuple[float, float]] | None = None,
+    steps: Sequence[int] | None = None,
+    sampler: Sequence[str] | None = None,
+    ema: Sequence[float] | None = None,
+    num_samples: int = 1000,
+    metrics: str = "fid",
+    by: str = "",
+    ref: str = "",
+    ref_count: int = 50000,
+    seed: int | None = None,
+    out: str | Path | None = None,
+    write: bool = False,
+    keep_samples: bool = False,
+    inception: str | None = None,
+):
+    """Measure a checkpoint's samples over the grid ``cfg`` x ``interval`` x ``steps`` x ``sampler`` x ``ema``
+    (an axis left None keeps the run's setting), the same seeds and balanced labels in every cell; returns the
+    :class:`~repflow.eval.sweep.SweepResult` (rows, best, sweep.csv, sweep.png). ``write``: store the best as the
+    run's default for :func:`load`, ``repflow sample`` and ``repflow eval``. Finished cells are kept on a rerun."""
+    from .eval.evaluate import parse_metrics
+    from .eval.inception import load_inception
+    from .eval.sweep import SweepSpec, run_sweep
+
+    grid = {"cfg": cfg, "cfg_interval": interval, "steps": steps, "sampler": sampler, "ema": ema}
+    spec = SweepSpec(str(run), {k: list(v) for k, v in grid.items() if v is not None}, num_samples, metrics, by, ref,
+                     ref_count, seed=seed, out=str(out) if out else None, write=write,
+                     keep_samples=keep_samples)  # fmt: skip
+    net = load_inception(inception, "tf", None, _device("auto"), "is" in parse_metrics(metrics)[0])
+    return run_sweep(spec, net, progress=False)
 
 
 def presets() -> list[str]:

@@ -116,7 +116,7 @@ def test_what_cannot_be_evaluated_stops_at_start_up(tmp_path, fake_inception_env
     ("train.eval.cfg_interval=[0.7,0.2]", "train.eval.cfg_interval' needs [] or [lo, hi] with lo <= hi"),
     ("train.eval.ema=0.5", "train.eval.ema' is 0.5, which is not one of train.ema_decays"),
     ("train.eval.num_samples=0", "train.eval.num_samples' must be positive"),
-    ("train.eval.sampler=rk4", "train.eval.sampler' must be one of"),
+    ("train.eval.sampler=rk4", "train.eval.sampler' must be \"\" (sample.sampler) or one of euler, heun"),
     ("train.eval.metrics=[]", "train.eval.metrics' names no metric"),
 ])  # fmt: skip
 def test_eval_settings_are_checked_in_the_schema(override, message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -144,7 +145,7 @@ class TrainEvalConfig(Section):
     PREFIX: ClassVar[str] = "train.eval."
     metrics: tuple[str, ...] = ("fid",)  # names as `repflow eval --metrics` (checked when training starts)
     num_samples: int = checked(1000, positive)
-    sampler: Literal["", "euler", "heun", "sde", "dopri5"] = ""  # "": sample.sampler
+    sampler: str = ""  # "": sample.sampler; else one of its choices
     steps: int = checked(0, nonnegative)  # 0: sample.steps
     cfg: float = checked(-1.0, lambda v: None if v == -1 or v >= 0 else "must be -1 (sample.cfg) or >= 0")
     cfg_interval: tuple[float, ...] = checked((), each(unit))  # (): sample.cfg_interval; else (lo, hi)
@@ -159,6 +160,10 @@ class TrainEvalConfig(Section):
         if not names:
             raise ConfigError("config key 'train.eval.metrics' names no metric (e.g. [fid])")
         object.__setattr__(self, "metrics", names)
+        samplers = typing.get_args(typing.get_type_hints(SampleConfig)["sampler"])  # one list of solvers: sample's
+        if self.sampler and self.sampler not in samplers:
+            raise ConfigError(f"config key 'train.eval.sampler' must be \"\" (sample.sampler) or one of "
+                              f"{', '.join(samplers)}, got {self.sampler!r}")  # fmt: skip
         if len(self.cfg_interval) not in (0, 2) or (self.cfg_interval and self.cfg_interval[0] > self.cfg_interval[1]):
             raise ConfigError(f"config key 'train.eval.cfg_interval' needs [] or [lo, hi] with lo <= hi, got "
                               f"{list(self.cfg_interval)}")  # fmt: skip

@@ -47,15 +47,16 @@ def samples_source(folder: Path, num: int) -> FolderSource:
 
 
 def measure_samples(samples, num: int, inception, metrics: tuple[str, ...], reference: str, ref_count: int,
-                    data_root: str = "", record: dict | None = None, keep: bool = True,
-                    progress: bool = False):  # fmt: skip
+                    data_root: str = "", record: dict | None = None, keep: bool = True, progress: bool = False,
+                    batch_size: int = 50):  # fmt: skip
     """Measure samples ``0..num-1`` that ``sample_run`` wrote (``samples``: its result) as ``repflow eval`` does
     (the metrics named, against ``reference``), write ``eval.json`` beside them (their provenance plus
-    ``record``) and, unless ``keep``, delete the PNGs (the results stay). Call on one process."""
+    ``record``) and, unless ``keep``, delete the PNGs (the results stay). ``batch_size``: Inception's. Call on one
+    process."""
     from .evaluate import EvalOptions, evaluate, write_result
 
     opts = EvalOptions(metrics=metrics, explicit=True, reference=reference, ref_count=ref_count,
-                       data_root=data_root, progress=progress)  # fmt: skip
+                       data_root=data_root, progress=progress, batch_size=batch_size)  # fmt: skip
     result = evaluate(samples_source(samples.folder, num), inception, opts)
     write_result(samples.folder / "eval.json", result, inception, {**samples.provenance, **(record or {})})
     if not keep:

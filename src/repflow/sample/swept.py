@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, SampleConfig, replace
+from ..config import ConfigError, SampleConfig, from_dict, replace, to_dict
 
 FILE = "sampling.json"
 FIELDS = ("sampler", "steps", "cfg", "cfg_interval")  # of the `sample` section; the EMA is stored beside them
@@ -32,6 +32,11 @@ class Swept:
         chosen = (f" ({r['metric']} {r['value']:.4g} on {r.get('checkpoint', '?')})"
                   if "metric" in r and "value" in r else "")  # fmt: skip
         return describe_setting(replace(SampleConfig(), **self.sample), self.ema) + chosen
+
+
+def checked_setting(base: SampleConfig, changes: dict) -> SampleConfig:
+    """``base`` with ``changes``, every value checked by the schema (types and choices too, unlike ``replace``)."""
+    return from_dict(SampleConfig, {**to_dict(base), **changes}, prefix="sample.")
 
 
 def describe_setting(opts: SampleConfig, ema: float) -> str:
@@ -59,7 +64,7 @@ def read_swept(ckpt_path: str | Path) -> Swept | None:
         if "cfg_interval" in sample:
             sample["cfg_interval"] = tuple(float(v) for v in sample["cfg_interval"])
         ema = float(data["ema"])
-        replace(SampleConfig(), **sample)  # the schema's checks
+        checked_setting(SampleConfig(), sample)
     except (ValueError, KeyError, TypeError, ConfigError) as err:
         raise ValueError(f"{path} is damaged ({' '.join(str(err).split())[:160]}); rerun repflow sweep --write or "
                          "delete it") from err  # fmt: skip
