@@ -128,3 +128,16 @@ def test_eval_settings_are_checked_in_the_schema(override, message):
 def test_a_trainer_without_the_hook_says_it_does_not_evaluate(tmp_path, capsys):
     Trainer(tiny_config(*EVAL, "train.steps=0"), tmp_path)
     assert "train.eval_every is set but this Trainer has no evaluation hook" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_samples_and_log_what_one_process_measures(tmp_path, fake_inception_env):
+    from ..train.test_distributed import torchrun
+
+    torchrun(tmp_path / "ddp", 4, *EVAL)  # each rank samples its indices; rank 0 measures and logs
+    logged = {r["step"]: r for r in rows(tmp_path / "ddp")}
+    ckpt = tmp_path / "ddp" / "checkpoints" / "ckpt-00000004"
+    argv = ["eval", str(ckpt), "--num-samples", "6", "--metrics", "fid", "--ref-count", "12", "--samples-dir",
+            str(tmp_path / "one"), "--json", str(tmp_path / "one.json")]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "one.json").read_text())["metrics"]["fid"] == logged[4]["eval/fid"]
