@@ -19,6 +19,16 @@ def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
     return out
 
 
+def straight_and_resumed(cfg, root, stop_at: int = 2) -> tuple[Trainer, Trainer]:
+    """A run trained straight through (``root/a``), and one stopped after ``stop_at`` and resumed (``root/b``)."""
+    straight = Trainer(cfg, root / "a")
+    straight.fit()
+    Trainer(cfg, root / "b").fit(stop_at=stop_at)
+    resumed = Trainer(cfg, root / "b")
+    resumed.fit()
+    return straight, resumed
+
+
 def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path):
     cfg = tiny_config("train.steps=6", "train.ckpt_every=3", "data.hflip=true", "train.grad_accum=2")
     straight = Trainer(cfg, tmp_path / "a")
@@ -125,11 +135,6 @@ DROPOUT_JIT = ["model.arch=JiT-T/2", "model.depth=2", "model.hidden_size=32", "m
 def test_a_model_drawing_from_the_global_rng_resumes_bit_for_bit(tmp_path):
     """JiT's dropout draws from torch's global RNG, which checkpoints save; nothing may draw from it between the
     restore and the first step (the DataLoader iterator used to, for its workers' seed)."""
-    cfg = tiny_config(*DROPOUT_JIT)
-    straight = Trainer(cfg, tmp_path / "a")
-    straight.fit()
-    Trainer(cfg, tmp_path / "b").fit(stop_at=2)
-    resumed = Trainer(cfg, tmp_path / "b")
-    resumed.fit()
+    straight, resumed = straight_and_resumed(tiny_config(*DROPOUT_JIT), tmp_path)
     a, b = weights(straight), weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
