@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from repflow.build import codec_for, resolve_config
+from repflow.config import SAMPLERS
 from repflow.data import build_dataset
 from repflow.flow.generate import generate, sample_images
 from repflow.flow.noise import PerSampleNoise
@@ -36,7 +37,7 @@ def test_noise_is_per_sample():
     assert not torch.equal(PerSampleNoise(8, [0]).draw({"x": (2,)})["x"], a[:1, 0, :2])
 
 
-@pytest.mark.parametrize("sampler", ["euler", "heun", "sde", "dopri5"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_images_do_not_depend_on_batch_size(setup, sampler):
     cfg, denoiser = setup
     opts = dataclasses.replace(cfg.sample, sampler=sampler, steps=4, cfg=1.5, rtol=1e-3, atol=1e-3)
