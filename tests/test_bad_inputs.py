@@ -173,6 +173,30 @@ def test_eval_skips_and_reports_unreadable_files(capsys, tmp_path, monkeypatch):
     assert "statistics reused" not in capsys.readouterr().err
 
 
+def test_eval_reports_unreadable_files_of_a_reference_folder(capsys, tmp_path, monkeypatch):
+    """A reference folder leaves out the same files a sample folder does, and says so: when its statistics are
+    computed, on every reuse of them, and in eval.json."""
+    from .eval.conftest import _Top
+
+    net = tmp_path / "inception.pt"
+    torch.jit.script(_Top().eval()).save(str(net))
+    monkeypatch.setenv("REPFLOW_INCEPTION", str(net))
+    monkeypatch.setenv("REPFLOW_CACHE", str(tmp_path / "cache"))
+    samples, ref = tmp_path / "samples", tmp_path / "ref"
+    write_images(samples, 6)
+    write_images(ref, 8)
+    (ref / "000008.png").write_bytes(b"")  # empty
+    (ref / "000009.png").write_bytes((ref / "000000.png").read_bytes()[:40])  # truncated
+    Image.new("RGB", (40, 40)).save(ref / "000010.png")  # another size
+    for reused in (False, True):
+        assert main(["eval", str(samples), "--ref", str(ref), "--metrics", "fid"]) == 0
+        err = capsys.readouterr().err
+        assert ("statistics reused" in err) == reused
+        assert f"warning: reference: skipped 3 of 11 files under {ref} (000008.png: unreadable" in err
+        reference = json.loads((samples / "eval.json").read_text())["reference"]
+        assert reference["count"] == 8 and reference["skipped_files"].startswith("skipped 3 of 11 files")
+
+
 def test_eval_of_a_folder_written_by_repflow_sample(capsys, run, tmp_path, monkeypatch):
     from .eval.conftest import _Top
 

@@ -61,6 +61,16 @@ def test_folder_name_function_defaults():
     assert folder_name("ckpt-1", SampleConfig(sampler="sde"), "raw", guide="/runs/small") == (
         "ckpt-1-raw-sde50-cfg1-guide-small-seed0"
     )
+    jit = SampleConfig(cfg=2.9, cfg_interval=(0.0, 0.9), cfg_rule="evaluation_strict")
+    assert folder_name("ckpt-1", jit, 0.9999) == "ckpt-1-ema-0.9999-heun50-cfg2.9-int0-0.9-rule-evaluation_strict-seed0"
+
+
+def test_every_jit_recipe_decides_guidance_as_the_official_code():
+    from repflow.config import list_presets, load_config
+
+    jit = [p for p in list_presets() if p.startswith("jit-")] + ["demo-fashion-jit"]
+    assert len(jit) == 9 and all(load_config(p).sample.cfg_rule == "evaluation_strict" for p in jit)
+    assert load_config("sit-xl2-repa-in256").sample.cfg_rule == "step"  # REPA's rule
 
 
 def test_autoguidance_from_the_config_or_the_command_line(run, tmp_path, capsys):
