@@ -1,7 +1,7 @@
-"""Solvers against a problem with a known answer: Gaussian data under the linear path.
+"""Solvers against a problem with a known answer: Gaussian data.
 
-Data x ~ N(mu, s^2) (per coordinate), noise eps ~ N(0, 1). Then x_t ~ N(m_t, std_t^2) with m_t = (1 - t) mu and
-std_t^2 = (1 - t)^2 s^2 + t^2, the exact probability-flow velocity is
+Data x ~ N(mu, s^2) (per coordinate), noise eps ~ N(0, 1). Then x_t ~ N(m_t, std_t^2) with m_t = alpha_t mu and
+std_t^2 = alpha_t^2 s^2 + sigma_t^2 (linear path: (1 - t)^2 s^2 + t^2), the exact probability-flow velocity is
     v(x, t) = m_t' + (std_t' / std_t) (x - m_t),
 and the flow maps noise z at t = 1 to mu + s z at t = 0.
 """
@@ -18,14 +18,20 @@ from repflow.flow.timesteps import time_grid
 MU, S = 0.7, 0.3
 
 
-def gaussian_velocity(state, t, t_step=None):
-    x = state["x"]
-    m, dm = (1 - t) * MU, -MU
-    var = (1 - t) ** 2 * S**2 + t**2
-    dvar = -2 * (1 - t) * S**2 + 2 * t
-    std = math.sqrt(var)
-    dstd = dvar / (2 * std)
-    return {"x": dm + dstd / std * (x - m)}
+def gaussian_flow(path, mu=MU, s=S):
+    """The exact velocity of N(mu, s^2) data on any path: x_t ~ N(alpha_t mu, alpha_t^2 s^2 + sigma_t^2), and
+    the flow moves x_t by its standardised offset. ``s = 0`` is a single data point."""
+
+    def velocity(state, t, t_step=None):
+        a, sg, da, dsg = (c.item() for c in path.coefficients(torch.tensor(float(t), dtype=torch.float64)))
+        std = math.sqrt(a * a * s * s + sg * sg)
+        d_std = (a * da * s * s + sg * dsg) / std
+        return {"x": da * mu + d_std / std * (state["x"] - a * mu)}
+
+    return velocity
+
+
+gaussian_velocity = gaussian_flow(LinearPath())
 
 
 def exact(z):
@@ -155,19 +161,6 @@ def test_shifted_time_grid_integrates_the_same_flow(z):
 
 
 # -- DPM-Solver++(2M) --------------------------------------------------------------------------------------------
-
-
-def gaussian_flow(path, mu=MU, s=S):
-    """The exact velocity of N(mu, s^2) data on any path: x_t ~ N(alpha_t mu, alpha_t^2 s^2 + sigma_t^2), and
-    the flow moves x_t by its standardised offset. ``s = 0`` is a single data point."""
-
-    def velocity(state, t, t_step=None):
-        a, sg, da, dsg = (c.item() for c in path.coefficients(torch.tensor(float(t), dtype=torch.float64)))
-        std = math.sqrt(a * a * s * s + sg * sg)
-        d_std = (a * da * s * s + sg * dsg) / std
-        return {"x": da * mu + d_std / std * (state["x"] - a * mu)}
-
-    return velocity
 
 
 def flow_map(path, x, t_from, t_to, mu=MU, s=S):
