@@ -145,7 +145,8 @@ def write_images(folder: Path, n: int, size: int = 8) -> None:
         Image.fromarray(g.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:06d}.png")
 
 
-def test_eval_skips_and_reports_unreadable_files(capsys, tmp_path, monkeypatch):
+def eval_folders(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """Six sample and eight reference images, measured by the tiny stand-in Inception with a private cache."""
     from .eval.conftest import _Top
 
     net = tmp_path / "inception.pt"
@@ -155,6 +156,11 @@ def test_eval_skips_and_reports_unreadable_files(capsys, tmp_path, monkeypatch):
     samples, ref = tmp_path / "samples", tmp_path / "ref"
     write_images(samples, 6)
     write_images(ref, 8)
+    return samples, ref
+
+
+def test_eval_skips_and_reports_unreadable_files(capsys, tmp_path, monkeypatch):
+    samples, ref = eval_folders(tmp_path, monkeypatch)
     (samples / "000006.png").write_bytes(b"")  # empty
     (samples / "000007.png").write_bytes((samples / "000000.png").read_bytes()[:40])  # truncated
     (samples / "notes.jpg").write_text("not an image")  # a text file with an image name
@@ -176,15 +182,7 @@ def test_eval_skips_and_reports_unreadable_files(capsys, tmp_path, monkeypatch):
 def test_eval_reports_unreadable_files_of_a_reference_folder(capsys, tmp_path, monkeypatch):
     """A reference folder leaves out the same files a sample folder does, and says so: when its statistics are
     computed, on every reuse of them, and in eval.json."""
-    from .eval.conftest import _Top
-
-    net = tmp_path / "inception.pt"
-    torch.jit.script(_Top().eval()).save(str(net))
-    monkeypatch.setenv("REPFLOW_INCEPTION", str(net))
-    monkeypatch.setenv("REPFLOW_CACHE", str(tmp_path / "cache"))
-    samples, ref = tmp_path / "samples", tmp_path / "ref"
-    write_images(samples, 6)
-    write_images(ref, 8)
+    samples, ref = eval_folders(tmp_path, monkeypatch)
     (ref / "000008.png").write_bytes(b"")  # empty
     (ref / "000009.png").write_bytes((ref / "000000.png").read_bytes()[:40])  # truncated
     Image.new("RGB", (40, 40)).save(ref / "000010.png")  # another size

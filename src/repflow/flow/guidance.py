@@ -33,8 +33,9 @@ from ..config import CFG_RULES
 from .solvers import State, Velocity
 
 ConditionalVelocity = Callable[[State, float, Tensor | None], State]
-# grid times carry float rounding (1 - 5/50 is not exactly 0.9): a time this close to a bound is on it, so the
-# strict rule excludes a grid point that lands on its bound, as the official code means to
+# times carry float rounding (1 - 0.7 is 0.30000000000000004): a time this close to a bound is on it, so the
+# strict rule never guides a grid point that lands on its bound, as the official rule means (its float32
+# comparison puts such a point on either side by rounding)
 ON_BOUND = 1e-9
 
 

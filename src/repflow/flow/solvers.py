@@ -4,9 +4,9 @@ The state is a dict of tensors (the image ``x`` and, for REG, the class token ``
 integrated jointly on the same grid with the same scheme. ``velocity(state, t, t_step)`` takes Python floats:
 ``t`` where the field is evaluated and ``t_step``, the start of the solver step the evaluation belongs to
 (decisions taken once per step, such as whether to guide under ``sample.cfg_rule=step``, use it: a Heun
-corrector at ``t_next`` is guided as its step at ``t_cur`` was, as in the official REPA/REG sampler). Grids come from
-:func:`repflow.flow.timesteps.time_grid` (shift included). Every solver returns the final state and the
-number of velocity evaluations (NFE).
+corrector at ``t_next`` is guided as its step at ``t_cur`` was, as in the official REPA/REG sampler). Grids
+come from :func:`repflow.flow.timesteps.time_grid` (shift included). Every solver returns the final state and
+the number of velocity evaluations (NFE).
 """
 
 from __future__ import annotations
@@ -152,9 +152,11 @@ def dpm_solver_2m(velocity: Velocity, state: State, grid: Sequence[float], path:
         x_t = (sigma_t / sigma_s) x_s + alpha_t int_{lambda_s}^{lambda_t} e^{lambda - lambda_t} x(lambda) dlambda.
     Each step takes ``x`` linear in lambda through the current and the previous prediction
     ``D = x_i + (x_i - x_{i-1}) h / (2 h_prev)``, so ``x_t = (sigma_t / sigma_s) x_s + alpha_t (1 - e^{-h}) D``.
-    The first step (lambda_s = -inf at pure noise, nothing before it) and a last step to t = 0 (h = inf: the
-    result is D itself, extrapolated to infinite SNR) are first order, as DPM-Solver++ and diffusers do; neither
-    costs the method its order. One evaluation per step, never at the final time: NFE = steps.
+    First order (``D = x_i``) where there is no usable slope: the first step, the second (its predecessor
+    started at lambda = -inf) and a last step onto t = 0 (h = inf: the result is the data prediction itself,
+    as DPM-Solver++ and diffusers end); none costs the order, but on a grid uniform in t the steps next to
+    either end stay O(1) long in lambda, so the error goes as log(N) / N^2 (tests/flow/test_solvers.py).
+    One evaluation per step, never at the final time: NFE = steps.
     """
     grid = _check_grid(grid)
     prev_x, prev_h, nfe = None, math.inf, 0
