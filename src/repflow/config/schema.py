@@ -231,13 +231,23 @@ class TrainConfig(Section):
                               f"{list(self.ema_decays)}; use -1 (the first) or 0 (the raw weights)")  # fmt: skip
 
 
+Sampler = Literal["euler", "heun", "sde", "dopri5", "dpmpp_2m"]  # the solvers: flow/solvers.py
+SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
+FIXED_GRID_SAMPLERS = ("euler", "heun", "dpmpp_2m")  # integrate on time_grid(steps, shift, grid)
+CfgRule = Literal["step", "evaluation_strict"]  # where the guidance interval is decided: flow/guidance.py
+CFG_RULES: tuple[str, ...] = typing.get_args(CfgRule)
+
+
 @dataclass(frozen=True)
 class SampleConfig(Section):
     PREFIX: ClassVar[str] = "sample."
-    sampler: Literal["euler", "heun", "sde", "dopri5"] = "heun"
+    sampler: Sampler = "heun"
     steps: int = checked(50, positive)
     cfg: float = 1.0
-    cfg_interval: tuple[float, float] = checked((0.0, 1.0), each(unit))  # guide for t in [lo, hi]
+    cfg_interval: tuple[float, float] = checked((0.0, 1.0), each(unit))  # guide for t in [lo, hi] ...
+    # ... as the family's authors decide it (flow/guidance.py): step (SiT/REPA/REG: once per solver step at its
+    # start, inclusive) or evaluation_strict (JiT: at every evaluation, strict bounds)
+    cfg_rule: CfgRule = "step"
     sde_t_last: float = checked(0.04, lambda v: None if 0 < v < 1 else "must lie in (0, 1)")
     rtol: float = checked(1e-4, positive)  # dopri5
     atol: float = checked(1e-4, positive)
@@ -257,9 +267,9 @@ class SampleConfig(Section):
             lo, hi = getattr(self, key)
             if lo > hi:
                 raise ConfigError(f"config key 'sample.{key}' needs lo <= hi, got {(lo, hi)!r}")
-        if self.grid != "uniform" and self.sampler not in ("euler", "heun"):
-            raise ConfigError(f"sample.grid={self.grid} is a grid of the euler and heun samplers, not of "
-                              f"{self.sampler}")  # fmt: skip
+        if self.grid != "uniform" and self.sampler not in FIXED_GRID_SAMPLERS:
+            raise ConfigError(f"sample.grid={self.grid} is a grid of the {', '.join(FIXED_GRID_SAMPLERS)} samplers, "
+                              f"not of {self.sampler}")  # fmt: skip
 
 
 CORE = ("name", "seed", "method", "data", "codec", "encoders", "model", "flow", "train", "sample")

@@ -44,10 +44,12 @@ class Reference:
     resolution: tuple[int, int] | None  # (H, W) of the reference images, when known
     count: int
     cache_file: str = ""
+    skipped: str = ""  # a folder's unreadable / wrong-size files left out, in one line ("" when none)
 
     def to_json(self) -> dict:
         res = None if self.resolution is None else list(self.resolution)
-        return {"source": self.description, "count": self.count, "resolution": res, "cache": self.cache_file}
+        out = {"source": self.description, "count": self.count, "resolution": res, "cache": self.cache_file}
+        return {**out, "skipped_files": self.skipped} if self.skipped else out
 
 
 def _npz_keys(path: Path) -> set[str]:
@@ -91,16 +93,25 @@ def _compute_or_load(
             small = features if features.shape[0] <= features.shape[1] else None  # for the low-rank FID route
             pool = Stats(z["mu"], z["sigma"], meta["count"], features=small)
             spatial = Stats(z["mu_s"], z["sigma_s"], meta["count"])
-            return Reference(meta["description"], pool, spatial, features, tuple(meta["resolution"]),
-                             meta["count"], str(cache))  # fmt: skip
+        skipped = _warn_skipped(meta.get("skipped", ""))  # said on every use, as for a sample folder
+        return Reference(meta["description"], pool, spatial, features, tuple(meta["resolution"]), meta["count"],
+                         str(cache), skipped)  # fmt: skip
     source: ImageSource = make_source()
     feats = extract_features(source, inception, batch_size, spatial=True, logits=False, progress=progress,
                              desc=f"reference {description}")  # fmt: skip
     pool, spatial = compute_stats(feats.pool), compute_stats(feats.spatial)
-    meta = {"description": description, "count": len(feats), "resolution": list(source.resolution)}
+    skipped = _warn_skipped(source.skipped_summary() if isinstance(source, FolderSource) else "")
+    meta = {"description": description, "count": len(feats), "resolution": list(source.resolution), "skipped": skipped}
     save_stats(cache, mu=pool.mu, sigma=pool.sigma, mu_s=spatial.mu, sigma_s=spatial.sigma, pool=feats.pool,
                meta=np.array(json.dumps(meta)))  # fmt: skip
-    return Reference(description, pool, spatial, feats.pool, source.resolution, len(feats), str(cache))
+    return Reference(description, pool, spatial, feats.pool, source.resolution, len(feats), str(cache), skipped)
+
+
+def _warn_skipped(summary: str) -> str:
+    """Say that files of a reference folder were left out (FolderSource skips them as it skips samples')."""
+    if summary:
+        print(f"warning: reference: {summary}", file=sys.stderr)
+    return summary
 
 
 def _adm_reference(path: Path, inception: TFInception, need_features: bool, batch_size: int, progress: bool):

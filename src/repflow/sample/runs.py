@@ -2,7 +2,7 @@
 the convergence benchmark and the Python API.
 
 The default folder name holds every setting the images depend on (checkpoint, EMA, sampler and steps,
-guidance scale, interval, class-token scale, time shift, seed, chosen classes, guide run), so two commands
+guidance scale, interval and its rule, class-token scale, time shift, seed, chosen classes, guide run), so two commands
 with different settings never share a folder; the folder's ``samples.json`` manifest checks it anyway.
 """
 
@@ -54,6 +54,8 @@ def folder_name(ckpt_name: str, opts: SampleConfig, ema: float | str, classes: l
     parts.append(f"cfg{opts.cfg:g}")
     if tuple(opts.cfg_interval) != (0.0, 1.0):
         parts.append(f"int{opts.cfg_interval[0]:g}-{opts.cfg_interval[1]:g}")
+    if opts.cfg_rule != SampleConfig.cfg_rule:
+        parts.append(f"rule-{opts.cfg_rule}")
     if opts.cfg_cls >= 0:
         parts.append(f"cls{opts.cfg_cls:g}")
     if opts.shift > 0:
