@@ -129,3 +129,16 @@ def test_bad_sweeps_are_one_line(run, tmp_path, fake_inception_env, capsys):
         == 2
     )
     assert "holds a sweep with other settings (num_samples differ)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_sweep_like_one_and_skip_the_same_cells(run, tmp_path, fake_inception_env):
+    from ..train.test_distributed import launch
+
+    grid = ["--cfg", "1,2", "--interval", "0,1:0,0.7", *MEASURE]
+    assert main(["sweep", str(run), *grid, "--out", str(tmp_path / "one")]) == 0
+    assert main(["sweep", str(run), "--cfg", "2", *MEASURE, "--out", str(tmp_path / "two")]) == 0  # one cell done
+    launch(2, "-m", "repflow.cli", "sweep", str(run), *grid, "--out", str(tmp_path / "two"))
+    key = lambda r: (r["cfg"], r["interval_lo"], r["interval_hi"], r["fid"])  # noqa: E731
+    one, two = table(tmp_path / "one" / "sweep.csv"), table(tmp_path / "two" / "sweep.csv")
+    assert len(two) == 4 and sorted(map(key, one)) == sorted(map(key, two))

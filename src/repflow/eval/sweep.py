@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..runtime.checkpoint import CKPT_RE, load_checkpoint, select_weights
-from ..runtime.distributed import DistInfo, barrier
+from ..runtime.distributed import DistInfo, barrier, broadcast_object
 from ..sample.runs import sample_run
 from ..sample.swept import checked_setting, run_of, write_swept
 from .evaluate import parse_metrics
@@ -173,43 +173,46 @@ def run_sweep(spec: SweepSpec, inception=None, dist: DistInfo | None = None, pro
                 "metrics": list(metrics), "reference": reference, "ref_count": spec.ref_count,
                 "inception": getattr(inception, "source", None),
                 "resize": getattr(inception, "resize", None)}  # fmt: skip
-    rows = _claim(out, protocol) if dist.is_main else []
-    barrier(dist)
+    # every process skips the same finished cells (the main one read the table): the sampling barriers match
+    rows = broadcast_object(_claim(out, protocol) if dist.is_main else None, dist)
     step = CKPT_RE.match(ckpt.path.name)
     columns = ["checkpoint", "train_step", *KEY, "seed", "num_samples", *metrics, "reference", "ref_count",
                "seconds"]  # fmt: skip
+
+    def measure(cell: dict) -> dict:
+        """Sample a cell (every process its share) and measure it (the main process; {} on the others)."""
+        changes = {k: cell[k] for k in ("sampler", "steps", "cfg", "cfg_interval")}
+        changes.update({k: v for k, v in (("seed", spec.seed), ("batch_size", spec.batch_size)) if v is not None})
+        ema = 0.0 if cell["ema"] == "raw" else cell["ema"]
+        samples = sample_run(ckpt.path, spec.num_samples, changes, ema, out / "samples" / _folder_name(cell), dist,
+                             progress=progress, swept=False)  # fmt: skip
+        measured = {}
+        if dist.is_main:
+            result = measure_samples(samples, spec.num_samples, inception, metrics, reference, spec.ref_count,
+                                     data_root, keep=spec.keep_samples, progress=progress,
+                                     batch_size=spec.inception_batch)  # fmt: skip
+            ref = result.reference or {"source": reference, "count": spec.ref_count}
+            measured = {"checkpoint": ckpt.path.name, "train_step": int(step.group(1)) if step else "",
+                        "seed": seed, "num_samples": result.num_samples,
+                        **{m: repr(float(result.metrics[m])) for m in metrics},  # full precision
+                        "reference": ref["source"], "ref_count": ref["count"],
+                        "seconds": f"{result.seconds:.1f}"}  # fmt: skip
+        barrier(dist)
+        return measured
+
     done = {_row_key(r): r for r in rows}
     for cell in cells:
         if _row_key(_cell_row(cell)) in done:
             continue
         source = _same_images(cell, cfg)
         measured = done.get(_row_key(_cell_row(source)))
-        if measured is None:
-            changes = {k: source[k] for k in ("sampler", "steps", "cfg", "cfg_interval")}
-            changes.update({k: v for k, v in (("seed", spec.seed), ("batch_size", spec.batch_size)) if v is not None})
-            ema = 0.0 if source["ema"] == "raw" else source["ema"]
-            samples = sample_run(ckpt.path, spec.num_samples, changes, ema, out / "samples" / _folder_name(source),
-                                 dist, progress=progress, swept=False)  # fmt: skip
-            if dist.is_main:
-                result = measure_samples(samples, spec.num_samples, inception, metrics, reference, spec.ref_count,
-                                         data_root, keep=spec.keep_samples, progress=progress,
-                                         batch_size=spec.inception_batch)  # fmt: skip
-                measured = {
-                    "checkpoint": ckpt.path.name, "train_step": int(step.group(1)) if step else "", "seed": seed,
-                    "num_samples": result.num_samples, **{m: repr(float(result.metrics[m])) for m in metrics},
-                    "reference": result.reference["source"] if result.reference else reference,
-                    "ref_count": result.reference["count"] if result.reference else spec.ref_count,
-                    "seconds": f"{result.seconds:.1f}",
-                }  # fmt: skip
-            barrier(dist)
+        row = {**(measure(source) if measured is None else measured), **_cell_row(cell)}
+        done[_row_key(row)] = row
         if dist.is_main:
-            row = {**measured, **_cell_row(cell)}
-            done[_row_key(row)] = row
             rows.append(row)
             _write_table(out / "sweep.csv", rows, columns)
             if progress:
-                shown = ", ".join(f"{m} {row[m]}" for m in metrics)
-                print(f"{_folder_name(cell)}: {shown}", flush=True)
+                print(f"{_folder_name(cell)}: {', '.join(f'{m} {row[m]}' for m in metrics)}", flush=True)
     if not dist.is_main:
         return SweepResult([], {}, out / "sweep.csv", None)
     wanted = {_row_key(_cell_row(c)) for c in cells}
