@@ -109,6 +109,26 @@ def test_one_muon_step_matches_the_algorithm_written_out(coefficients, steps):
     assert (o - newton_schulz(update, other, steps)).abs().max() > 3 * TOL
 
 
+@pytest.mark.parametrize("bf16_fast", [False, True])
+def test_newton_schulz_runs_in_fp32_on_a_cpu_where_bf16_is_slow(monkeypatch, bf16_fast):
+    import torch.optim._muon as torch_muon
+
+    import repflow.train.optim as optim
+
+    monkeypatch.setattr(optim, "cpu_bf16_is_fast", lambda: bf16_fast)
+    torchs_own = torch_muon._zeropower_via_newtonschulz
+    lr = 0.1
+    w0 = torch.randn(6, 4, generator=torch.Generator().manual_seed(2))
+    w = nn.Parameter(w0.clone())
+    opt = build_optimizer([w], TrainConfig(optimizer="muon", lr=lr, weight_decay=0.0, muon_adjust_lr="original"), CPU)
+    w.grad = torch.randn(6, 4, generator=torch.Generator().manual_seed(3))
+    opt.step()
+    o = -(w.detach().double() - w0.double()) / (lr * math.sqrt(6 / 4))
+    err = (o - newton_schulz(0.05 * w.grad.double(), KELLER, 5)).abs().max()  # Nesterov's first update: 0.05 g
+    assert err > 1e-3 if bf16_fast else err < 1e-5  # torch's bf16 iteration, or the same iteration in fp32
+    assert torch_muon._zeropower_via_newtonschulz is torchs_own  # torch's function is back after the step
+
+
 def test_original_lr_adjustment_and_the_adamw_part_equal_to_a_plain_adamw():
     lr, mu = 0.1, 0.95
     model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6))
