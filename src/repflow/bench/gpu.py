@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ..models.flops import forward_flops
 from ..build import build_method
+from ..models.flops import forward_flops
 from .cases import Case, cases, with_train
 from .common import bench_env, peak_matmul_flops
 from .stages import STAGES
@@ -131,8 +131,9 @@ class Suite:
             what = f"sample {label}{s.sample_steps} cfg"
             if not self.due(case.name, what, s.sample_batch):
                 continue
-            cfg = self.config(case, s.batch, f"sample.batch_size={s.sample_batch}", f"sample.sampler={sampler}",
-                              f"sample.steps={s.sample_steps}", f"sample.cfg={s.cfg}", "sample.cfg_interval=[0,1]")  # fmt: skip
+            opts = [f"sample.batch_size={s.sample_batch}", f"sample.sampler={sampler}", "sample.cfg_interval=[0,1]",
+                    f"sample.steps={s.sample_steps}", f"sample.cfg={s.cfg}"]  # guided at every step  # fmt: skip
+            cfg = self.config(case, s.batch, *opts)
             release(self.device)
             m = measure_sampling(cfg, "reg", self.device, self.peak, repeats=1)
             self.add(Row(case.name, what, m.batch, m.images_per_s, m.step_ms, m.tflops, m.mfu,

@@ -65,7 +65,8 @@ class OfficialREG:
         self.sit = _module(folder, "models/sit.py")
         self.loss = _module(folder, "loss.py")
         self.samplers = _module(folder, "samplers.py")
-        self.update_ema = _function_from(folder / "train.py", "update_ema", {"torch": torch, "OrderedDict": OrderedDict})
+        names = {"torch": torch, "OrderedDict": OrderedDict}  # what update_ema's body uses from train.py's imports
+        self.update_ema = _function_from(folder / "train.py", "update_ema", names)
 
     def network(self, cfg: Config) -> torch.nn.Module:
         """The official SiT with repflow's config's dimensions (the same architecture as repflow's network)."""

@@ -7,6 +7,7 @@ the events are read once, after the timed steps); on a CPU the work is synchrono
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import defaultdict
 
@@ -44,17 +45,11 @@ class StageTimer:
         per_step = []
         for stamps in self.steps:
             spent: dict[str, float] = defaultdict(float)
-            for (_, before), (stage, after) in zip(stamps, stamps[1:]):
+            for (_, before), (stage, after) in zip(stamps, stamps[1:], strict=False):
                 spent[stage] += self._seconds(before, after)
             per_step.append(spent)
         names = list(STAGES) + sorted({k for s in per_step for k in s} - set(STAGES))
-        return {k: _median([s.get(k, 0.0) for s in per_step]) for k in names} if per_step else {}
+        return {k: statistics.median([s.get(k, 0.0) for s in per_step]) for k in names} if per_step else {}
 
     def clear(self) -> None:
         self.steps.clear()
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
