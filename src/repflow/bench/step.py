@@ -59,12 +59,12 @@ def host_batch(cfg: Config, device: torch.device) -> TrainBatch:
     """A batch as the cache serves it: latents fp32, features fp16, pinned when there is a GPU to copy to."""
     batch = synthetic_batch(cfg, cfg.train.batch_size, torch.device("cpu"), torch.Generator().manual_seed(0))
     pin = device.type == "cuda"
-    held = lambda t: t.pin_memory() if pin else t  # noqa: E731
+    held = lambda t: t.pin_memory() if pin else t
     return TrainBatch(held(batch.x), held(batch.y), {k: held(v.half()) for k, v in batch.features.items()})
 
 
 def to_device(batch: TrainBatch, device: torch.device) -> TrainBatch:
-    move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+    move = lambda t: t.to(device, non_blocking=True)
     return TrainBatch(move(batch.x), move(batch.y), {k: move(v).float() for k, v in batch.features.items()})
 
 
