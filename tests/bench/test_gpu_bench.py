@@ -191,3 +191,19 @@ def test_bench_gpu_tiny_runs_end_to_end_without_diffusers(tmp_path):
     assert [r["what"] for r in samplers] == ["sample heun10 cfg", "sample sde10 cfg"]
     assert all(r["images_per_s"] > 0 for r in samplers)
     assert "MFU" in done.stdout and "written:" in done.stdout
+
+
+def test_bench_gpu_refuses_bad_arguments_in_one_line(tmp_path, capsys):
+    from repflow.cli import main
+
+    base = ["bench", "gpu", "--tiny", "--out", str(tmp_path)]
+    cases_ = [
+        (["--official", str(tmp_path)], "no models/sit.py, loss.py, samplers.py, train.py"),
+        (["--only", "sit,vae"], "unknown part 'vae'"),
+        (["--repeats", "0"], "--repeats must be"),
+    ]
+    for extra, needle in cases_:
+        assert main([*base, *extra]) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("repflow: error:") and needle in last, last
+    assert not (tmp_path / "gpu_bench.json").exists()

@@ -13,10 +13,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
+import functools
 import json
 import platform
 import subprocess
 import time
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +57,11 @@ class GpuBenchSpec:
 class Suite:
     def __init__(self, spec: GpuBenchSpec):
         self.spec = spec
+        self.official = None
+        if spec.official:  # first: a wrong folder is refused before any measurement
+            from .official_reg import OfficialREG
+
+            self.official = OfficialREG(spec.official)
         name = spec.device if spec.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         self.device = torch.device(name)
         if self.device.type == "cuda":
@@ -66,17 +74,23 @@ class Suite:
         self.peak = peak_matmul_flops(self.device, dtype, n=512 if spec.tiny else 0)
         self.deadline = time.perf_counter() + spec.budget_s
         self.rows: list[Row] = []
-        self.official = None
-        if spec.official:
-            from .official_reg import OfficialREG
-
-            self.official = OfficialREG(spec.official)
 
     # -- helpers -------------------------------------------------------------------------------------------
     def add(self, row: Row) -> Row:
         self.rows.append(row)
         print(format_row(row), flush=True)
         return row
+
+    def attempt(self, case: str, what: str, batch: int, measure: Callable[[], Row]) -> Row:
+        """One row; a row that fails (out of memory, an error in the official code) says so in its note and the
+        command goes on: a short GPU window is not spent twice."""
+        try:
+            return self.add(measure())
+        except Exception as err:  # noqa: BLE001 (reported in the row and on stderr)
+            traceback.print_exc()
+            release(self.device)
+            kind = "out of memory" if isinstance(err, torch.cuda.OutOfMemoryError) else type(err).__name__
+            return self.add(Row(case, what, batch, note=f"failed: {kind}: {str(err).splitlines()[0][:150]}"))
 
     def due(self, case: str, what: str, batch: int = 0, needs_s: float = 0.0) -> bool:
         """Whether ``needs_s`` seconds are left of the budget; else the row is written as skipped."""
@@ -97,9 +111,13 @@ class Suite:
             note = "skipped: --tiny on a CPU (inductor takes minutes here; tests/bench checks the compiled step)"
             return self.add(Row(case.name, what, cfg.train.batch_size, note=note))
         s = self.spec
-        row = measure_step(case.name, what, cfg, self.device, self.peak, s.repeats, s.warmup)
-        row.note = f"{row.note}; {note}" if note else row.note
-        return self.add(row)
+
+        def measure() -> Row:
+            row = measure_step(case.name, what, cfg, self.device, self.peak, s.repeats, s.warmup)
+            row.note = f"{row.note}; {note}" if note else row.note
+            return row
+
+        return self.attempt(case.name, what, cfg.train.batch_size, measure)
 
     # -- parts ---------------------------------------------------------------------------------------------
     def family(self, key: str, with_fixed: bool) -> None:
@@ -114,8 +132,8 @@ class Suite:
 
                 with torch.device("meta"):
                     flops = train_flops(fixed, build_method(fixed, bench_env(fixed)).model, s.batch)
-                self.add(measure_official_step(self.official, fixed, self.device, self.peak, s.repeats, flops,
-                                               s.warmup))  # fmt: skip
+                self.attempt(case.name, "official train", s.batch, lambda: measure_official_step(
+                    self.official, fixed, self.device, self.peak, s.repeats, flops, s.warmup))  # fmt: skip
         if self.due(case.name, "largest batch"):
             try:
                 batch, how = largest_batch(fixed, self.device, s.max_batch)
@@ -137,18 +155,23 @@ class Suite:
             opts = [f"sample.batch_size={s.sample_batch}", f"sample.sampler={sampler}", "sample.cfg_interval=[0,1]",
                     f"sample.steps={s.sample_steps}", f"sample.cfg={s.cfg}"]  # guided at every step  # fmt: skip
             cfg = self.config(case, s.batch, *opts)
-            release(self.device)
-            m = measure_sampling(cfg, "reg", self.device, self.peak, repeats=1)
-            self.add(Row(case.name, what, m.batch, m.images_per_s, m.step_ms, m.tflops, m.mfu,
-                         m.peak_mem_gib, note="guided: one call of twice the batch per evaluation"))  # fmt: skip
-            release(self.device)
+
+            def measure(cfg=cfg, what=what) -> Row:
+                release(self.device)
+                m = measure_sampling(cfg, "reg", self.device, self.peak, repeats=1)
+                release(self.device)
+                return Row(case.name, what, m.batch, m.images_per_s, m.step_ms, m.tflops, m.mfu, m.peak_mem_gib,
+                           note="guided: one call of twice the batch per evaluation")  # fmt: skip
+
+            self.attempt(case.name, what, s.sample_batch, measure)
             if sampler == "sde" and self.official is not None and self.due(case.name, "official sde"):
                 from .official_reg import measure_official_sde
 
                 with torch.device("meta"):
                     per_call = forward_flops(_network(cfg), 1)
-                self.add(measure_official_sde(self.official, cfg, self.device, self.peak, s.sample_steps, s.cfg,
-                                              per_call))  # fmt: skip
+                run = functools.partial(measure_official_sde, self.official, cfg, self.device, self.peak,
+                                        s.sample_steps, s.cfg, per_call)  # fmt: skip
+                self.attempt(case.name, "official sde", s.sample_batch, run)
 
     def run(self) -> list[Row]:
         for part in self.spec.parts:
