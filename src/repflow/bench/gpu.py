@@ -51,7 +51,7 @@ class GpuBenchSpec:
     sample_batch: int = 256
     sample_steps: int = 50
     cfg: float = 1.5
-    budget_s: float = 450.0
+    budget_s: float = 420.0
 
 
 class Suite:
