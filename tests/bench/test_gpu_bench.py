@@ -83,7 +83,7 @@ def _inductor_reason() -> str:
 
         get_cpp_compiler()
     except Exception as err:  # any failure to find a compiler is the reason to skip
-        return f"inductor has no C++ compiler on this machine: {err}"
+        return f"inductor cannot compile C++ here (no compiler found): {err}"
     return ""
 
 
