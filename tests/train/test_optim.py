@@ -10,7 +10,7 @@ from torch import nn
 from repflow.config import Config, ConfigError, TrainConfig
 from repflow.runtime.checkpoint import list_checkpoints, load_checkpoint
 from repflow.train.loop import Trainer
-from repflow.train.optim import MuonAdamW, build_optimizer, parts
+from repflow.train.optim import MuonAdamW, build_optimizer, fused_adamw, parts
 
 from ..conftest import tiny_config
 from ..methods import toy_gan  # noqa: F401  (registers the two-phase toy method)
@@ -139,7 +139,8 @@ def test_original_lr_adjustment_and_the_adamw_part_equal_to_a_plain_adamw():
     opt = build_optimizer(list(model.parameters()), cfg, CPU)
     assert [g["lr"] for g in opt.param_groups] == [lr, 0.02]  # the schedule multiplies each group's own lr
     rest = [twin[0].bias, twin[1].weight, twin[1].bias]
-    plain = torch.optim.AdamW([{"params": rest, "weight_decay": 0.0}], lr=0.02, betas=(0.8, 0.9), eps=1e-6)
+    plain = torch.optim.AdamW([{"params": rest, "weight_decay": 0.0}], lr=0.02, betas=(0.8, 0.9), eps=1e-6,
+                              fused=fused_adamw(CPU))  # the same kernel as the phase's AdamW  # fmt: skip
     w0 = model[0].weight.detach().double().clone()
     g = torch.Generator().manual_seed(1)
     for i in range(3):

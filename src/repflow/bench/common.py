@@ -78,9 +78,10 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: 
     return times
 
 
-def peak_matmul_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> float:
-    """The device's achievable dense matmul rate (FLOP/s), measured with a large square product."""
-    n = 8192 if device.type == "cuda" else 2048
+def peak_matmul_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16, n: int = 0) -> float:
+    """The device's achievable dense matmul rate (FLOP/s), measured with a large square product (``n``: its
+    size, 0 for 8192 on a GPU and 2048 on a CPU)."""
+    n = n or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     times = timed(lambda: a @ b, device, repeats=10 if device.type == "cuda" else 5, warmup=3)

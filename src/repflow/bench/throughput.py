@@ -45,6 +45,12 @@ def repa_projector_flops(cfg: Config, model) -> int:
     return sum(2 * tokens * (d * p + p * p + p * e) for e in encoder_dims(cfg))
 
 
+def train_flops(cfg: Config, model, batch: int) -> int:
+    """FLOPs of one training step on ``batch`` images: forward + backward = 3 x the forward (the backward does two
+    products per forward product), the network and REPA's projector (a test checks it against torch's counter)."""
+    return 3 * (forward_flops(model, batch) + batch * repa_projector_flops(cfg, model))
+
+
 def _peak_memory(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
 
@@ -60,7 +66,7 @@ def measure_training(cfg: Config, method: str, device: torch.device, peak: float
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = statistics.median(timed(lambda: state.run_step(lambda _: batch), device, repeats=repeats, warmup=3))
-    flops = 3 * (forward_flops(model, cfg.train.batch_size) + cfg.train.batch_size * repa_projector_flops(cfg, model))
+    flops = train_flops(cfg, model, cfg.train.batch_size)
     return Measurement(
         cfg.model.arch, method, cfg.train.batch_size, device.type, seconds * 1e3, cfg.train.batch_size / seconds,
         _peak_memory(device), flops / seconds / 1e12, flops / seconds / peak,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -71,6 +72,7 @@ def add_commands(bench_sub: argparse._SubParsersAction) -> None:
             p.add_argument("--sampler", default="heun", choices=SAMPLERS)
             p.add_argument("--cfg", type=float, default=1.5)
         p.set_defaults(func=lambda a, s=sampling: _run(a, s))
+    _add_gpu(bench_sub)
     m = bench_sub.add_parser("manifold", help="JiT's toy: x- vs eps- vs v-prediction on a spiral in D dimensions",
                              **examples("repflow bench manifold --out bench/manifold",
                                         "repflow bench manifold --dims 2,512 --steps 500 --out /tmp/m"))  # fmt: skip
@@ -94,4 +96,51 @@ def _manifold(args) -> int:
     csv_path, png = run_manifold(spec)
     print(csv_path.read_text(), end="")
     print(f"results: {csv_path}; figure: {png}")
+    return 0
+
+
+def _add_gpu(bench_sub: argparse._SubParsersAction) -> None:
+    from ..bench.gpu import PARTS, GpuBenchSpec
+
+    d = GpuBenchSpec(out=Path("."))
+    g = bench_sub.add_parser(
+        "gpu", help="training and sampling speed of SiT-XL/2+REG, JiT-B/16 and DiT^DH-XL in one table (<= 8 min)",
+        **examples("repflow bench gpu --out bench/gpu", "repflow bench gpu --official /src/REG --out bench/gpu",
+                   "repflow bench gpu --tiny --out /tmp/gpu"),
+    )  # fmt: skip
+    g.add_argument("--out", required=True, help="folder for gpu_bench.csv and gpu_bench.json")
+    g.add_argument("--tiny", action="store_true", help="one-block models on small inputs: runs on a CPU in seconds")
+    g.add_argument("--official", default="", help="a checkout of github.com/Martinser/REG: its step and sampler")
+    g.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts, in order: {', '.join(PARTS)}")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    g.add_argument("--repeats", type=int, default=d.repeats, help="timed training steps per row")
+    g.add_argument("--batch", type=int, default=d.batch, help="the fixed batch (eager, checkpointed, official)")
+    g.add_argument("--max-batch", type=int, default=d.max_batch, help="cap of the largest-batch search")
+    g.add_argument("--sample-batch", type=int, default=d.sample_batch)
+    g.add_argument("--sample-steps", type=int, default=d.sample_steps)
+    g.add_argument("--cfg", type=float, default=d.cfg, help="guidance scale of the sampling rows")
+    g.add_argument("--budget", type=float, default=d.budget_s, help="seconds; later rows are skipped past it")
+    g.set_defaults(func=_gpu)
+
+
+def _gpu(args) -> int:
+    from ..bench.gpu import PARTS, GpuBenchSpec, run_gpu_bench
+
+    parts = tuple(p.strip() for p in args.only.split(",") if p.strip())
+    bad = [p for p in parts if p not in PARTS]
+    if bad:
+        raise ValueError(f"unknown part {bad[0]!r}; choose from {', '.join(PARTS)}")
+    for name in ("repeats", "batch", "max_batch", "sample_batch", "sample_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.budget <= 0 or not args.cfg >= 1:
+        raise ValueError(f"--budget must be positive and --cfg at least 1, got {args.budget} and {args.cfg}")
+    small = dict(batch=4, max_batch=4, sample_batch=4, sample_steps=10, repeats=2, warmup=1) if args.tiny else {}
+    spec = GpuBenchSpec(
+        out=Path(args.out), tiny=args.tiny, device=args.device, precision=args.precision, parts=parts,
+        official=args.official, repeats=args.repeats, batch=args.batch, max_batch=args.max_batch,
+        sample_batch=args.sample_batch, sample_steps=args.sample_steps, cfg=args.cfg, budget_s=args.budget,
+    )  # fmt: skip
+    run_gpu_bench(dataclasses.replace(spec, **small))
     return 0

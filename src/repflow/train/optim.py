@@ -103,11 +103,21 @@ def muon_split(
     return [p for p in params if to_muon(p)], [p for p in params if not to_muon(p)]
 
 
+def fused_adamw(device: torch.device) -> bool | None:
+    """AdamW's fused kernel (one launch for all parameters, no per-step host read of the step count) on every
+    device torch has it for (CUDA; the CPU since torch 2.4); elsewhere torch's default (foreach)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # a torch without the helper: CUDA has had the kernel since 2.0
+        return device.type == "cuda" or None
+    return device.type in _get_fused_kernels_supported_devices() or None
+
+
 def build_optimizer(
     params: list[nn.Parameter], cfg: TrainConfig, device: torch.device, tables: Collection[nn.Parameter] = ()
 ) -> Optimizer | MuonAdamW:
     """A phase's optimiser. Every group's ``lr`` is its base learning rate (the schedule multiplies it)."""
-    fused = device.type == "cuda" or None
+    fused = fused_adamw(torch.device(device))
     if cfg.optimizer == "adamw":
         groups = _adamw_groups(params, cfg.weight_decay)
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps, fused=fused)

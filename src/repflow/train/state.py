@@ -83,6 +83,9 @@ class TrainState:
         self.images_seen = 0  # the data position: resumes continue here whatever the batch size
         self.ddp: nn.Module = method
         self.forward: Callable = method
+        # called with a stage's name when it ends ("data", "forward", "backward", "optimiser", "ema"): the
+        # benchmark's time split records device events there; training leaves it a no-op
+        self.stage_done: Callable[[str], None] = lambda stage: None
 
     @property
     def model(self) -> nn.Module:
@@ -162,6 +165,7 @@ class TrainState:
             for a in range(t.grad_accum):
                 if i == 0:
                     batches.append(next_batch(a))
+                    self.stage_done("data")
                 batch = batches[a]
                 if draw is None:  # randomness for the whole global batch, sliced per rank and micro-step
                     draw = self.method.draw(batch, t.batch_size, self.generator)
@@ -172,7 +176,9 @@ class TrainState:
                 with self._no_sync(sync):
                     with autocast_for(self.device, t.precision):
                         out = self.forward(batch, chunk, phase.name, self.step)
+                    self.stage_done("forward")
                     (out.total / t.grad_accum).backward()
+                    self.stage_done("backward")
                 for k, v in {"loss": out.total, **out.terms}.items():
                     key = f"{k}{tag}" if k == "loss" or tag else k
                     logged[key] = logged.get(key, 0.0) + v.detach().float() / t.grad_accum
@@ -185,12 +191,14 @@ class TrainState:
             for group, base in zip(optimizer.param_groups, self.base_lrs[phase.name], strict=True):
                 group["lr"] = base * factor
             optimizer.step()
+            self.stage_done("optimiser")
         nets = self.method.networks()
         for name, ema in self.ema.items():
             ema.update(nets[name], updates_done=self.step)
         self.step += 1
         self.images_seen += t.batch_size
         self.method.after_step(self.step)
+        self.stage_done("ema")  # with the method's after_step (EMA target encoders)
         return logged
 
     # -- checkpoints: full tensors, whatever the parallelism ---------------------------------------------------
