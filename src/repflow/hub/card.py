@@ -14,10 +14,22 @@ from ..sample.swept import describe_setting
 PIPELINE_TAG = "unconditional-image-generation"  # the Hub's tag for image generators without a text prompt
 
 
+FAMILIES = {"sit": "SiT", "jit": "JiT", "dit_dh": "DiT^DH", "dsd": "DSD"}
+
+
+def method_parts(cfg: Config) -> list[str]:
+    """``["SiT", "REG", "REPA"]``: the network family, then the method's enabled terms (or its kind)."""
+    family = FAMILIES.get(cfg.model.family, cfg.model.family)
+    if cfg.method.kind != "flow":
+        return [family, cfg.method.kind]
+    return [family] + sorted(name.upper() for name, term in cfg.terms.items() if getattr(term, "enabled", False))
+
+
 def card_metadata(cfg: Config, license: str) -> dict:
     """The YAML header: library, license, tags, pipeline tag (what the Hub indexes)."""
-    tags = ["repflow", "diffusers", "image-generation", "flow-matching", f"method-{cfg.method.kind}",
-            f"codec-{cfg.codec.kind}", "class-conditional" if cfg.model.num_classes > 0 else "unconditional"]  # fmt: skip
+    method = [p.lower().replace("^", "") for p in method_parts(cfg)]
+    conditioning = "class-conditional" if cfg.model.num_classes > 0 else "unconditional"
+    tags = ["repflow", "image-generation", "flow-matching", *method, f"codec-{cfg.codec.kind}", conditioning]
     return {"library_name": "diffusers", "license": license, "tags": tags, "pipeline_tag": PIPELINE_TAG}
 
 
@@ -50,19 +62,21 @@ def card_text(cfg: Config, info: dict, records: list[dict], note: str, license: 
     m, d = cfg.model, cfg.data
     ema = info["ema"]
     weights = f"EMA {ema:g}" if isinstance(ema, float) else "raw (no EMA)"
+    method = " + ".join(method_parts(cfg))
+    setting = describe_setting(cfg.sample, ema if isinstance(ema, float) else 0.0)
     lines = [
         "---", yaml.safe_dump(card_metadata(cfg, license), sort_keys=False).rstrip(), "---", "",
-        f"# {cfg.name or cfg.method.kind} ({cfg.method.kind}, repflow {__version__})", "",
-        f"A {cfg.method.kind} model trained with [repflow](https://pypi.org/project/repflow/) and exported with "
+        f"# {cfg.name or method} ({method}, repflow {__version__})", "",
+        f"A {method} model trained with [repflow](https://pypi.org/project/repflow/) and exported with "
         "`repflow export --to diffusers`.", "",
         "| | |", "|---|---|",
-        f"| method | {cfg.method.kind} |",
+        f"| method | {method} (repflow method {cfg.method.kind}) |",
         f"| network | {m.arch} (hidden {m.hidden_size}, depth {m.depth}, heads {m.num_heads}, patch {m.patch_size}) |",
         f"| codec | {cfg.codec.kind} |",
         f"| data | {d.dataset}{f' ({d.root})' if d.root else ''}, {d.resolution} px, {max(m.num_classes, 0)} classes |",
         f"| training | {info['train_step']} steps, {info['images_seen']} images seen, batch {cfg.train.batch_size} |",
         f"| weights | {weights} |",
-        f"| sampling | {describe_setting(cfg.sample, ema if isinstance(ema, float) else 0.0)}, seed {cfg.sample.seed} |",
+        f"| sampling | {setting}, seed {cfg.sample.seed} |",
         "",
     ]  # fmt: skip
     if note:
