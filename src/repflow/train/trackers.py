@@ -8,6 +8,7 @@ offline``, ``WANDB_PROJECT``, ``WANDB_ENTITY``, the API key); the project defaul
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -78,10 +79,8 @@ def build_trackers(report_to: tuple[str, ...], run_dir: Path, start_step: int, c
 
     out: list[Tracker] = []
     if "tensorboard" in report_to:
-        try:
+        with contextlib.suppress(ImportError):  # TensorBoard is optional: metrics.jsonl still holds everything
             out.append(TensorBoardTracker(run_dir, start_step, to_yaml(cfg)))
-        except ImportError:  # TensorBoard is optional: metrics.jsonl still holds everything
-            pass
     if "wandb" in report_to:
         out.append(WandbTracker(run_dir, cfg.name or run_dir.name, to_dict(cfg)))
     return out
