@@ -61,6 +61,7 @@ class RunLogger:
         self.shown: dict[str, str] = {}  # then the latest evaluation
         if not enabled:
             return
+        self.trackers = build_trackers(report_to, self.run_dir, start_step, config)  # first: a failure is one line
         tty = sys.stderr.isatty()
         self.bar = tqdm(
             total=total_steps,
@@ -69,7 +70,6 @@ class RunLogger:
             dynamic_ncols=True,
             mininterval=0.5 if tty else 10.0,
         )
-        self.trackers = build_trackers(report_to, self.run_dir, start_step, config)
         drop_rows_after(self.run_dir / "metrics.jsonl", start_step)
         self.metrics = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
 
