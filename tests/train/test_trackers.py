@@ -57,7 +57,9 @@ def logged(path: Path) -> tuple[str, dict[int, set[str]], set[str]]:
 
 
 def test_wandb_offline_logs_losses_lrs_evaluations_grids_and_config_and_a_resume_continues_the_run(
-    tmp_path, monkeypatch, fake_inception_env  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    fake_inception_env,  # noqa: F811
 ):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
