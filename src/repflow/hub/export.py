@@ -69,13 +69,11 @@ def export_diffusers(run: str | Path, out: str | Path, ema: float | None = None,
                                   train_step=step)  # fmt: skip
     own = {f"{PREFIX}{name}.{k}": v for name, net in loaded.networks.items() for k, v in net.state_dict().items()}
     transformer.load_state_dict(own, strict=True)
-    vae = loaded.codec.vae if cfg.codec.kind == "sd_vae" else None
-    pipeline = RepflowPipeline(transformer=transformer, vae=vae)
     out.mkdir(parents=True, exist_ok=True)
+    vae = {"sd_vae": lambda: loaded.codec.vae, "rae": lambda: _export_rae_codec(cfg, out)}.get(cfg.codec.kind)
+    pipeline = RepflowPipeline(transformer=transformer, vae=vae() if vae else None)
     with torch.no_grad():
         pipeline.save_pretrained(str(out), safe_serialization=True)
-    if cfg.codec.kind == "rae":
-        _export_rae_codec(cfg, out)
     index = json.loads((out / "model_index.json").read_text())
     index["_class_name"] = ["pipeline", "RepflowPipeline"]  # diffusers loads DIR/pipeline.py (trust_remote_code)
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
@@ -96,9 +94,9 @@ def images_seen(ckpt, step: int) -> int:
     return step * ckpt.config.train.batch_size
 
 
-def _export_rae_codec(cfg, out: Path) -> None:
+def _export_rae_codec(cfg, out: Path):
     """RAE: the decoder as a diffusers AutoencoderRAE in ``vae/`` (``repflow rae export``'s conversion for a
-    rae_decoder run, a copy for an AutoencoderRAE folder) and the latent statistics in ``codec/``."""
+    rae_decoder run, a copy for an AutoencoderRAE folder), returned loaded; the latent statistics in ``codec/``."""
     from ..codecs.rae import decoder_path
     from ..codecs.rae_export import export_autoencoder_rae
 
@@ -113,6 +111,4 @@ def _export_rae_codec(cfg, out: Path) -> None:
     if cfg.codec.stats:
         (out / "codec").mkdir()
         shutil.copy2(cfg.codec.stats, out / "codec" / f"stats{Path(cfg.codec.stats).suffix}")
-    index = json.loads((out / "model_index.json").read_text())
-    index["vae"] = ["diffusers", "AutoencoderRAE"]
-    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return require("diffusers").AutoencoderRAE.from_pretrained(str(out / "vae"))

@@ -23,8 +23,9 @@ class RepflowPipeline(diffusers.DiffusionPipeline):
     """``pipe(class_labels=["sneaker", 3], num_images_per_label=2, seed=0).images``: PIL images by default."""
 
     model_cpu_offload_seq = "transformer->vae"
+    _optional_components = ["vae"]  # pixel-space models have none (a default value would make it a config field)
 
-    def __init__(self, transformer: RepflowTransformer, vae=None):
+    def __init__(self, transformer: RepflowTransformer, vae):
         super().__init__()
         self.register_modules(transformer=transformer, vae=vae)
 
