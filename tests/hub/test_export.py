@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,6 +104,36 @@ def test_repflow_load_reads_the_folder_with_the_exported_ema(exported, tmp_path,
     assert raw.ema == "raw" and torch.equal(raw.sample(num=2, seed=5), repflow.load(run, ema=0).sample(num=2, seed=5))
 
 
+@pytest.mark.parametrize("exported", ["reg"], indirect=True)
+def test_the_sweeps_best_and_the_measured_metrics_of_those_weights_go_into_the_export(exported, tmp_path, capsys):
+    from repflow.sample.swept import write_swept
+
+    run, _ = exported
+    ckpt = run / "checkpoints" / "ckpt-00000002"
+    common = {"checkpoint": str(ckpt), "num_samples": 1000, "sampler": "euler", "steps": 3, "cfg": 3.0, "seed": 0,
+              "cfg_interval": [0.0, 0.7], "labels": "balanced", "reference": "synthetic:train"}  # fmt: skip
+    for name, ema, fid in (("raw", "raw", 12.5), ("ema", 0.9, 99.0), ("other", "raw", 7.0)):
+        (run / "eval" / name).mkdir(parents=True)
+        record = {**common, "ema": ema, "metrics": {"fid": fid}}
+        if name == "other":
+            record["checkpoint"] = str(run / "checkpoints" / "ckpt-00000001")  # another checkpoint: left out
+        (run / "eval" / name / "eval.json").write_text(json.dumps(record))
+    write_swept(run, {"cfg": 3.0, "steps": 3}, 0.0, {"metric": "fid", "value": 12.5, "checkpoint": ckpt.name})
+    try:
+        assert main(["export", str(run), "--to", "diffusers", str(tmp_path / "swept")]) == 0
+        assert main(["sample", str(run), "--num-samples", "2", "--seed", "1", "--out", str(tmp_path / "s")]) == 0
+    finally:
+        (run / "sampling.json").unlink()
+        shutil.rmtree(run / "eval")
+    model = repflow.load(tmp_path / "swept")
+    assert (model.ema, model.cfg.sample.cfg, model.cfg.sample.steps) == ("raw", 3.0, 3)
+    assert torch.equal(model.sample(num=2, seed=1), read_samples(tmp_path / "s", range(2)))
+    card = (tmp_path / "swept" / "README.md").read_text()
+    assert "the sweep's best" in card and "euler 3 steps, cfg 3 on [0, 0.7], raw weights" in card
+    assert "| fid 12.5 | 1000 samples, euler 3 steps, cfg 3.0 on [0.0, 0.7], seed 0" in card
+    assert "fid 99" not in card and "fid 7" not in card  # other weights, another checkpoint
+
+
 def _as_cached_hub_repo(folder, cache, repo: str, ref: str = "main"):
     """``folder`` as huggingface_hub's cache holds a downloaded repository (refs/<ref> -> snapshots/<commit>)."""
     commit = __import__("hashlib").sha1(ref.encode()).hexdigest()
@@ -130,6 +161,37 @@ def test_a_hub_id_resolves_through_the_cache_and_every_command_takes_it(exported
     assert main(["sample", "my-org/not-cached", "--num-samples", "2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "hf download my-org/not-cached" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("exported", ["jit"], indirect=True)
+def test_push_creates_a_private_repository_and_uploads_the_export(exported, monkeypatch, capsys):
+    """The upload is huggingface_hub's; what it is handed is checked here (no hub is called)."""
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, private, exist_ok):
+            calls.append(("create", repo_id, private))
+
+        def upload_folder(self, folder_path, repo_id, allow_patterns, commit_message):
+            files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+            calls.append(("upload", repo_id, files, allow_patterns))
+            return type("Info", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    run, out = exported
+    (out / "samples").mkdir(exist_ok=True)  # an export used as a run collects outputs: never uploaded
+    assert (
+        main(["push", str(out), "my-org/tiny"]) == 0 and "https://hub/my-org/tiny/commit/1" in capsys.readouterr().out
+    )
+    assert main(["push", str(run), "my-org/tiny-run", "--public"]) == 0  # a run: exported on the fly
+    (_, repo, private), (_, _, files, patterns) = calls[0], calls[1]
+    assert (repo, private) == ("my-org/tiny", True) and "samples/*" not in patterns
+    assert {"model_index.json", "pipeline.py", "README.md", "transformer/config.json"} <= set(files)
+    assert (
+        calls[2][1:] == ("my-org/tiny-run", False) and "transformer/diffusion_pytorch_model.safetensors" in calls[3][2]
+    )
 
 
 @pytest.mark.parametrize("exported", ["jit"], indirect=True)

@@ -105,3 +105,16 @@ def test_report_to_none_writes_metrics_jsonl_only(tmp_path):
     Trainer(tiny_config("train.steps=2", "train.report_to=none"), tmp_path).fit()
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 2
     assert not (tmp_path / "tb").exists() and not (tmp_path / "wandb").exists()
+
+
+def test_tensorboard_is_the_default_and_gets_the_losses_and_the_config(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config("train.steps=2")
+    assert cfg.train.report_to == ("tensorboard",)
+    Trainer(cfg, tmp_path).fit()
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    assert {"train/loss", "train/lr"} <= set(events.Tags()["scalars"])
+    (text,) = [e for e in events.Tensors("config/text_summary")]
+    assert "batch_size: 8" in text.tensor_proto.string_val[0].decode()

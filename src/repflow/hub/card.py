@@ -56,7 +56,7 @@ def _protocol(r: dict) -> str:
             f"{ref}; {r.get('date', '')}")  # fmt: skip
 
 
-def card_text(cfg: Config, info: dict, records: list[dict], note: str, license: str, repo: str = "DIR") -> str:
+def card_text(cfg: Config, info: dict, records: list[dict], swept: str, license: str, repo: str = "DIR") -> str:
     import yaml
 
     m, d = cfg.model, cfg.data
@@ -79,8 +79,8 @@ def card_text(cfg: Config, info: dict, records: list[dict], note: str, license: 
         f"| sampling | {setting}, seed {cfg.sample.seed} |",
         "",
     ]  # fmt: skip
-    if note:
-        lines += [f"The sampling setting is the sweep's best: {note.split(': ', 1)[-1]}", ""]
+    if swept:
+        lines += [f"The sampling setting and the weights are the sweep's best (`repflow sweep --write`): {swept}.", ""]
     lines += ["## Measured", ""]
     if records:
         lines += ["| metrics | protocol |", "|---|---|"]
@@ -106,9 +106,12 @@ def card_text(cfg: Config, info: dict, records: list[dict], note: str, license: 
     return "\n".join(lines)
 
 
-def write_card(out: Path, ckpt, cfg: Config, ema: float | str, note: str, license: str) -> Path:
+def write_card(out: Path, ckpt, cfg: Config, ema: float | str, license: str) -> Path:
+    from ..sample.swept import read_swept
+
     record = json.loads((out / "transformer" / "config.json").read_text())
     records = measured(ckpt.run_dir, ckpt.path, ema)
+    swept = read_swept(ckpt.path)
     path = out / "README.md"
-    path.write_text(card_text(cfg, record, records, note, license))
+    path.write_text(card_text(cfg, record, records, swept.describe() if swept else "", license))
     return path

@@ -53,7 +53,7 @@ def export_diffusers(run: str | Path, out: str | Path, ema: float | None = None,
                           f"(no diffusers pipeline to export; {how})")  # fmt: skip
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; export into a new folder")
-    changes, ema, note = with_swept(ckpt.path, {}, ema)
+    changes, ema, _ = with_swept(ckpt.path, {}, ema)
     loaded = load_run(ckpt.path, ema=ema, device="cpu")
     decay = loaded.ema
     stored = cfg.replace(sample=replace(cfg.sample, **changes),
@@ -78,7 +78,7 @@ def export_diffusers(run: str | Path, out: str | Path, ema: float | None = None,
     index["_class_name"] = ["pipeline", "RepflowPipeline"]  # diffusers loads DIR/pipeline.py (trust_remote_code)
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     (out / "pipeline.py").write_text(PIPELINE_FILE)
-    write_card(out, ckpt, stored, decay, note, license)
+    write_card(out, ckpt, stored, decay, license)
     return out
 
 

@@ -100,6 +100,7 @@ def codec_around(cfg, vae, device: torch.device, transformer_dir: str = ""):
     if kind == "rae":
         from ..runtime.exported import with_codec_files
 
-        codec = build_codec(with_codec_files(cfg, Path(transformer_dir).parent).codec, device)
-        return codec
+        if not transformer_dir:  # the codec reads its encoder's normalisation and statistics from the folder
+            raise ValueError("an RAE-latent pipeline samples once loaded from its folder (from_pretrained)")
+        return build_codec(with_codec_files(cfg, Path(transformer_dir).parent).codec, device)
     raise ValueError(f"no diffusers component holds a {kind} codec")

@@ -58,7 +58,7 @@ def looks_like_hub_spec(spec: str) -> bool:
 def locate(spec: str | Path) -> Path:
     """A local path as it is; a Hub id that is not one as its snapshot in the Hugging Face cache."""
     path = Path(spec)
-    if path.exists() or isinstance(spec, Path) or not looks_like_hub_spec(str(spec)):
+    if path.exists() or not looks_like_hub_spec(str(spec)):
         return path
     repo, revision = split_hub_id(str(spec))
     from huggingface_hub import snapshot_download

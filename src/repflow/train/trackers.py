@@ -31,7 +31,7 @@ class TensorBoardTracker:
 
         # a resumed run logs the steps after its checkpoint again: TensorBoard drops its old copies of them
         self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
-        if not start_step:
+        if config_yaml and not start_step:
             self.writer.add_text("config", "```yaml\n" + config_yaml + "```", 0)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
@@ -73,14 +73,16 @@ class WandbTracker:
         self.run.finish()
 
 
-def build_trackers(report_to: tuple[str, ...], run_dir: Path, start_step: int, cfg) -> list[Tracker]:
-    """The trackers ``report_to`` names (``none``: only metrics.jsonl and the progress bar)."""
+def build_trackers(report_to: tuple[str, ...], run_dir: Path, start_step: int, cfg=None) -> list[Tracker]:
+    """The trackers ``report_to`` names (``none``: only metrics.jsonl and the progress bar); ``cfg``: the resolved
+    config they record."""
     from ..config import to_dict, to_yaml
 
     out: list[Tracker] = []
     if "tensorboard" in report_to:
         with contextlib.suppress(ImportError):  # TensorBoard is optional: metrics.jsonl still holds everything
-            out.append(TensorBoardTracker(run_dir, start_step, to_yaml(cfg)))
+            out.append(TensorBoardTracker(run_dir, start_step, to_yaml(cfg) if cfg is not None else ""))
     if "wandb" in report_to:
-        out.append(WandbTracker(run_dir, cfg.name or run_dir.name, to_dict(cfg)))
+        name = (cfg.name if cfg is not None else "") or run_dir.name
+        out.append(WandbTracker(run_dir, name, to_dict(cfg) if cfg is not None else {}))
     return out
