@@ -72,6 +72,10 @@ def test_diffusers_loads_the_folder_and_samples_what_repflow_sample_writes(expor
     assert torch.equal(torch.tensor(np.asarray(pils[1])).permute(2, 0, 1), images[1])
     unguided = pipe(num_images=4, seed=7, cfg=1.0, output_type="pt").images
     assert not torch.equal(unguided, images)  # the run's guidance is what the pipeline applied
+    from repflow.hub.pipeline import RepflowPipeline
+
+    direct = RepflowPipeline.from_pretrained(out)  # the class itself: the folder's file is its known re-export
+    assert torch.equal(direct(num_images=4, seed=7, output_type="pt").images, images)
 
 
 def test_the_folder_holds_safetensors_the_vae_slot_and_a_model_card_whose_metadata_parses(exported):
@@ -205,6 +209,13 @@ def test_bad_inputs_are_one_line_each(exported, tmp_path, capsys):
     (ckpt / "state.pt").write_bytes(b"")
     with pytest.raises(ConfigError, match="does not generate images.*repflow rae export"):
         repflow.export(tmp_path / "decoder", tmp_path / "x")
+    from repflow.hub.pipeline import RepflowPipeline
+
+    edited = tmp_path / "edited"
+    shutil.copytree(out, edited)
+    (edited / "pipeline.py").write_text((out / "pipeline.py").read_text() + "print('other code')\n")
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        RepflowPipeline.from_pretrained(edited)  # code that is not repflow's runs only when the user says so
     cases = [
         (["export", str(tmp_path / "decoder"), "--to", "diffusers", str(tmp_path / "y")], "repflow rae export"),
         (["export", str(run), "--to", "diffusers", str(out)], "is not empty"),

@@ -27,12 +27,6 @@ from ..config import ConfigError, replace, to_dict
 from ..runtime.checkpoint import CKPT_RE, load_checkpoint
 from ..runtime.exported import PREFIX, ExportedCheckpoint
 
-PIPELINE_FILE = '''"""Custom pipeline file for diffusers: the class lives in repflow (pip install repflow)."""
-
-from repflow.hub.pipeline import RepflowPipeline  # noqa: F401
-from repflow.hub.transformer import RepflowTransformer  # noqa: F401
-'''
-
 
 def export_diffusers(run: str | Path, out: str | Path, ema: float | None = None, license: str = "other") -> Path:
     """Write ``run``'s newest checkpoint (or the checkpoint given) as a diffusers pipeline folder ``out``."""
@@ -61,7 +55,7 @@ def export_diffusers(run: str | Path, out: str | Path, ema: float | None = None,
     match = CKPT_RE.match(ckpt.path.name)
     step = int(match.group(1)) if match else 0
     require("diffusers")
-    from .pipeline import RepflowPipeline
+    from .pipeline import PIPELINE_FILE, RepflowPipeline
     from .transformer import RepflowTransformer
 
     transformer = RepflowTransformer(repflow_config=to_dict(stored), network_names=sorted(loaded.networks), ema=decay,

@@ -18,6 +18,13 @@ from .transformer import RepflowTransformer
 
 diffusers = require("diffusers")
 
+# the folder's pipeline.py (diffusers' custom-pipeline file): a re-export, so the code that runs is repflow's
+PIPELINE_FILE = '''"""Custom pipeline file for diffusers: the class lives in repflow (pip install repflow)."""
+
+from repflow.hub.pipeline import RepflowPipeline  # noqa: F401
+from repflow.hub.transformer import RepflowTransformer  # noqa: F401
+'''
+
 
 class RepflowPipeline(diffusers.DiffusionPipeline):
     """``pipe(class_labels=["sneaker", 3], num_images_per_label=2, seed=0).images``: PIL images by default."""
@@ -28,6 +35,18 @@ class RepflowPipeline(diffusers.DiffusionPipeline):
     def __init__(self, transformer: RepflowTransformer, vae):
         super().__init__()
         self.register_modules(transformer=transformer, vae=vae)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """An export folder or Hub id (``org/name[@revision]``). Its ``pipeline.py`` is run without
+        ``trust_remote_code=True`` only when it is, byte for byte, the re-export repflow writes."""
+        from ..runtime.exported import locate
+
+        folder = locate(str(pretrained_model_name_or_path))
+        script = folder / "pipeline.py"
+        if script.is_file() and script.read_text() == PIPELINE_FILE:
+            kwargs.setdefault("trust_remote_code", True)
+        return super().from_pretrained(str(folder), **kwargs)
 
     @property
     def labels(self) -> dict[str, int]:
