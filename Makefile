@@ -13,7 +13,7 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 
 $(VENV)/.stamp: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check $(CONSTRAINTS) -e '.[hub,dev]' 2>&1 \
+	$(PY) -m pip install -q --disable-pip-version-check $(CONSTRAINTS) -e '.[hub,dev,track]' 2>&1 \
 		| { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 	touch $@
 

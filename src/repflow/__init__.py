@@ -8,6 +8,7 @@ The Python API (see README, "Python API")::
     result = repflow.fit("demo-fashion-reg", ["train.steps=2000"], out="runs/fashion")
     metrics = repflow.evaluate("runs/fashion", num_samples=10000)
     table = repflow.sweep("runs/fashion", cfg=[1, 1.5, 2], steps=[25, 50], write=True)  # best: the default
+    repflow.export("runs/fashion", "hf/fashion")               # a diffusers pipeline folder with a model card
 """
 
 from ._compat import install_torchvision_guard
@@ -16,7 +17,7 @@ __version__ = "0.2.0"
 
 install_torchvision_guard()  # timm, transformers and diffusers import in the same process (see _compat)
 
-_API = ("Model", "evaluate", "fit", "load", "load_config", "presets", "sweep")
+_API = ("Model", "evaluate", "export", "fit", "load", "load_config", "presets", "sweep")
 
 
 def __getattr__(name: str):

@@ -25,7 +25,7 @@ from torch import Tensor
 from .config import Config, load_config, replace
 from .errors import ConfigError
 
-__all__ = ["Model", "evaluate", "fit", "load", "load_config", "presets", "sweep"]
+__all__ = ["Model", "evaluate", "export", "fit", "load", "load_config", "presets", "sweep"]
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -112,7 +112,8 @@ class Model:
 def load(
     run_or_ckpt: str | Path, ema: float | None = None, device: str | torch.device = "auto", vae: str = ""
 ) -> Model:
-    """Load a run (its newest checkpoint) or a checkpoint for sampling. ``ema``: -1 the first EMA decay, 0 the raw
+    """Load a run (its newest checkpoint), a checkpoint, a ``repflow export`` folder or a Hub id
+    (``org/name[@revision]``, through the Hugging Face cache) for sampling. ``ema``: -1 the first EMA decay, 0 the raw
     weights, else that decay. ``vae``: decode with other VAE weights than training used. The setting ``repflow
     sweep --write`` stored in the run (``sampling.json``) is the default of ``sample()`` (and of ``ema``), said
     on stdout."""
@@ -128,6 +129,14 @@ def load(
         raise ConfigError(f"{run.ckpt.path} was trained with method {run.cfg.method.kind}, which does not generate")
     cfg = run.cfg.replace(sample=replace(run.cfg.sample, **changes)) if changes else run.cfg
     return Model(cfg, run.denoiser, run.ckpt.path, run.ema)
+
+
+def export(run: str | Path, out: str | Path, ema: float | None = None, license: str = "other") -> Path:
+    """Write a run as a diffusers pipeline folder with a model card (``repflow export RUN --to diffusers OUT``);
+    ``ema``: the weights (None: the sweep's choice, else the first EMA; 0: raw). README "Share a model"."""
+    from .hub.export import export_diffusers
+
+    return export_diffusers(run, out, ema=ema, license=license)
 
 
 def fit(

@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .commands import bench, cache, convert, encoder, eval, rae, sample, sweep, train
+    from .commands import bench, cache, convert, encoder, eval, hub, rae, sample, sweep, train
 
     p = _Parser(prog="repflow", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"repflow {__version__}")
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     encoder.add_commands(sub)
     convert.add_commands(sub)
     rae.add_commands(sub)
+    hub.add_commands(sub)  # export, push
     group = sub.add_parser("bench", help="benchmarks: throughput, sampling speed, convergence (FID vs steps)")
     bench_sub = group.add_subparsers(dest="bench_command", required=True)
     bench.add_commands(bench_sub)

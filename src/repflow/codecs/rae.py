@@ -218,7 +218,10 @@ class RAECodec:
     @torch.no_grad()
     def decode(self, z: Tensor) -> Tensor:
         dec = self.decoder()
-        return dec.images(self.denormalise(z.to(self.device)), self.encoder()).clamp(-1, 1)
+        # the encoder's normalisation is undone for a decoder trained to it (diffusers' AutoencoderRAE): sampling
+        # may decode before anything encoded, so the encoder is built for the size the latent grid implies
+        encoder = self.encoder(z.shape[-1] * self.factor)
+        return dec.images(self.denormalise(z.to(self.device)), encoder).clamp(-1, 1)
 
     def identity(self) -> dict[str, Any]:
         enc = self.encoder()

@@ -101,9 +101,13 @@ class SDVAECodec:
         device: torch.device | str = "cpu",
         precision: str = "auto",
         chunk: int = 32,
+        vae=None,
     ):
+        """``vae``: an AutoencoderKL already loaded (a diffusers pipeline's), used instead of reading ``path``."""
         self.path, self.scale, self.shift, self.chunk = path, float(scale), float(shift), int(chunk)
-        self.source, self.subfolder, self.config = locate_vae(path)
+        self.source, self.subfolder, self.config = (
+            (path, None, dict(vae.config)) if vae is not None else locate_vae(path)
+        )
         if self.config.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
             raise ValueError(f"'{path}' is a {self.config['_class_name']}, not an AutoencoderKL")
         self.latent_channels = int(self.config.get("latent_channels", 4))
@@ -111,7 +115,7 @@ class SDVAECodec:
         self.factor = 2 ** (len(self.config.get("block_out_channels", (64,))) - 1)  # one downsample per block but last
         self.device = torch.device(device)
         self.precision = precision
-        self._vae = None
+        self._vae = vae.eval().requires_grad_(False).to(self.device) if vae is not None else None
 
     # -- the network, loaded on first use -------------------------------------------------------------------
     @property

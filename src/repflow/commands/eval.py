@@ -96,7 +96,7 @@ def _analysis_setup(args):
         raise ValueError(f"blocks {bad} do not exist; the model has blocks 1..{cfg.model.depth}")
     if any(not 0.0 <= t <= 1.0 for t in args.t):
         raise ValueError(f"times must lie in [0, 1] (0 clean, 1 noise), got {args.t}")
-    out = Path(args.out or ckpt.path.parent.parent / "analysis" / ckpt.path.name)
+    out = Path(args.out or ckpt.run_dir / "analysis" / ckpt.path.name)
     meta = {"checkpoint": str(ckpt.path), "ema": run.ema, "labels": args.labels, "seed": args.seed}
     return device, cfg, model, codec, blocks, out, meta
 

@@ -175,6 +175,18 @@ class TrainEvalConfig(Section):
         return {k: v for k, v in changes.items() if v != unset[k]}
 
 
+TRACKERS = ("tensorboard", "wandb", "none")  # repflow.train.trackers
+
+
+def trackers(v: tuple[str, ...]) -> str | None:
+    unknown = [t for t in v if t not in TRACKERS]
+    if unknown:
+        return f"names unknown tracker {unknown[0]!r}; choose from {', '.join(TRACKERS)} (a list allowed)"
+    if not v or ("none" in v and len(v) > 1):
+        return "must name trackers, or be none alone"
+    return None
+
+
 @dataclass(frozen=True)
 class TrainConfig(Section):
     PREFIX: ClassVar[str] = "train."
@@ -210,6 +222,8 @@ class TrainConfig(Section):
     compile: bool = False
     grad_checkpointing: bool = False
     log_every: int = checked(50, positive)
+    # where logged values, preview grids and the config go besides metrics.jsonl: README "Track runs"
+    report_to: tuple[str, ...] = checked(("tensorboard",), trackers)
     ckpt_every: int = checked(1000, positive)
     keep_ckpts: int = checked(2, nonnegative)  # 0 keeps all
     sample_every: int = checked(0, nonnegative)  # preview every N steps (0: only at the end)

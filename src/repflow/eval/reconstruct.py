@@ -62,7 +62,7 @@ def reconstruct_run(
     dataset = build_dataset(data, num_classes_hint=max(cfg.model.num_classes, 1))
     num = min(num, len(dataset))
     weights = "raw" if loaded.ema == "raw" else f"ema{loaded.ema:g}"
-    folder = Path(folder or ckpt.path.parent.parent / "eval" / f"recon-{ckpt.path.name}-{weights}-{split}")
+    folder = Path(folder or ckpt.run_dir / "eval" / f"recon-{ckpt.path.name}-{weights}-{split}")
     described = {"dataset": data.dataset, "split": split, "root": data.root, "resolution": data.resolution}
     manifest = {"checkpoint": str(ckpt.path.resolve()), "ema": loaded.ema, "reconstruct": described}
 

@@ -13,9 +13,11 @@ from .sources import FolderSource
 
 
 def is_run(path: str | Path) -> bool:
-    """A run directory (with checkpoints) or a checkpoint directory, as opposed to a folder of images."""
-    path = Path(path)
-    if not path.is_dir():
+    """A run directory (with checkpoints), a checkpoint directory, an exported folder or a Hub id, as opposed to
+    a folder of images."""
+    from ..runtime.exported import looks_like_hub_spec
+
+    if not Path(path).is_dir() and (Path(path).exists() or not looks_like_hub_spec(str(path))):
         return False
     try:
         resolve_checkpoint(path)

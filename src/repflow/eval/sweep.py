@@ -168,7 +168,7 @@ def run_sweep(spec: SweepSpec, inception=None, dist: DistInfo | None = None, pro
     reference, data_root = default_reference(cfg)
     reference, data_root = spec.reference or reference, spec.data_root or data_root
     seed = cfg.sample.seed if spec.seed is None else spec.seed
-    out = Path(spec.out or ckpt.path.parent.parent / "sweep" / ckpt.path.name)
+    out = Path(spec.out or ckpt.run_dir / "sweep" / ckpt.path.name)
     protocol = {"checkpoint": str(ckpt.path.resolve()), "num_samples": spec.num_samples, "seed": seed,
                 "metrics": list(metrics), "reference": reference, "ref_count": spec.ref_count,
                 "inception": getattr(inception, "source", None),

@@ -153,11 +153,19 @@ def clean_stale_temporaries(run_dir: Path) -> None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or the newest checkpoint of a run directory."""
-    path = Path(path)
+    """A checkpoint directory, or the newest checkpoint of a run directory; an exported folder's
+    ``transformer/`` (a Hub id: its cached snapshot's)."""
+    from .exported import WEIGHTS, is_exported, locate
+
+    path = locate(path)
     if not path.exists():
-        raise CheckpointError(f"'{path}' does not exist; pass a run directory or a checkpoint directory")
+        raise CheckpointError(f"'{path}' does not exist; pass a run directory, a checkpoint directory, an exported "
+                              "folder or a Hub id (org/name)")  # fmt: skip
+    if is_exported(path):
+        return path / "transformer"
     if (path / "state.pt").is_file() or (path / "model.safetensors").is_file():
+        return path
+    if (path / WEIGHTS).is_file() and is_exported(path.parent):
         return path
     ckpts = list_checkpoints(path)
     if not ckpts:
@@ -169,6 +177,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
 class Checkpoint:
     path: Path
     config: Config
+
+    @property
+    def run_dir(self) -> Path:
+        """The run it belongs to: where its samples, evaluations and sweeps go by default."""
+        return self.path.parent.parent
 
     def class_names(self) -> list[str]:
         """The training data's class names (``classes.json``), or [] when the run did not record them."""
@@ -217,7 +230,11 @@ class Checkpoint:
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
+    from .exported import is_exported, load_exported
+
     ckpt = resolve_checkpoint(path)
+    if is_exported(ckpt.parent) and ckpt.name == "transformer":
+        return load_exported(ckpt.parent)
     cfg_file = ckpt / "config.yaml"
     if not cfg_file.is_file():
         raise CheckpointError(f"checkpoint {ckpt} has no config.yaml; it was not written by repflow")

@@ -125,7 +125,7 @@ def sample_run(
     guide = opts.guide
     guide_run = load_run(guide, device=dist.device) if guide else None
     name = folder_name(ckpt.path.name, opts, used_ema, chosen, guide)
-    folder = Path(folder or ckpt.path.parent.parent / subdir / name)
+    folder = Path(folder or ckpt.run_dir / subdir / name)
     manifest = sampling_manifest(str(ckpt.path.resolve()), used_ema, opts, cfg.model.num_classes, chosen)
     manifest.update({"vae": vae or getattr(cfg.codec, "path", ""), "guide": str(guide_run.ckpt.path) if guide_run
                      else ""})  # fmt: skip

@@ -1,4 +1,4 @@
-"""Run logging: console progress bar, TensorBoard scalars and images, metrics.jsonl, the loss plot."""
+"""Run logging: console progress bar, metrics.jsonl, the trackers (TensorBoard, W&B), the loss plot."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 from tqdm import tqdm
+
+from .trackers import build_trackers
 
 
 def drop_rows_after(metrics_file: Path, step: int) -> None:
@@ -47,15 +49,19 @@ def _last_row(path: Path) -> tuple[dict, int, int]:
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool = True):
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool = True,
+                 report_to: tuple[str, ...] = ("tensorboard",), config=None):  # fmt: skip
+        """``report_to``: the trackers (``train.report_to``) that get every logged value, the preview grids and
+        ``config`` (the resolved one)."""
         self.run_dir, self.enabled = Path(run_dir), enabled
         self.bar = None
-        self.tb = None
+        self.trackers: list = []
         self._t0, self._step0 = time.perf_counter(), start_step
         self.postfix: dict[str, str] = {}  # on the progress bar: the latest loss and speed,
         self.shown: dict[str, str] = {}  # then the latest evaluation
         if not enabled:
             return
+        self.trackers = build_trackers(report_to, self.run_dir, start_step, config)  # first: a failure is one line
         tty = sys.stderr.isatty()
         self.bar = tqdm(
             total=total_steps,
@@ -64,13 +70,6 @@ class RunLogger:
             dynamic_ncols=True,
             mininterval=0.5 if tty else 10.0,
         )
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # a resumed run logs the steps after its checkpoint again: TensorBoard drops its old copies of them
-            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
-        except ImportError:  # TensorBoard is optional
-            self.tb = None
         drop_rows_after(self.run_dir / "metrics.jsonl", start_step)
         self.metrics = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
 
@@ -89,9 +88,8 @@ class RunLogger:
         self.bar.set_postfix({**self.postfix, **self.shown}, refresh=False)
         self.metrics.write(json.dumps({"step": step, **scalars}) + "\n")
         self.metrics.flush()
-        if self.tb is not None:
-            for k, v in scalars.items():
-                self.tb.add_scalar(f"train/{k}", v, step)
+        for tracker in self.trackers:
+            tracker.scalars({f"train/{k}": v for k, v in scalars.items()}, step)
 
     def extend_row(self, step: int, values: dict[str, float]) -> None:
         """Add ``values`` (already named ``<group>/<key>``) to the row of ``step``, the last of metrics.jsonl
@@ -107,9 +105,8 @@ class RunLogger:
             f.seek(start if mine else end)
             f.truncate()
             f.write((json.dumps(row) + "\n").encode())
-        if self.tb is not None:
-            for k, v in values.items():
-                self.tb.add_scalar(k, v, step)
+        for tracker in self.trackers:
+            tracker.scalars(values, step)
         self.shown.update({k.split("/", 1)[-1]: f"{v:.4g}" for k, v in values.items()})
         self.bar.set_postfix({**self.postfix, **self.shown}, refresh=False)
 
@@ -131,8 +128,9 @@ class RunLogger:
             self.bar.set_description(what, refresh=True)
 
     def image(self, tag: str, grid_chw, step: int) -> None:
-        if self.enabled and self.tb is not None:
-            self.tb.add_image(tag, grid_chw, step)
+        if self.enabled:
+            for tracker in self.trackers:
+                tracker.image(tag, grid_chw, step)
 
     def write(self, message: str) -> None:
         if self.enabled:
@@ -142,8 +140,8 @@ class RunLogger:
         if not self.enabled:
             return
         self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
+        for tracker in self.trackers:
+            tracker.close()
         self.metrics.close()
 
 

@@ -261,7 +261,8 @@ class Trainer:
     def _fit(self, stop_at: int | None) -> TrainResult:
         t = self.cfg.train
         end = min(t.steps, stop_at) if stop_at is not None else t.steps
-        logger = RunLogger(self.run_dir, t.steps, self.step, enabled=self.dist.is_main)
+        logger = RunLogger(self.run_dir, t.steps, self.step, enabled=self.dist.is_main, report_to=t.report_to,
+                           config=self.cfg)  # fmt: skip
         for note in self.notices:
             logger.write(f"resumed with a changed setting, applied from step {self.step}: {note}")
         sums: dict[str, torch.Tensor] = {}

@@ -1,0 +1,1 @@
+"""Sharing runs as the ecosystem does: diffusers pipeline folders, model cards, the Hugging Face Hub."""

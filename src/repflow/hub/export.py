@@ -1,0 +1,108 @@
+"""``repflow export RUN --to diffusers DIR``: a generating run as a diffusers pipeline folder.
+
+Layout (also what ``repflow.load``, ``repflow sample`` / ``eval`` / ``sweep`` and the Hub read)::
+
+    DIR/model_index.json            diffusers: the pipeline class and its components
+    DIR/pipeline.py                 ``from repflow.hub.pipeline import RepflowPipeline`` (custom pipeline file)
+    DIR/transformer/                RepflowTransformer: config.json (the run's config) + safetensors
+    DIR/vae/                        the codec's weights: AutoencoderKL (SD-VAE) or AutoencoderRAE (RAE); none for pixels
+    DIR/codec/stats.*               RAE's latent statistics
+    DIR/README.md                   the model card (Hub YAML metadata, provenance, metrics, how to load)
+
+The exported sampling setting is the run's ``sample`` section under the sweep's best (``sampling.json``) when
+one was stored; the weights are the EMA chosen by ``ema`` (-1 / None: the sweep's, else the run's first).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from .._compat import require
+from ..build import method_class
+from ..config import ConfigError, replace, to_dict
+from ..runtime.checkpoint import CKPT_RE, load_checkpoint
+from ..runtime.exported import PREFIX, ExportedCheckpoint
+
+
+def export_diffusers(run: str | Path, out: str | Path, ema: float | None = None, license: str = "other") -> Path:
+    """Write ``run``'s newest checkpoint (or the checkpoint given) as a diffusers pipeline folder ``out``."""
+    from ..sample.load import load_run
+    from ..sample.swept import with_swept
+    from .card import write_card
+
+    out = Path(out)
+    ckpt = load_checkpoint(run)
+    cfg = ckpt.config
+    if isinstance(ckpt, ExportedCheckpoint):
+        raise ConfigError(f"{run} is already an export; copy the folder, or export the training run")
+    if not method_class(cfg).generates():
+        how = (
+            "export its decoder with `repflow rae export`" if cfg.method.kind == "rae_decoder" else "nothing to sample"
+        )
+        raise ConfigError(f"{ckpt.path} was trained with method {cfg.method.kind}, which does not generate images "
+                          f"(no diffusers pipeline to export; {how})")  # fmt: skip
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; export into a new folder")
+    changes, ema, _ = with_swept(ckpt.path, {}, ema)
+    loaded = load_run(ckpt.path, ema=ema, device="cpu")
+    decay = loaded.ema
+    stored = cfg.replace(sample=replace(cfg.sample, **changes),
+                         train=replace(cfg.train, ema_decays=(decay,) if isinstance(decay, float) else ()))  # fmt: skip
+    match = CKPT_RE.match(ckpt.path.name)
+    step = int(match.group(1)) if match else 0
+    require("diffusers")
+    from .pipeline import PIPELINE_FILE, RepflowPipeline
+    from .transformer import RepflowTransformer
+
+    transformer = RepflowTransformer(repflow_config=to_dict(stored), network_names=sorted(loaded.networks), ema=decay,
+                                  class_names=ckpt.class_names(), images_seen=images_seen(ckpt, step),
+                                  train_step=step)  # fmt: skip
+    own = {f"{PREFIX}{name}.{k}": v for name, net in loaded.networks.items() for k, v in net.state_dict().items()}
+    transformer.load_state_dict(own, strict=True)
+    out.mkdir(parents=True, exist_ok=True)
+    vae = {"sd_vae": lambda: loaded.codec.vae, "rae": lambda: _export_rae_codec(cfg, out)}.get(cfg.codec.kind)
+    pipeline = RepflowPipeline(transformer=transformer, vae=vae() if vae else None)
+    with torch.no_grad():
+        pipeline.save_pretrained(str(out), safe_serialization=True)
+    index = json.loads((out / "model_index.json").read_text())
+    index["_class_name"] = ["pipeline", "RepflowPipeline"]  # diffusers loads DIR/pipeline.py (trust_remote_code)
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (out / "pipeline.py").write_text(PIPELINE_FILE)
+    write_card(out, ckpt, stored, decay, license)
+    return out
+
+
+def images_seen(ckpt, step: int) -> int:
+    """Training images seen up to the checkpoint (state.pt's data position; steps x batch when it has none)."""
+    f = ckpt.path / "state.pt"
+    if f.is_file():
+        try:
+            state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+            return int(state.get("images_seen", step * ckpt.config.train.batch_size))
+        except Exception:  # an unreadable state file does not block an export of weights
+            pass
+    return step * ckpt.config.train.batch_size
+
+
+def _export_rae_codec(cfg, out: Path):
+    """RAE: the decoder as a diffusers AutoencoderRAE in ``vae/`` (``repflow rae export``'s conversion for a
+    rae_decoder run, a copy for an AutoencoderRAE folder), returned loaded; the latent statistics in ``codec/``."""
+    from ..codecs.rae import decoder_path
+    from ..codecs.rae_export import export_autoencoder_rae
+
+    source = Path(decoder_path(cfg.codec.decoder)) if cfg.codec.decoder else None
+    if source is None:
+        raise ConfigError("the run's codec.decoder is not set: an RAE export needs the decoder it samples with")
+    config = source / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("_class_name") == "AutoencoderRAE":
+        shutil.copytree(source, out / "vae")
+    else:
+        export_autoencoder_rae(source, out / "vae", stats=cfg.codec.stats)
+    if cfg.codec.stats:
+        (out / "codec").mkdir()
+        shutil.copy2(cfg.codec.stats, out / "codec" / f"stats{Path(cfg.codec.stats).suffix}")
+    return require("diffusers").AutoencoderRAE.from_pretrained(str(out / "vae"))
