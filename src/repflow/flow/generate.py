@@ -18,7 +18,7 @@ from ..data.transforms import model_to_uint8
 from .denoiser import Denoiser
 from .guidance import Guide, guided
 from .noise import PerSampleNoise
-from .solvers import dopri5, dpm_solver_2m, euler, euler_maruyama, heun, sde_grid
+from .solvers import State, dopri5, dpm_solver_2m, euler, euler_maruyama, heun, mean_jumps, sde_grid
 from .timesteps import time_grid
 
 
@@ -80,8 +80,18 @@ def generate(
         how = Guide(null_label=denoiser.null_label)  # the denoiser itself: batched
     else:
         how = None
-    velocity = guided(denoiser.velocity, labels, how, scales, tuple(opts.cfg_interval), opts.cfg_rule)
-    if opts.sampler == "euler":
+    interval = tuple(opts.cfg_interval)
+    velocity = guided(denoiser.velocity, labels, how, scales, interval, opts.cfg_rule)
+    if opts.sampler == "mean":  # MeanFlow's jumps: the average velocity over each step, guided as a velocity
+        if guide is not None:
+            raise ValueError("the mean sampler guides with the model's own null label, not with another run")
+
+        def average(s: State, t: float, r: float) -> State:
+            u = lambda s_, t_, y_: denoiser.average_velocity(s_, t_, r, y_)  # noqa: E731
+            return guided(u, labels, how, scales, interval, opts.cfg_rule)(s, t, t)
+
+        sol = mean_jumps(average, state, time_grid(opts.steps, denoiser.shift, opts.grid))
+    elif opts.sampler == "euler":
         sol = euler(velocity, state, time_grid(opts.steps, denoiser.shift, opts.grid))
     elif opts.sampler == "heun":
         sol = heun(velocity, state, time_grid(opts.steps, denoiser.shift, opts.grid))
