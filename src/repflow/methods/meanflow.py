@@ -72,10 +72,12 @@ class MeanFlowMethod(FlowMethod):
     def describe(self) -> str:
         m = self.cfg.method
         terms = ", ".join(self.objective.terms) or "no terms"
-        how = ("JVP by torch.func.jvp, attention on its math path under the JVP (fused kernels have no "
-               "forward-mode AD)" if m.derivative == "jvp" else f"central finite difference, step {m.fd_step:g}")  # fmt: skip
-        guidance = (f"guidance in the target omega {m.omega:g} kappa {m.kappa:g} on t in "
-                    f"[{m.guidance_interval[0]:g}, {m.guidance_interval[1]:g}]" if self.flow.guides else "no guidance")  # fmt: skip
+        how = f"central finite difference, step {m.fd_step:g}"
+        if m.derivative == "jvp":
+            how = "JVP by torch.func.jvp, attention on its math path under the JVP (fused kernels have no forward AD)"
+        lo, hi = m.guidance_interval
+        guidance = f"guidance in the target omega {m.omega:g} kappa {m.kappa:g} on t in [{lo:g}, {hi:g}]"
+        guidance = guidance if self.flow.guides else "no guidance"
         return f"meanflow ({terms}; {how}; r = t on {m.r_equals_t:g} of each batch; {guidance})"
 
     @classmethod

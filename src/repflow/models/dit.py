@@ -76,8 +76,9 @@ class FlowTransformer(nn.Module):
         self.grad_checkpointing = False
 
         self.x_embedder = nn.Conv2d(cfg.in_channels, d, kernel_size=p, stride=p)
-        self.t_embedder = TimestepEmbedder(d, time_scale=cfg.time_scale, time_offset=cfg.time_offset,
-                                           interval=cfg.interval_input)
+        self.t_embedder = TimestepEmbedder(
+            d, time_scale=cfg.time_scale, time_offset=cfg.time_offset, interval=cfg.interval_input
+        )
         self.y_embedder = (
             LabelEmbedder(self.num_classes, d, null_class=cfg.class_dropout > 0) if self.num_classes else None
         )

@@ -111,8 +111,9 @@ class _Backbone(nn.Module):
         self.num_classes = max(cfg.num_classes, 0)
         self.grad_checkpointing = False
         self.x_embedder = nn.Conv2d(c, d, p, p)
-        self.t_embedder = FourierTimeEmbedder(d, time_scale=cfg.time_scale, time_offset=cfg.time_offset,
-                                              interval=cfg.interval_input)
+        self.t_embedder = FourierTimeEmbedder(
+            d, time_scale=cfg.time_scale, time_offset=cfg.time_offset, interval=cfg.interval_input
+        )
         self.y_embedder = LabelEmbedder(self.num_classes, d, null_class=True) if self.num_classes else None
         self.blocks = nn.ModuleList(
             RoPEBlock(d, cfg.num_heads, cfg.mlp_ratio, qk_norm=cfg.qk_norm == "rmsnorm", modulated=modulated)

@@ -106,8 +106,9 @@ class JiT(nn.Module):
         self.num_classes = max(cfg.num_classes, 0)
         self.grad_checkpointing = False
         self.x_embedder = BottleneckPatchEmbed(c, cfg.bottleneck, d, p)
-        self.t_embedder = TimestepEmbedder(d, time_scale=cfg.time_scale, time_offset=cfg.time_offset,
-                                           interval=cfg.interval_input)
+        self.t_embedder = TimestepEmbedder(
+            d, time_scale=cfg.time_scale, time_offset=cfg.time_offset, interval=cfg.interval_input
+        )
         self.y_embedder = (
             LabelEmbedder(self.num_classes, d, null_class=cfg.class_dropout > 0) if self.num_classes else None
         )

@@ -82,9 +82,11 @@ def few_steps_warning(cfg: Config, opts: SampleConfig) -> str:
     mean of the data; only a MeanFlow run (``method.kind=meanflow``) is trained to jump in one step."""
     if opts.steps > 1 or cfg.model.interval_input or opts.sampler in ("sde", "dopri5"):
         return ""
-    return (f"--steps 1 on a flow model ({cfg.method.kind}, {opts.sampler}): one step from noise gives blurred "
-            "averages; a flow model needs more steps (25-50), one-step generation needs a MeanFlow run "
-            "(method.kind=meanflow)")
+    return (
+        f"--steps 1 on a flow model ({cfg.method.kind}, {opts.sampler}): one step from noise gives blurred "
+        "averages; a flow model needs more steps (25-50), one-step generation needs a MeanFlow run "
+        "(method.kind=meanflow)"
+    )
 
 
 @dataclass
