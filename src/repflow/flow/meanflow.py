@@ -139,7 +139,7 @@ class MeanFlowLoss:
             omega = expand_t(torch.where(inside, self.omega, 1.0).to(v_k.dtype), v_k)
             kappa = expand_t(torch.where(inside, self.kappa, 0.0).to(v_k.dtype), v_k)
             guided = omega * v_k + (1 - omega - kappa) * v_u[k] + (kappa * v_c[k] if v_c is not None else 0)
-            out[k] = torch.where(expand_t(drop, v_k), v_k, guided)
+            out[k] = torch.where(drop.view(-1, *[1] * (v_k.ndim - 1)), v_k, guided)  # dropped labels: unguided
         return out
 
     def average_velocity(self, model: ModelFn, z_t: dict[str, Tensor], t: Tensor, r: Tensor, y: Tensor | None,
