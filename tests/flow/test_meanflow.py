@@ -141,8 +141,8 @@ def test_guidance_in_the_target_against_a_hand_computation():
     got = mf.guided_velocity(net, z, v, t, y, drop)["x"]
     for i in range(6):
         zi, ti = z["x"][i : i + 1], t[i : i + 1]
-        cond, null = (net({"x": zi}, ti, lbl, h=torch.zeros_like(ti)).pred["x"][0] for lbl in (y[i : i + 1],
-                                                                                             torch.tensor([3])))  # fmt: skip
+        labels = (y[i : i + 1], torch.tensor([3]))
+        cond, null = (net({"x": zi}, ti, lbl, h=torch.zeros_like(ti)).pred["x"][0] for lbl in labels)
         inside = 0.2 <= t[i] <= 0.8 and not drop[i]
         want = 0.6 * v["x"][i] + 0.3 * cond + 0.1 * null if inside else v["x"][i]
         assert torch.allclose(got[i], want, atol=1e-12), i
