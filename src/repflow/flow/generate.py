@@ -40,6 +40,15 @@ def balanced_labels(indices: Sequence[int], num_classes: int, classes: Sequence[
     return torch.tensor([classes[i % len(classes)] for i in indices], dtype=torch.long)
 
 
+def check_sampler(denoiser: Denoiser, opts: SampleConfig) -> None:
+    """Refuse, before any sampling, a sampler the denoiser cannot run."""
+    if opts.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {opts.sampler!r}; choose from {', '.join(SAMPLERS)}")
+    if opts.sampler == "mean" and not getattr(denoiser, "interval_input", False):
+        raise ValueError("--sampler mean jumps with average velocities: it needs a MeanFlow run (method.kind=meanflow); "
+                         "this model predicts the instantaneous velocity: use euler, heun, dpmpp_2m, sde or dopri5")
+
+
 def generate(
     denoiser: Denoiser,
     opts: SampleConfig,
@@ -54,8 +63,7 @@ def generate(
     halves in one call of twice the batch; scales from ``denoiser.guidance_scales(opts)``, where from
     ``opts.cfg_interval`` and ``opts.cfg_rule``.
     """
-    if opts.sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {opts.sampler!r}; choose from {', '.join(SAMPLERS)}")
+    check_sampler(denoiser, opts)
     denoiser = denoiser.for_options(opts) if hasattr(denoiser, "for_options") else denoiser
     device = getattr(denoiser, "device", torch.device("cpu"))
     noise = PerSampleNoise(opts.seed, indices, device)

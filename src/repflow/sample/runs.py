@@ -130,6 +130,9 @@ def sample_run(
     opts = replace(cfg.sample, **changes)
     if progress and dist.is_main and loaded.ema_warning():
         print(f"warning: {loaded.ema_warning()}", file=sys.stderr)
+    from ..flow.generate import check_sampler
+
+    check_sampler(loaded.denoiser, opts)
     if progress and dist.is_main and few_steps_warning(cfg, opts):
         print(f"warning: {few_steps_warning(cfg, opts)}", file=sys.stderr)
     chosen = resolve_classes(classes, ckpt.class_names(), cfg.model.num_classes)
