@@ -59,8 +59,19 @@ def test_meanflow_composes_with_repa_and_reg(tmp_path, encoder_file):  # noqa: F
     [
         SiTConfig(arch="SiT-T/2", depth=2, hidden_size=32, num_heads=2),
         JiTConfig(arch="JiT-B/16", depth=2, hidden_size=32, num_heads=2, patch_size=2, bottleneck=8, context_start=1),
-        *(DiTDHConfig(arch="DiTDH-T/2", depth=2, hidden_size=32, num_heads=2, head_width=32, head_heads=2,
-                      head_depth=1, backbone=b) for b in ("lightning", "in_context", "sit")),  # fmt: skip
+        *(
+            DiTDHConfig(
+                arch="DiTDH-T/2",
+                depth=2,
+                hidden_size=32,
+                num_heads=2,
+                head_width=32,
+                head_heads=2,
+                head_depth=1,
+                backbone=b,
+            )
+            for b in ("lightning", "in_context", "sit")
+        ),  # fmt: skip
     ],
     ids=["sit", "jit", "dit_dh-lightning", "dit_dh-in_context", "dit_dh-sit"],
 )

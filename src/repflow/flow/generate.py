@@ -45,8 +45,11 @@ def check_sampler(denoiser: Denoiser, opts: SampleConfig) -> None:
     if opts.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {opts.sampler!r}; choose from {', '.join(SAMPLERS)}")
     if opts.sampler == "mean" and not getattr(denoiser, "interval_input", False):
-        raise ValueError("--sampler mean jumps with average velocities: it needs a MeanFlow run (method.kind=meanflow); "
-                         "this model predicts the instantaneous velocity: use euler, heun, dpmpp_2m, sde or dopri5")
+        raise ValueError(
+            "--sampler mean jumps with average velocities: it needs a MeanFlow run (method.kind="
+            "meanflow); this model predicts the instantaneous velocity: use euler, heun, dpmpp_2m, sde "
+            "or dopri5"
+        )
 
 
 def generate(
