@@ -87,10 +87,7 @@ class NetworkDenoiser:
     def average_velocity(self, state: State, t: float, r: float, y: Tensor | None) -> State:
         """MeanFlow: the average velocity over [r, t], so that ``z_r = z_t - (t - r) u``."""
         if not self.interval_input:
-            raise ValueError(
-                "average velocities need a MeanFlow network (method.kind=meanflow); this one "
-                "predicts the instantaneous velocity: sample with euler, heun, dpmpp_2m, sde or dopri5"
-            )
+            raise ValueError("average velocities need a MeanFlow network (method.kind=meanflow)")
         return self._velocity(state, t, y, t - r)
 
     def _velocity(self, state: State, t: float, y: Tensor | None, interval: float | None = None) -> State:
