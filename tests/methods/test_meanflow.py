@@ -13,6 +13,7 @@ from repflow.models import build_model, resolve_arch
 from repflow.models.dit import SiTConfig
 from repflow.models.dit_dh import DiTDHConfig
 from repflow.models.jit import JiTConfig
+from repflow.runtime.checkpoint import load_checkpoint
 from repflow.sample.load import load_run
 from repflow.train.loop import Trainer
 
@@ -121,3 +122,19 @@ def test_one_step_on_a_flow_run_warns_and_still_runs_the_mean_sampler_is_refused
 def test_bad_meanflow_settings_are_one_line(capsys, tmp_path, overrides, needle):
     argv = ["train", "demo-fashion-sit", *TINY, *MF, *overrides, "--out", str(tmp_path / "r")]
     one_line_error(capsys, argv, needle)
+
+
+def test_init_from_a_flow_run_loads_its_ema_weights_and_lists_the_new_ones(flow_run, tmp_path, capsys):
+    argv = ["train", "demo-fashion-sit", *TINY, *MF, "train.steps=1", "--init-from", str(flow_run), "--out",
+            str(tmp_path / "mf")]  # fmt: skip
+    assert main(argv) == 0
+    line = next(s for s in capsys.readouterr().out.splitlines() if "initialised from" in s)
+    new = line.split("new: ")[1].split(", ")
+    assert sorted(new) == sorted(f"model.t_embedder.interval.mlp.{i}.{w}" for i in (0, 2) for w in ("weight", "bias"))
+    source = load_checkpoint(flow_run).weights("ema-0.9")  # the flow run's sampled weights
+    trainer = Trainer(tiny_config(*MF, f"train.init_from={flow_run}"), tmp_path / "mf2")
+    own = trainer.model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in source.items()) and len(source) == len(own) - 4
+    assert torch.equal(trainer.ema.state_dict(0.9)["out_x.weight"], source["out_x.weight"])  # EMA starts there too
+    resumed = Trainer(tiny_config(*MF, "train.init_from=/nonexistent"), tmp_path / "mf")  # a resume ignores it
+    assert resumed.step == 1

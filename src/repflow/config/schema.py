@@ -180,6 +180,7 @@ class TrainEvalConfig(Section):
 class TrainConfig(Section):
     PREFIX: ClassVar[str] = "train."
     steps: int = checked(1000, nonnegative)
+    init_from: str = ""  # a run or checkpoint whose matching weights start a new run (train/init_from.py)
     batch_size: int = checked(64, positive)  # global batch (all processes, all accumulation steps)
     grad_accum: int = checked(1, positive)
     lr: float = checked(1e-4, nonnegative)
