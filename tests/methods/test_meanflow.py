@@ -19,6 +19,7 @@ from repflow.train.loop import Trainer
 
 from ..conftest import TINY, tiny_config
 from ..test_bad_inputs import one_line_error
+from ..train.test_distributed import ARGS, assert_close, torchrun
 from ..train.test_representation_training import encoder_file, reg_repa  # noqa: F401  (a fixture)
 from ..train.test_resume import straight_and_resumed, weights
 
@@ -138,3 +139,15 @@ def test_init_from_a_flow_run_loads_its_ema_weights_and_lists_the_new_ones(flow_
     assert torch.equal(trainer.ema.state_dict(0.9)["out_x.weight"], source["out_x.weight"])  # EMA starts there too
     resumed = Trainer(tiny_config(*MF, "train.init_from=/nonexistent"), tmp_path / "mf")  # a resume ignores it
     assert resumed.step == 1
+
+
+@pytest.mark.slow
+def test_meanflow_with_two_processes_matches_one(tmp_path):
+    args = (*ARGS, *MF)  # the JVP and the guidance call inside DDP; draws sliced from the global batch
+    single = Trainer(tiny_config(*args), tmp_path / "single")
+    single.fit()
+    torchrun(tmp_path / "ddp", 4, *args)
+    ddp = load_checkpoint(tmp_path / "ddp")
+    assert ddp.state()["world_size"] == 2
+    assert_close(ddp.weights("model"), single.model.state_dict())
+    assert_close(ddp.weights("ema-0.9"), single.ema.state_dict(0.9))
