@@ -20,7 +20,7 @@ from pathlib import Path
 
 from repflow.commands.options import add_sampling_args, int_list, sampling_changes
 
-NFE_PER_STEP = {"euler": 1, "dpmpp_2m": 1}  # heun: 2 per step but the last
+NFE_PER_STEP = {"euler": 1, "dpmpp_2m": 1, "mean": 1}  # heun: 2 per step but the last; mean: MeanFlow jumps
 
 
 def steps_for(sampler: str, nfe: int) -> tuple[int, int]:

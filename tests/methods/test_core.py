@@ -121,7 +121,10 @@ def test_runs_of_older_repflow_sample_as_before_and_resume(tmp_path, fixture):
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("method.kind=gan", "unknown method.kind 'gan'; choose from dsd, flow, manifold, rae_decoder, simclr"),
+        (
+            "method.kind=gan",
+            "unknown method.kind 'gan'; choose from dsd, flow, manifold, meanflow, rae_decoder, simclr",
+        ),  # fmt: skip
         ("model.family=unet", "unknown model.family 'unet'; choose from dit_dh, dsd, jit, sit"),
         ("codec.kind=vq", "unknown codec.kind 'vq'; choose from pixel, rae, sd_vae"),
         ("dispersiv.enabled=true", "unknown config key 'dispersiv'; did you mean 'dispersive'"),

@@ -14,7 +14,10 @@ from ..encoders import get_spec
 from ..methods.base import MethodEnv, TrainBatch
 from ..methods.flow import stream_shapes
 
-METHODS = ("sit", "repa", "reg")
+METHODS = ("sit", "repa", "reg", "meanflow", "meanflow_fd")
+# MeanFlow as its ImageNet presets train it (guidance in the target: one more no-gradient call of twice the batch)
+MEANFLOW = ["method.kind=meanflow", "method.omega=1.0", "method.kappa=0.5", "flow.time.kind=logit_normal",
+            "flow.time.mean=-0.4"]  # fmt: skip
 
 
 def bench_config(arch: str, method: str, batch: int, overrides: list[str] | None = None) -> Config:
@@ -27,7 +30,9 @@ def bench_config(arch: str, method: str, batch: int, overrides: list[str] | None
         f"train.batch_size={batch}", "train.ema_decays=[0.9999]", "train.grad_clip=1.0",
         "model.allow_narrow=true",  # speed, not sample quality: any width may be timed
     ]  # fmt: skip
-    if method != "sit":
+    if method.startswith("meanflow"):
+        items += MEANFLOW + (["method.derivative=finite_difference"] if method == "meanflow_fd" else [])
+    elif method != "sit":
         items += ["encoders=[{name: dinov2-vitb14}]", "repa.enabled=true"]
     if method == "reg":
         items += ["reg.enabled=true"]

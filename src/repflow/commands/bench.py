@@ -48,6 +48,13 @@ def _run(args, sampling: bool) -> int:
     title = f"{what} on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}); "
     title += f"peak {'bf16' if bf16 else 'fp32'} matmul {peak / 1e12:.3g} TFLOP/s"
     print(table(rows, title))
+    if not sampling and len(rows) > 1:  # e.g. MeanFlow's JVP step against a plain flow-matching step
+        for first, other in ((rows[i], r) for i in range(0, len(rows), len(args.methods.split(",")))
+                             for r in rows[i + 1 : i + len(args.methods.split(","))]):  # fmt: skip
+            print(
+                f"{other.arch} {other.method}: step time {other.step_ms / first.step_ms:.2f}x {first.method}'s"
+                + (f", peak memory {other.peak_mem_gib / first.peak_mem_gib:.2f}x" if first.peak_mem_gib > 0 else "")
+            )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"title": title, "rows": as_dicts(rows)}, indent=2))
@@ -60,7 +67,11 @@ def add_commands(bench_sub: argparse._SubParsersAction) -> None:
         line = f"repflow bench {name} --arch SiT-B/2 SiT-XL/2 --methods sit,reg" + (" --batch 256" if sampling else "")
         p = bench_sub.add_parser(name, help=help_, **examples(line))
         p.add_argument("--arch", nargs="+", default=["SiT-B/2", "SiT-XL/2"])
-        p.add_argument("--methods", default="sit,repa,reg", help="comma-separated: sit, repa, reg")
+        p.add_argument(
+            "--methods",
+            default="sit,repa,reg",
+            help="comma-separated: sit, repa, reg, meanflow, meanflow_fd (the first is the reference)",
+        )
         p.add_argument("--batch", type=int, default=256 if sampling else 64)
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])

@@ -12,7 +12,8 @@ def _train(args) -> int:
     from ..api import fit
     from ..config import load_config, to_yaml
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = [*args.overrides, *([f"train.init_from={args.init_from}"] if args.init_from else [])]
+    cfg = load_config(args.config, overrides)
     if args.dry_run:
         from ..build import resolve_static
 
@@ -50,6 +51,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             "repflow train demo-fashion-reg --out runs/fashion            # rerun the same line to resume",
             "repflow train sit-b2-reg-in256 data.root=/data/imagenet/train --dry-run",
             "repflow train my.yaml train.lr=3e-4 encoders.0.path=/weights/dinov2_vitb14.pth --out runs/mine",
+            "repflow train demo-fashion-meanflow --init-from runs/fashion --out runs/fashion-mf  # flow -> MeanFlow",
             "torchrun --nproc_per_node 8 $(which repflow) train sit-xl2-reg-in256 data.root=... --out runs/xl",
         ),
     )
@@ -58,6 +60,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", help="run directory (default runs/<name>); an existing run is resumed")
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     t.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --out")
+    t.add_argument(
+        "--init-from",
+        metavar="RUN",
+        help="start from the matching weights of another run or checkpoint "
+        "(its EMA where kept; the rest is new and listed); same as train.init_from=RUN",
+    )
     t.set_defaults(func=_train)
 
     pr = sub.add_parser("presets", help="list the shipped presets", **examples("repflow presets"))

@@ -93,6 +93,7 @@ class ModelConfig(Tagged):
     class_dropout: float = checked(0.1, probability)  # label drop rate for CFG (a null row is added if > 0)
     input_size: int = checked(0, nonnegative)  # spatial size the network sees; 0: from data and codec
     in_channels: int = checked(0, nonnegative)  # 0: from data channels and codec
+    interval_input: bool = False  # a second time input, the interval h = t - r (MeanFlow sets it; sit, jit, dit_dh)
 
     @classmethod
     def infer_tag(cls, data: Mapping) -> str:
@@ -191,6 +192,7 @@ def trackers(v: tuple[str, ...]) -> str | None:
 class TrainConfig(Section):
     PREFIX: ClassVar[str] = "train."
     steps: int = checked(1000, nonnegative)
+    init_from: str = ""  # a run or checkpoint whose matching weights start a new run (train/init_from.py)
     batch_size: int = checked(64, positive)  # global batch (all processes, all accumulation steps)
     grad_accum: int = checked(1, positive)
     lr: float = checked(1e-4, nonnegative)
@@ -245,7 +247,7 @@ class TrainConfig(Section):
                               f"{list(self.ema_decays)}; use -1 (the first) or 0 (the raw weights)")  # fmt: skip
 
 
-Sampler = Literal["euler", "heun", "sde", "dopri5", "dpmpp_2m"]  # the solvers: flow/solvers.py
+Sampler = Literal["euler", "heun", "sde", "dopri5", "dpmpp_2m", "mean"]  # the solvers: flow/solvers.py (mean: MeanFlow)
 SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
 FIXED_GRID_SAMPLERS = ("euler", "heun", "dpmpp_2m")  # integrate on time_grid(steps, shift, grid)
 CfgRule = Literal["step", "evaluation_strict"]  # where the guidance interval is decided: flow/guidance.py

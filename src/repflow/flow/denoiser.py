@@ -60,6 +60,7 @@ class NetworkDenoiser:
     scales: Callable[[SampleConfig], dict[str, float]] | None = None
     internal_scale: float = 1.0  # RAEv2's internal guidance: shallow + w (full - shallow), for t in the interval
     internal_interval: tuple[float, float] = (0.0, 1.0)
+    interval_input: bool = False  # MeanFlow: the network also takes the interval h = t - r (average_velocity)
     device: torch.device = field(init=False)
     dtype: torch.dtype = field(init=False)  # of the state: float64 for a float64 network (checks), else float32
 
@@ -80,10 +81,21 @@ class NetworkDenoiser:
 
     @torch.no_grad()
     def velocity(self, state: State, t: float, y: Tensor | None) -> State:
+        return self._velocity(state, t, y)
+
+    @torch.no_grad()
+    def average_velocity(self, state: State, t: float, r: float, y: Tensor | None) -> State:
+        """MeanFlow: the average velocity over [r, t], so that ``z_r = z_t - (t - r) u``."""
+        if not self.interval_input:
+            raise ValueError("average velocities need a MeanFlow network (method.kind=meanflow)")
+        return self._velocity(state, t, y, t - r)
+
+    def _velocity(self, state: State, t: float, y: Tensor | None, interval: float | None = None) -> State:
         x = next(iter(state.values()))
         t_vec = torch.full((x.shape[0],), t, device=x.device, dtype=self.dtype)
+        h = {} if interval is None else {"h": torch.full_like(t_vec, interval)}  # a flow network takes no h
         with autocast_for(self.device, self.precision):
-            out = self.network({k: full_precision(v) for k, v in state.items()}, t_vec, y)
+            out = self.network({k: full_precision(v) for k, v in state.items()}, t_vec, y, **h)
         v = self._to_velocity(out.pred, state, t_vec)
         lo, hi = self.internal_interval
         if self.internal_scale != 1.0 and lo <= t <= hi:  # decided at each evaluation's own t, as RAEv2

@@ -18,7 +18,7 @@ from ..data.transforms import model_to_uint8
 from .denoiser import Denoiser
 from .guidance import Guide, guided
 from .noise import PerSampleNoise
-from .solvers import dopri5, dpm_solver_2m, euler, euler_maruyama, heun, sde_grid
+from .solvers import State, dopri5, dpm_solver_2m, euler, euler_maruyama, heun, mean_jumps, sde_grid
 from .timesteps import time_grid
 
 
@@ -40,6 +40,18 @@ def balanced_labels(indices: Sequence[int], num_classes: int, classes: Sequence[
     return torch.tensor([classes[i % len(classes)] for i in indices], dtype=torch.long)
 
 
+def check_sampler(denoiser: Denoiser, opts: SampleConfig) -> None:
+    """Refuse, before any sampling, a sampler the denoiser cannot run."""
+    if opts.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {opts.sampler!r}; choose from {', '.join(SAMPLERS)}")
+    if opts.sampler == "mean" and not getattr(denoiser, "interval_input", False):
+        raise ValueError(
+            "--sampler mean jumps with average velocities: it needs a MeanFlow run (method.kind="
+            "meanflow); this model predicts the instantaneous velocity: use euler, heun, dpmpp_2m, sde "
+            "or dopri5"
+        )
+
+
 def generate(
     denoiser: Denoiser,
     opts: SampleConfig,
@@ -54,8 +66,7 @@ def generate(
     halves in one call of twice the batch; scales from ``denoiser.guidance_scales(opts)``, where from
     ``opts.cfg_interval`` and ``opts.cfg_rule``.
     """
-    if opts.sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {opts.sampler!r}; choose from {', '.join(SAMPLERS)}")
+    check_sampler(denoiser, opts)
     denoiser = denoiser.for_options(opts) if hasattr(denoiser, "for_options") else denoiser
     device = getattr(denoiser, "device", torch.device("cpu"))
     noise = PerSampleNoise(opts.seed, indices, device)
@@ -80,8 +91,18 @@ def generate(
         how = Guide(null_label=denoiser.null_label)  # the denoiser itself: batched
     else:
         how = None
-    velocity = guided(denoiser.velocity, labels, how, scales, tuple(opts.cfg_interval), opts.cfg_rule)
-    if opts.sampler == "euler":
+    interval = tuple(opts.cfg_interval)
+    velocity = guided(denoiser.velocity, labels, how, scales, interval, opts.cfg_rule)
+    if opts.sampler == "mean":  # MeanFlow's jumps: the average velocity over each step, guided as a velocity
+        if guide is not None:
+            raise ValueError("the mean sampler guides with the model's own null label, not with another run")
+
+        def average(s: State, t: float, r: float) -> State:
+            u = lambda s_, t_, y_: denoiser.average_velocity(s_, t_, r, y_)  # noqa: E731
+            return guided(u, labels, how, scales, interval, opts.cfg_rule)(s, t, t)
+
+        sol = mean_jumps(average, state, time_grid(opts.steps, denoiser.shift, opts.grid))
+    elif opts.sampler == "euler":
         sol = euler(velocity, state, time_grid(opts.steps, denoiser.shift, opts.grid))
     elif opts.sampler == "heun":
         sol = heun(velocity, state, time_grid(opts.steps, denoiser.shift, opts.grid))

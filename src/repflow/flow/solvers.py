@@ -50,6 +50,15 @@ def euler(velocity: Velocity, state: State, grid: Sequence[float]) -> Solution:
     return Solution(state, len(grid) - 1)
 
 
+def mean_jumps(average: Callable[[State, float, float], State], state: State, grid: Sequence[float]) -> Solution:
+    """MeanFlow: ``z_r = z_t - (t - r) u(z_t, r, t)`` between grid points, ``average(state, t, r)`` the average
+    velocity over [r, t]: exact for the true u, whatever the number of steps."""
+    grid = _check_grid(grid)
+    for t_cur, t_next in zip(grid[:-1], grid[1:], strict=True):
+        state = _axpy(t_next - t_cur, average(state, t_cur, t_next), state)
+    return Solution(state, len(grid) - 1)
+
+
 def heun(velocity: Velocity, state: State, grid: Sequence[float]) -> Solution:
     """Heun's 2nd-order method; the last step is a plain Euler step (no evaluation at the final time)."""
     grid = _check_grid(grid)

@@ -4,12 +4,13 @@
 - ``simclr``: the tiny offline encoder's self-supervised training;
 - ``manifold``: JiT's toy (a 2-D spiral in D dimensions), for ``repflow bench manifold``;
 - ``rae_decoder``: RAE's pixel decoder (two phases: decoder, discriminator);
-- ``dsd``: Diffusion as Self-Distillation (one ViT encodes, decodes and denoises; an EMA target network).
+- ``dsd``: Diffusion as Self-Distillation (one ViT encodes, decodes and denoises; an EMA target network);
+- ``meanflow``: MeanFlow (the flow method's network with a second time input, trained on average velocities).
 
 See README, "Adding a method".
 """
 
-from . import dispersive, dsd, flow, manifold, rae_decoder, reg, repa, simclr  # noqa: F401  (registration)
+from . import dispersive, dsd, flow, manifold, meanflow, rae_decoder, reg, repa, simclr  # noqa: F401  (registration)
 from .base import Draw, Method, MethodEnv, Phase, TrainBatch
 from .flow import FlowMethod, Term
 

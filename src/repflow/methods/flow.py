@@ -256,7 +256,7 @@ class FlowMethod(Method):
             shapes=stream_shapes(cfg), decoder=decode, num_classes=max(cfg.model.num_classes, 0),
             null_label=model.null_label if conditional else None, shift=shift, noise_scale=cfg.flow.noise_scale,
             min_denominator=cfg.flow.min_denominator, precision=cfg.train.precision,
-            scales=lambda opts: guidance_scales(cfg, opts),
+            scales=lambda opts: guidance_scales(cfg, opts), interval_input=cfg.model.interval_input,
         ).for_options(cfg.sample)  # fmt: skip
 
     @classmethod

@@ -76,7 +76,9 @@ class FlowTransformer(nn.Module):
         self.grad_checkpointing = False
 
         self.x_embedder = nn.Conv2d(cfg.in_channels, d, kernel_size=p, stride=p)
-        self.t_embedder = TimestepEmbedder(d, time_scale=cfg.time_scale, time_offset=cfg.time_offset)
+        self.t_embedder = TimestepEmbedder(
+            d, time_scale=cfg.time_scale, time_offset=cfg.time_offset, interval=cfg.interval_input
+        )
         self.y_embedder = (
             LabelEmbedder(self.num_classes, d, null_class=cfg.class_dropout > 0) if self.num_classes else None
         )
@@ -121,8 +123,7 @@ class FlowTransformer(nn.Module):
         nn.init.zeros_(self.x_embedder.bias)
         if self.y_embedder is not None:
             nn.init.normal_(self.y_embedder.table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        self.t_embedder.initialize()
         if self.learned_tokens is not None:
             nn.init.normal_(self.learned_tokens, std=0.02)
         for block in self.blocks:
@@ -145,8 +146,8 @@ class FlowTransformer(nn.Module):
         x = tokens.reshape(b, grid_h, grid_w, p, p, c)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(b, c, grid_h * p, grid_w * p)
 
-    def condition(self, t: Tensor, y: Tensor | None) -> Tensor:
-        c = self.t_embedder(t)  # (B, D)
+    def condition(self, t: Tensor, y: Tensor | None, h: Tensor | None = None) -> Tensor:
+        c = self.t_embedder(t, h)  # (B, D)
         if self.y_embedder is not None:
             if y is None:
                 y = torch.full_like(t, self.null_label, dtype=torch.long)
@@ -154,9 +155,15 @@ class FlowTransformer(nn.Module):
         return c
 
     def forward(
-        self, states: dict[str, Tensor], t: Tensor, y: Tensor | None = None, return_hidden: Sequence[int] = ()
+        self,
+        states: dict[str, Tensor],
+        t: Tensor,
+        y: Tensor | None = None,
+        return_hidden: Sequence[int] = (),
+        h: Tensor | None = None,  # the interval t - r of a MeanFlow network (model.interval_input)
     ) -> ModelOutput:
         x = states["x"]
+        interval = h
         b, _, h, w = x.shape
         p = self.patch_size
         if h % p or w % p:
@@ -170,7 +177,7 @@ class FlowTransformer(nn.Module):
             front.append(self.learned_tokens.expand(b, -1, -1).to(tokens.dtype))
         if front:
             tokens = torch.cat([*front, tokens], dim=1)  # (B, S + N, D)
-        c = self.condition(t, y)
+        c = self.condition(t, y, interval)
 
         hidden: dict[int, Tensor] = {}
         for i, block in enumerate(self.blocks, start=1):

@@ -111,7 +111,9 @@ class _Backbone(nn.Module):
         self.num_classes = max(cfg.num_classes, 0)
         self.grad_checkpointing = False
         self.x_embedder = nn.Conv2d(c, d, p, p)
-        self.t_embedder = FourierTimeEmbedder(d, time_scale=cfg.time_scale, time_offset=cfg.time_offset)
+        self.t_embedder = FourierTimeEmbedder(
+            d, time_scale=cfg.time_scale, time_offset=cfg.time_offset, interval=cfg.interval_input
+        )
         self.y_embedder = LabelEmbedder(self.num_classes, d, null_class=True) if self.num_classes else None
         self.blocks = nn.ModuleList(
             RoPEBlock(d, cfg.num_heads, cfg.mlp_ratio, qk_norm=cfg.qk_norm == "rmsnorm", modulated=modulated)
@@ -123,8 +125,7 @@ class _Backbone(nn.Module):
         _init_patch_embed(self.x_embedder)
         if self.y_embedder is not None:
             nn.init.normal_(self.y_embedder.table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        self.t_embedder.initialize()
 
     def run(self, tokens: Tensor, c: Tensor | None, taps: set[int], n: int) -> tuple[Tensor, dict[int, Tensor]]:
         """The blocks; the first ``n`` tokens (the image's) after the blocks in ``taps``."""
@@ -148,17 +149,17 @@ class LightningBackbone(_Backbone):
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
 
-    def embed(self, x: Tensor, t: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def embed(self, x: Tensor, t: Tensor, y: Tensor | None, h: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """Image tokens (B, N, D), the time embedding (B, D) and the blocks' condition (B, D)."""
         tokens = self.x_embedder(x).flatten(2).transpose(1, 2)
         if self.pos_embed is not None:
             tokens = tokens + self.pos_embed
-        t_emb = self.t_embedder(t)
+        t_emb = self.t_embedder(t, h)
         c = t_emb if self.y_embedder is None else t_emb + self.y_embedder(_labels(y, t, self.num_classes))
         return tokens, t_emb, F.silu(c)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None, taps: set[int]) -> tuple[Tensor, Tensor, dict]:
-        tokens, t_emb, c = self.embed(x, t, y)
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None, taps: set[int], h: Tensor | None = None):
+        tokens, t_emb, c = self.embed(x, t, y, h)
         tokens, hidden = self.run(tokens, c, taps, tokens.shape[1])
         return tokens, t_emb, hidden
 
@@ -174,9 +175,9 @@ class InContextBackbone(_Backbone):
         self.time_tokens = nn.Parameter(torch.randn(cfg.time_tokens, d) / math.sqrt(d))
         self.class_tokens = nn.Parameter(torch.randn(classes, d) / math.sqrt(d)) if classes else None
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None, taps: set[int]) -> tuple[Tensor, Tensor, dict]:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None, taps: set[int], h: Tensor | None = None):
         tokens = self.x_embedder(x).flatten(2).transpose(1, 2)  # (B, N, D)
-        t_emb = self.t_embedder(t)
+        t_emb = self.t_embedder(t, h)
         seq = [tokens, self.time_tokens + t_emb.unsqueeze(1)]
         if self.y_embedder is not None:
             seq.append(self.class_tokens + self.y_embedder(_labels(y, t, self.num_classes)).unsqueeze(1))
@@ -191,16 +192,16 @@ class SiTBackbone(FlowTransformer):
         super().__init__(cfg)
         del self.final_norm, self.out_x  # the head predicts: no unused parameters (DDP)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None, taps: set[int]) -> tuple[Tensor, Tensor, dict]:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None, taps: set[int], h: Tensor | None = None):
         gh, gw = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         tokens = self.x_embedder(x).flatten(2).transpose(1, 2) + self.position_embedding(gh, gw).to(x.dtype)
-        c = self.condition(t, y)
+        c = self.condition(t, y, h)
         hidden = {}
         for i, block in enumerate(self.blocks, start=1):
             tokens = run_block(block, self.grad_checkpointing and self.training, tokens, c)
             if i in taps:
                 hidden[i] = tokens
-        return tokens, self.t_embedder(t), hidden
+        return tokens, self.t_embedder(t, h), hidden
 
 
 def _labels(y: Tensor | None, t: Tensor, num_classes: int) -> Tensor:
@@ -252,7 +253,7 @@ class DiTDH(nn.Module):
                 nn.init.zeros_(layer.bias)
         if not cfg.learn_fixed_embeddings:
             for name, param in self.backbone.named_parameters():
-                if name in ("pos_embed", "t_embedder.W"):
+                if name in ("pos_embed", "t_embedder.W", "t_embedder.interval.W"):
                     param.requires_grad_(False)
 
     null_label = property(lambda self: self.num_classes)
@@ -266,13 +267,18 @@ class DiTDH(nn.Module):
         return torch.einsum("nhwpqc->nchpwq", x).reshape(b, c, grid_h * p, grid_w * p)
 
     def forward(
-        self, states: dict[str, Tensor], t: Tensor, y: Tensor | None = None, return_hidden: Sequence[int] = ()
+        self,
+        states: dict[str, Tensor],
+        t: Tensor,
+        y: Tensor | None = None,
+        return_hidden: Sequence[int] = (),
+        h: Tensor | None = None,  # the interval t - r of a MeanFlow network (model.interval_input)
     ) -> ModelOutput:
         x = states["x"]
         gh, gw = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         internal = self.cfg.internal_depth if self.internal is not None else 0
         taps = set(return_hidden) | ({internal} if internal else set())
-        tokens, t_emb, hidden = self.backbone(x, t, y, taps)  # (B, N, D), (B, D)
+        tokens, t_emb, hidden = self.backbone(x, t, y, taps, h)  # (B, N, D), (B, D)
         missing = set(return_hidden) - set(hidden)
         if missing:
             raise ValueError(f"hidden states requested after blocks {sorted(missing)}, model has {len(self.blocks)}")

@@ -106,7 +106,9 @@ class JiT(nn.Module):
         self.num_classes = max(cfg.num_classes, 0)
         self.grad_checkpointing = False
         self.x_embedder = BottleneckPatchEmbed(c, cfg.bottleneck, d, p)
-        self.t_embedder = TimestepEmbedder(d, time_scale=cfg.time_scale, time_offset=cfg.time_offset)
+        self.t_embedder = TimestepEmbedder(
+            d, time_scale=cfg.time_scale, time_offset=cfg.time_offset, interval=cfg.interval_input
+        )
         self.y_embedder = (
             LabelEmbedder(self.num_classes, d, null_class=cfg.class_dropout > 0) if self.num_classes else None
         )
@@ -147,8 +149,7 @@ class JiT(nn.Module):
             nn.init.normal_(self.y_embedder.table.weight, std=0.02)
         if self.in_context_posemb is not None:
             nn.init.normal_(self.in_context_posemb, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        self.t_embedder.initialize()
         for layer in [*(b.adaLN_modulation[-1] for b in self.blocks), self.final_modulation[-1], self.out_x]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -160,13 +161,18 @@ class JiT(nn.Module):
         return torch.einsum("nhwpqc->nchpwq", x).reshape(b, c, g * p, g * p)
 
     def forward(
-        self, states: dict[str, Tensor], t: Tensor, y: Tensor | None = None, return_hidden: Sequence[int] = ()
+        self,
+        states: dict[str, Tensor],
+        t: Tensor,
+        y: Tensor | None = None,
+        return_hidden: Sequence[int] = (),
+        h: Tensor | None = None,  # the interval t - r of a MeanFlow network (model.interval_input)
     ) -> ModelOutput:
         x = states["x"]
         if x.shape[-1] != self.grid * self.patch_size or x.shape[-2] != x.shape[-1]:
             raise ValueError(f"JiT was built for {self.grid * self.patch_size}px inputs, got {tuple(x.shape[-2:])}")
         tokens = self.x_embedder(x) + self.pos_embed.to(x.dtype)  # (B, N, D)
-        c = self.t_embedder(t)
+        c = self.t_embedder(t, h)
         label = None
         if self.y_embedder is not None:
             if y is None:

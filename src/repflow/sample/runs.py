@@ -77,6 +77,18 @@ def folder_name(ckpt_name: str, opts: SampleConfig, ema: float | str, classes: l
     return "-".join(parts)
 
 
+def few_steps_warning(cfg: Config, opts: SampleConfig) -> str:
+    """A warning for one solver step on a flow model (it still runs): one Euler step from noise lands on the
+    mean of the data; only a MeanFlow run (``method.kind=meanflow``) is trained to jump in one step."""
+    if opts.steps > 1 or cfg.model.interval_input or opts.sampler in ("sde", "dopri5"):
+        return ""
+    return (
+        f"--steps 1 on a flow model ({cfg.method.kind}, {opts.sampler}): one step from noise gives blurred "
+        "averages; a flow model needs more steps (25-50), one-step generation needs a MeanFlow run "
+        "(method.kind=meanflow)"
+    )
+
+
 @dataclass
 class RunSamples:
     folder: Path
@@ -118,6 +130,11 @@ def sample_run(
     opts = replace(cfg.sample, **changes)
     if progress and dist.is_main and loaded.ema_warning():
         print(f"warning: {loaded.ema_warning()}", file=sys.stderr)
+    from ..flow.generate import check_sampler
+
+    check_sampler(loaded.denoiser, opts)
+    if progress and dist.is_main and few_steps_warning(cfg, opts):
+        print(f"warning: {few_steps_warning(cfg, opts)}", file=sys.stderr)
     chosen = resolve_classes(classes, ckpt.class_names(), cfg.model.num_classes)
     used_ema = loaded.ema
     if guide:

@@ -32,6 +32,7 @@ from ..runtime.lock import DirectoryLock
 from ..runtime.precision import autocast_for, use_bf16
 from .batching import BatchPreparer
 from .hooks import HookRun, StepHook, run_hooks
+from .init_from import init_from
 from .logging import RunLogger, plot_loss
 from .optim import MuonAdamW
 from .state import TrainState
@@ -106,6 +107,9 @@ class Trainer:
         self.method = build_method(cfg, env).to(self.device)
         for net in self.method.networks().values():
             net.grad_checkpointing = cfg.train.grad_checkpointing
+        fresh = not (resume and list_checkpoints(self.run_dir))
+        # before the EMA copies are taken; the same weights on every rank
+        init_note = init_from(self.method.networks(), cfg.train.init_from) if fresh and cfg.train.init_from else ""
         self.state = TrainState(cfg, self.dist, self.method)
         self.generator = self.state.generator
         self.notices: list[str] = []
@@ -128,7 +132,7 @@ class Trainer:
             # which a resumed run has just restored for what training draws from it (dropout)
             self.loader = iter(build_loader(self.dataset, sampler, cfg.data.workers))
         self.state.distribute()
-        lines = self.describe()
+        lines = self.describe() + ([init_note] if init_note else [])
         generates = type(self.method).generates() and self.codec.can_decode
         for hook in self.hooks:  # every process: a hook may prepare shared work (a reference's statistics)
             lines += hook.start(HookRun(cfg, self.run_dir, self.dist, generates))

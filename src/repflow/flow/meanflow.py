@@ -1,0 +1,204 @@
+"""The MeanFlow objective (Geng, Deng, Bai, Kolter, He 2025, arXiv 2505.13447), in this library's convention.
+
+With ``z_t = alpha_t x + sigma_t eps`` (t = 0 data, t = 1 noise) and ``v = dz_t/dt``, the network predicts the
+*average* velocity over [r, t], ``u(z_t, r, t) = (z_t - z_r) / (t - r)``, conditioned on t and the interval
+``h = t - r`` (the official network's two time inputs). Differentiating ``(t - r) u = z_t - z_r`` in t gives the
+MeanFlow identity
+
+    u(z_t, r, t) = v - (t - r) d/dt u(z_t, r, t),   d/dt u = v . grad_z u + du/dt   (r fixed),
+
+so the target is ``sg(v_g - (t - r) du/dt)``, the total derivative taken by one Jacobian-vector product along
+``(v_g, 1)`` in ``(z, t)`` (``torch.func.jvp``), or by a central finite difference (MF-RAE). r = t is flow
+matching. ``v_g`` is the velocity with guidance folded in (the paper's appendix, the official ``guidance_fn``):
+``omega v + kappa u(z_t, t, t | c) + (1 - omega - kappa) u(z_t, t, t | null)`` for t in the guidance interval,
+from the network itself without gradient. One step from noise: ``x = eps - u(eps, 0, 1)``.
+
+The reductions follow the official code (Gsunshine/meanflow, ``meanflow.py``): the squared error is *summed*
+over a sample's values, divided by ``sg((loss + c)^p)`` (the adaptive weight) and averaged over the batch. The
+pairs with r = t are an exact share of the batch (``int(n * r_equals_t)``), and the dropped labels are drawn as
+a count and placed on samples of that share, as the official code's first-k masks do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ..runtime.precision import full_precision
+from .loss import FlowSample, LossOutput
+from .path import Path, expand_t
+from .timesteps import TimeSampler
+
+DERIVATIVES = ("jvp", "finite_difference")
+
+
+@dataclass
+class MeanFlowDraw:
+    """The random quantities of one MeanFlow step: the pair (r <= t), noise per stream, label-drop mask."""
+
+    t: Tensor  # (B,)
+    r: Tensor  # (B,)
+    eps: dict[str, Tensor]
+    drop: Tensor  # (B,) bool
+
+    def chunk(self, index: int, size: int) -> MeanFlowDraw:
+        sl = slice(index * size, (index + 1) * size)
+        return MeanFlowDraw(self.t[sl], self.r[sl], {k: v[sl] for k, v in self.eps.items()}, self.drop[sl])
+
+
+def adaptive_weight(loss: Tensor, power: float, offset: float) -> Tensor:
+    """``loss / sg((loss + offset)^power)`` per sample: the value is reweighted, the gradient direction kept
+    (power 0: the plain loss; power 1: about a relative error, so a few large errors do not dominate)."""
+    return loss / (loss.detach() + offset) ** power
+
+
+def sum_flat(x: Tensor) -> Tensor:
+    """Sum over every dimension but the batch (the official loss sums over pixels)."""
+    return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+@dataclass
+class Prediction:
+    """What the differentiated call produced: the average velocity per stream and hidden states (REPA reads them)."""
+
+    pred: dict[str, Tensor]
+    hidden: dict[int, Tensor]
+
+
+ModelFn = Callable[..., object]  # (states, t, y, return_hidden=..., h=...) -> ModelOutput
+
+
+@dataclass
+class MeanFlowLoss:
+    path: Path
+    time_sampler: TimeSampler  # t and r are two draws of it, sorted
+    r_equals_t: float = 0.75  # share of the batch with r = t (official data_proportion)
+    class_dropout: float = 0.0
+    null_label: int = 0
+    omega: float = 1.0  # guidance folded into the target: weight of the true velocity ...
+    kappa: float = 0.0  # ... and of the model's own conditional velocity (paper App. B.1); null gets 1 - w - k
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # t where it applies (official t_start, t_end)
+    norm_p: float = 1.0  # adaptive weight 1 / (loss + norm_eps)^norm_p
+    norm_eps: float = 0.01
+    derivative: str = "jvp"  # or finite_difference (MF-RAE)
+    fd_step: float = 5e-3  # MF-RAE's delta_t
+    noise_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.derivative not in DERIVATIVES:
+            raise ValueError(f"unknown derivative {self.derivative!r}; choose from {', '.join(DERIVATIVES)}")
+
+    @property
+    def guides(self) -> bool:
+        return self.omega != 1.0 or self.kappa != 0.0
+
+    # -- randomness ------------------------------------------------------------------------------------------
+    def draw(
+        self, shapes: Mapping[str, Sequence[int]], n: int, generator: torch.Generator | None, device=None
+    ) -> MeanFlowDraw:
+        t = self.time_sampler.sample(n, self.path, generator, device=device)
+        r = self.time_sampler.sample(n, self.path, generator, device=device)
+        t, r = torch.maximum(t, r), torch.minimum(t, r)
+        eps = {k: torch.randn((n, *shapes[k]), generator=generator, device=device) for k in sorted(shapes)}
+        if self.noise_scale != 1.0 and "x" in eps:
+            eps["x"] = eps["x"] * self.noise_scale
+        # official: the first int(n * data_proportion) samples get r = t and the first num_drop (a binomial count)
+        # lose their label; a random order places both, so a process's slice is not all of one kind
+        order = torch.randperm(n, generator=generator, device=device)
+        equal = torch.zeros(n, dtype=torch.bool, device=device)
+        equal[order[: int(n * self.r_equals_t)]] = True
+        r = torch.where(equal, t, r)
+        num_drop = int((torch.rand(n, generator=generator, device=device) < self.class_dropout).sum())
+        drop = torch.zeros(n, dtype=torch.bool, device=device)
+        drop[order[:num_drop]] = True
+        return MeanFlowDraw(t, r, eps, drop)
+
+    # -- the target's parts ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def guided_velocity(self, model: ModelFn, z_t: dict[str, Tensor], v: dict[str, Tensor], t: Tensor,
+                        y: Tensor | None, drop: Tensor) -> dict[str, Tensor]:  # fmt: skip
+        """``v_g``: the true velocity with the model's guidance folded in, on samples that keep their label and
+        whose t lies in the interval (official ``guidance_fn`` then ``cond_drop``)."""
+        if not self.guides or y is None:
+            return v
+        lo, hi = self.guidance_interval
+        inside = (t >= lo) & (t <= hi)
+        null = torch.full_like(y, self.null_label)
+        if self.kappa == 0:  # only the null-label velocity is needed (official: one call)
+            v_u, v_c = full_precision_pred(model(z_t, t, null)), None
+        else:  # both halves in one call of twice the batch
+            both = full_precision_pred(model({k: torch.cat([z, z]) for k, z in z_t.items()}, torch.cat([t, t]),
+                                             torch.cat([y, null])))  # fmt: skip
+            v_c, v_u = {k: b.chunk(2)[0] for k, b in both.items()}, {k: b.chunk(2)[1] for k, b in both.items()}
+        out = {}
+        for k, v_k in v.items():
+            omega = expand_t(torch.where(inside, self.omega, 1.0).to(v_k.dtype), v_k)
+            kappa = expand_t(torch.where(inside, self.kappa, 0.0).to(v_k.dtype), v_k)
+            guided = omega * v_k + (1 - omega - kappa) * v_u[k] + (kappa * v_c[k] if v_c is not None else 0)
+            out[k] = torch.where(drop.view(-1, *[1] * (v_k.ndim - 1)), v_k, guided)  # dropped labels: unguided
+        return out
+
+    def average_velocity(self, model: ModelFn, z_t: dict[str, Tensor], t: Tensor, r: Tensor, y: Tensor | None,
+                         tangent: dict[str, Tensor], return_hidden: Sequence[int] = ()):  # fmt: skip
+        """``u(z_t, r, t)`` (with gradient), its total derivative ``d/dt u`` along ``(tangent, 1)`` with r fixed
+        (no gradient), and the hidden states of the differentiated call."""
+
+        def u_fn(z: dict[str, Tensor], time: Tensor):
+            out = model(z, time, y, return_hidden=tuple(return_hidden), h=time - r)
+            return out.pred, out.hidden
+
+        if self.derivative == "jvp":
+            # the fused attention kernels (flash, memory-efficient; CPU's flash too) have no forward-mode
+            # derivative: the math path, under the JVP only
+            with sdpa_kernel(SDPBackend.MATH):
+                u, du_dt, hidden = torch.func.jvp(u_fn, (z_t, t), (tangent, torch.ones_like(t)), has_aux=True)
+            return u, {k: d.detach() for k, d in du_dt.items()}, hidden
+        u, hidden = u_fn(z_t, t)
+        with torch.no_grad():  # MF-RAE: (u(z + d v, t + d) - u(z - d v, t - d)) / 2d
+            d = self.fd_step
+            plus, _ = u_fn({k: z + d * tangent[k] for k, z in z_t.items()}, t + d)
+            minus, _ = u_fn({k: z - d * tangent[k] for k, z in z_t.items()}, t - d)
+            du_dt = {k: (full_precision(plus[k]) - full_precision(minus[k])) / (2 * d) for k in plus}
+        return u, du_dt, hidden
+
+    # -- the loss --------------------------------------------------------------------------------------------
+    def __call__(
+        self,
+        model: ModelFn,
+        clean: Mapping[str, Tensor],
+        y: Tensor | None,
+        weights: Mapping[str, float] | None = None,
+        draw: MeanFlowDraw | None = None,
+        generator: torch.Generator | None = None,
+        return_hidden: Sequence[int] = (),
+    ) -> tuple[LossOutput, FlowSample]:
+        weights = weights or {}
+        x = clean["x"]
+        if draw is None:
+            draw = self.draw({k: v.shape[1:] for k, v in clean.items()}, x.shape[0], generator, x.device)
+        t, r = draw.t, draw.r
+        clean = {k: full_precision(v) for k, v in clean.items()}
+        z_t = {k: self.path.interpolate(v, draw.eps[k], t) for k, v in clean.items()}
+        v = {k: self.path.velocity(c, draw.eps[k], t) for k, c in clean.items()}
+        v_g = self.guided_velocity(model, z_t, v, t, y, draw.drop)
+        if y is not None and self.class_dropout > 0:
+            y = torch.where(draw.drop, torch.full_like(y, self.null_label), y)
+        u, du_dt, hidden = self.average_velocity(model, z_t, t, r, y, v_g, return_hidden)
+        terms: dict[str, Tensor] = {}
+        total = 0.0
+        for k in clean:
+            interval = expand_t((t - r).clamp(0.0, 1.0), v_g[k])  # official: clip(t - r, 0, 1)
+            target = (v_g[k] - interval * full_precision(du_dt[k])).detach()
+            error = sum_flat((full_precision(u[k]) - target) ** 2)  # (B,)
+            terms[f"meanflow_{k}"] = adaptive_weight(error, self.norm_p, self.norm_eps).mean()
+            terms[f"meanflow_{k}_mse"] = error.detach().mean() / target[0].numel()  # per value, unweighted (log)
+            total = total + weights.get(k, 1.0) * terms[f"meanflow_{k}"]
+        return LossOutput(total=total, terms=terms), FlowSample(t=t, x_t=z_t, y=y, output=Prediction(u, hidden))
+
+
+def full_precision_pred(out) -> dict[str, Tensor]:
+    return {k: full_precision(p) for k, p in out.pred.items()}

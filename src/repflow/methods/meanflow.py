@@ -1,0 +1,106 @@
+"""MeanFlow: one- and few-step generation trained from scratch (Geng et al. 2025), on the flow method's network.
+
+The network is the flow method's (any family: SiT, JiT, DiT^DH) with a second time input, the interval
+``h = t - r`` (``model.interval_input``, set here). The objective (``flow/meanflow.py``) replaces flow matching;
+the flow method's terms compose as they do with flow matching: REPA aligns the hidden states of the
+differentiated call, REG's class token is one more stream with its own average velocity. Sampling jumps with
+the average velocity (``sample.sampler=mean``: ``z_r = z_t - (t - r) u``), so ``--steps 1`` is one network call;
+the other samplers integrate the instantaneous velocity ``u(z_t, t, t)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..config import Config, ConfigError, MethodConfig, checked, each, nonnegative, positive, probability, unit
+from ..flow.meanflow import MeanFlowLoss
+from ..flow.path import build_path
+from ..flow.timesteps import TimeSampler
+from ..registry import METHODS
+from .base import MethodEnv
+from .flow import FlowMethod
+
+
+@dataclass(frozen=True)
+class MeanFlowConfig(MethodConfig):
+    """``method.kind: meanflow`` and its settings (defaults: the official code's, guidance off)."""
+
+    kind: str = "meanflow"
+    r_equals_t: float = checked(0.75, probability)  # share of each batch with r = t (flow matching)
+    omega: float = checked(1.0, nonnegative)  # guidance folded into the target: 1 with kappa 0 is off
+    kappa: float = checked(0.0, lambda v: None if 0 <= v < 1 else "must lie in [0, 1)")
+    guidance_interval: tuple[float, float] = checked((0.0, 1.0), each(unit))  # t where omega, kappa apply
+    norm_p: float = checked(1.0, nonnegative)  # adaptive weight 1 / (loss + norm_eps)^norm_p; 0: plain loss
+    norm_eps: float = checked(0.01, positive)
+    derivative: Literal["jvp", "finite_difference"] = "jvp"  # finite_difference: MF-RAE's central difference
+    fd_step: float = checked(5e-3, lambda v: None if 0 < v < 0.5 else "must lie in (0, 0.5)")
+
+    def validate(self) -> None:
+        lo, hi = self.guidance_interval
+        if lo > hi:
+            raise ConfigError(f"config key 'method.guidance_interval' needs lo <= hi, got {(lo, hi)!r}")
+
+
+def build_meanflow_loss(cfg: Config, null_label: int) -> MeanFlowLoss:
+    m, t = cfg.method, cfg.flow.time
+    return MeanFlowLoss(
+        path=build_path(cfg.flow.path),
+        time_sampler=TimeSampler(kind=t.kind, mean=t.mean, std=t.std, shift=t.shift),
+        r_equals_t=m.r_equals_t,
+        class_dropout=cfg.model.class_dropout if cfg.model.num_classes > 0 else 0.0,
+        null_label=null_label,
+        omega=m.omega,
+        kappa=m.kappa,
+        guidance_interval=tuple(m.guidance_interval),
+        norm_p=m.norm_p,
+        norm_eps=m.norm_eps,
+        derivative=m.derivative,
+        fd_step=m.fd_step,
+        noise_scale=cfg.flow.noise_scale,
+    )
+
+
+@METHODS.register("meanflow", MeanFlowConfig)
+class MeanFlowMethod(FlowMethod):
+    """The flow method's network and terms, trained by the MeanFlow objective."""
+
+    def __init__(self, cfg: Config, env: MethodEnv):
+        super().__init__(cfg, env)
+        self.flow = build_meanflow_loss(cfg, getattr(self.model, "null_label", 0))
+
+    def describe(self) -> str:
+        m = self.cfg.method
+        terms = ", ".join(self.objective.terms) or "no terms"
+        how = f"central finite difference, step {m.fd_step:g}"
+        if m.derivative == "jvp":
+            how = "JVP by torch.func.jvp, attention on its math path under the JVP (fused kernels have no forward AD)"
+        lo, hi = m.guidance_interval
+        guidance = f"guidance in the target omega {m.omega:g} kappa {m.kappa:g} on t in [{lo:g}, {hi:g}]"
+        guidance = guidance if self.flow.guides else "no guidance"
+        return f"meanflow ({terms}; {how}; r = t on {m.r_equals_t:g} of each batch; {guidance})"
+
+    @classmethod
+    def resolve_static(cls, cfg: Config) -> Config:
+        if cfg.flow.prediction != "v":
+            raise ConfigError(f"method.kind=meanflow trains the output as the average velocity: it needs "
+                              f"flow.prediction=v, got {cfg.flow.prediction}")  # fmt: skip
+        if getattr(cfg.model, "internal_depth", 0):
+            raise ConfigError("method.kind=meanflow does not train an internal output: set model.internal_depth=0")
+        if cfg.train.grad_checkpointing and cfg.method.derivative == "jvp":
+            raise ConfigError("train.grad_checkpointing does not run under the JVP (forward-mode AD): turn it off "
+                              "or use method.derivative=finite_difference")  # fmt: skip
+        return super().resolve_static(cfg.replace(**{"model.interval_input": True}))
+
+    @classmethod
+    def resolve(cls, cfg: Config, env: MethodEnv) -> Config:
+        cfg = super().resolve(cfg, env)
+        m = cfg.method
+        if (m.omega != 1.0 or m.kappa != 0.0) and (cfg.model.num_classes <= 0 or cfg.model.class_dropout <= 0):
+            raise ConfigError(f"method.omega={m.omega:g}, method.kappa={m.kappa:g} fold classifier-free guidance into "
+                              "the target: that needs a class-conditional run with model.class_dropout > 0; set "
+                              "omega=1 and kappa=0 for this one")  # fmt: skip
+        return cfg
+
+
+__all__ = ["MeanFlowConfig", "MeanFlowMethod", "build_meanflow_loss"]
