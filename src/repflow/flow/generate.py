@@ -80,7 +80,8 @@ def generate(
         how = Guide(null_label=denoiser.null_label)  # the denoiser itself: batched
     else:
         how = None
-    velocity = guided(denoiser.velocity, labels, how, scales, tuple(opts.cfg_interval), opts.cfg_rule)
+    velocity = guided(denoiser.velocity, labels, how, scales, tuple(opts.cfg_interval), opts.cfg_rule,
+                      opts.cfg_channels)  # fmt: skip
     if opts.sampler == "euler":
         sol = euler(velocity, state, time_grid(opts.steps, denoiser.shift, opts.grid))
     elif opts.sampler == "heun":

@@ -159,11 +159,12 @@ class DiTBlock(nn.Module):
 
 
 class FinalNorm(nn.Module):
-    """The last adaLN: normalise and modulate tokens; per-stream linear heads read its output."""
+    """The last adaLN: normalise (LayerNorm, or RMSNorm as LightningDiT) and modulate tokens; per-stream linear
+    heads read its output."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, rms: bool = False):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm = RMSNorm(dim) if rms else nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
