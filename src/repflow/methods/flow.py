@@ -220,6 +220,9 @@ class FlowMethod(Method):
         if not getattr(network_class(cfg.model), "flow_network", True):
             raise ConfigError(f"model.family={cfg.model.family} is trained by method.kind={cfg.model.family}")
         check_width(cfg)
+        if cfg.sample.encoder_reuse != 1 and not hasattr(network_class(cfg.model), "with_encoder_reuse"):
+            raise ConfigError(f"sample.encoder_reuse={cfg.sample.encoder_reuse} needs a network with a condition "
+                              f"encoder (model.family=ddt), not {cfg.model.family}; set it to 1")  # fmt: skip
         for term in enabled_terms(cfg):
             cfg = term.resolve_static(cfg)
         return cfg
