@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..config import ConfigError, ModelConfig, checked, nonnegative, positive
 from ..registry import ARCHITECTURES
 from .dit import ModelOutput
-from .layers import FinalNorm, LabelEmbedder, RoPEBlock, TimestepEmbedder, rope_2d, run_block
+from .layers import FinalNorm, LabelEmbedder, RoPEBlock, TimestepEmbedder, rope_2d, run_block, vector_stream_layers
 from .presets import fill_from_arch
 
 # (depth, hidden, heads, encoder blocks): the paper's DDT-B/2 (8En4De), -L/2 (20En4De), -XL/2 (22En6De, the
@@ -58,6 +58,7 @@ class DDTConfig(ModelConfig):
 @ARCHITECTURES.register("ddt", DDTConfig)
 class DDT(nn.Module):
     ARCHS: ClassVar[dict[str, dict[str, int]]] = DDT_ARCHS
+    FRONT_TOKENS: ClassVar[tuple[str, ...]] = ("stream",)  # REG's class token (not the learned-token ablation)
 
     @classmethod
     def resolve(cls, cfg: DDTConfig) -> DDTConfig:
@@ -69,7 +70,7 @@ class DDT(nn.Module):
             if getattr(cfg, key) <= 0:
                 raise ValueError(f"model.{key} is not resolved ({getattr(cfg, key)}); build via build_model()")
         if learned_tokens:
-            raise ValueError("DDT takes no learned front tokens (REG's learnable-token ablation): use model.family=sit")
+            raise ValueError("DDT takes no learned front tokens (REG's learnable-token ablation)")
         self.cfg = cfg
         d, p, c = cfg.hidden_size, cfg.patch_size, cfg.in_channels
         self.patch_size, self.in_channels, self.num_classes = p, c, max(cfg.num_classes, 0)
@@ -85,10 +86,7 @@ class DDT(nn.Module):
         self.final_norm = FinalNorm(d, activated=True)
         self.out_x = nn.Linear(d, p * p * c)
         self.vector_streams = dict(vector_streams or {})
-        self.stream_in = nn.ModuleDict(
-            {k: nn.Sequential(nn.Linear(dim, d), nn.LayerNorm(d, eps=1e-6)) for k, dim in self.vector_streams.items()}
-        )
-        self.stream_out = nn.ModuleDict({k: nn.Linear(d, dim) for k, dim in self.vector_streams.items()})
+        self.stream_in, self.stream_out = vector_stream_layers(self.vector_streams, d)
         cos, sin = rope_2d(d // cfg.num_heads, cfg.input_size // p, front=len(self.vector_streams), layout="ddt")
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)

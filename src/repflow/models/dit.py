@@ -22,7 +22,15 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig, checked, positive
 from ..registry import ARCHITECTURES
-from .layers import DiTBlock, FinalNorm, LabelEmbedder, TimestepEmbedder, run_block, sincos_pos_embed_2d
+from .layers import (
+    DiTBlock,
+    FinalNorm,
+    LabelEmbedder,
+    TimestepEmbedder,
+    run_block,
+    sincos_pos_embed_2d,
+    vector_stream_layers,
+)
 from .presets import ARCHS, fill_from_arch
 
 
@@ -55,6 +63,7 @@ class ModelOutput:
 @ARCHITECTURES.register("sit", SiTConfig)
 class FlowTransformer(nn.Module):
     ARCHS: ClassVar[dict[str, dict[str, int]]] = ARCHS
+    FRONT_TOKENS: ClassVar[tuple[str, ...]] = ("stream", "learned")  # what terms may add: REG's token, its ablation
 
     @classmethod
     def resolve(cls, cfg: ModelConfig) -> ModelConfig:
@@ -86,12 +95,8 @@ class FlowTransformer(nn.Module):
         self.final_norm = FinalNorm(d, rms=self.rms_final)
         self.out_x = nn.Linear(d, p * p * cfg.in_channels)
 
-        # REG-style vector streams: Linear + LayerNorm in (eps 1e-6 as the official wg_norm), zero-initialised out.
-        self.vector_streams = dict(vector_streams or {})
-        self.stream_in = nn.ModuleDict(
-            {k: nn.Sequential(nn.Linear(dim, d), nn.LayerNorm(d, eps=1e-6)) for k, dim in self.vector_streams.items()}
-        )
-        self.stream_out = nn.ModuleDict({k: nn.Linear(d, dim) for k, dim in self.vector_streams.items()})
+        self.vector_streams = dict(vector_streams or {})  # REG's class token: zero-initialised out
+        self.stream_in, self.stream_out = vector_stream_layers(self.vector_streams, d)
         self.learned_tokens = nn.Parameter(torch.zeros(1, learned_tokens, d)) if learned_tokens else None
         self.initialize_weights()
 

@@ -67,6 +67,13 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(freq.to(self.mlp[0].weight.dtype))
 
 
+def vector_stream_layers(streams: dict[str, int], dim: int) -> tuple[nn.ModuleDict, nn.ModuleDict]:
+    """REG-style vector streams of a token network: (in, out) per stream, Linear + LayerNorm in (eps 1e-6 as the
+    official ``wg_norm``), a Linear out (zero it in the family's initialisation). One token each, no position."""
+    into = nn.ModuleDict({k: nn.Sequential(nn.Linear(d, dim), nn.LayerNorm(dim, eps=1e-6)) for k, d in streams.items()})
+    return into, nn.ModuleDict({k: nn.Linear(dim, d) for k, d in streams.items()})
+
+
 class LabelEmbedder(nn.Module):
     """Class label -> vector. Row ``num_classes`` is the null label used for classifier-free guidance.
 
