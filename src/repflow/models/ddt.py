@@ -37,7 +37,7 @@ DDT_SIZES = {"T": (6, 192, 3, 4), "S": (12, 384, 6, 8), "B": (12, 768, 12, 8), "
 DDT_ARCHS = {
     f"DDT-{size}/{p}": {"depth": d, "hidden_size": h, "num_heads": n, "patch_size": p, "encoder_depth": e}
     for size, (d, h, n, e) in DDT_SIZES.items()
-    for p in (1, 2, 4)
+    for p in (1, 2, 4, 8)
 }
 
 
