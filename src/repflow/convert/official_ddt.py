@@ -30,6 +30,7 @@ from torch import Tensor
 from ..config import Config, load_config
 from ..errors import CheckpointError
 from ..models.ddt import DDT_SIZES
+from .official_sit import official_projectors
 
 KIND = "official-ddt"
 KINDS = (KIND,)
@@ -146,11 +147,7 @@ def to_official(kind: str, model: dict[str, Tensor], objective: dict[str, Tensor
             sd[_BACK[key]] = value
         else:
             raise CheckpointError(f"repflow key {key!r} has no place in the official DDT format")
-    for key, value in objective.items():
-        m = re.match(r"^terms\.repa\.projectors\.0\.([024])\.(weight|bias)$", key)
-        if m is None:
-            raise CheckpointError(f"objective key {key!r} has no place in the {kind} format")
-        sd[f"proj.0.{m.group(1)}.{m.group(2)}"] = value
+    sd.update(official_projectors(objective, kind, "proj.{}.{}.{}"))  # their one projector: proj.0
     return sd
 
 
