@@ -91,3 +91,29 @@ def test_irepa_trains_through_the_flow_method():
     out.total.backward()
     conv = method.objective.terms["repa"].projectors[0].conv
     assert conv.kernel_size == (3, 3) and conv.weight.grad.abs().sum() > 0
+
+
+FAMILIES = {
+    "sit": [],
+    "lightningdit": ["model.family=lightningdit", "model.arch=LightningDiT-T/2"],
+    "ddt": ["model.family=ddt", "model.arch=DDT-T/2", "model.encoder_depth=1"],
+    "jit": ["model.family=jit", "model.arch=JiT-T/2", "model.bottleneck=8", "model.context_tokens=2",
+            "model.context_start=1", "flow.prediction=x"],
+    "dit_dh": ["model.family=dit_dh", "model.arch=DiTDH-T/2", "model.head_width=32", "model.head_heads=2",
+               "model.head_depth=1"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_irepa_works_wherever_repa_works(family):
+    cfg = tiny_config("repa.enabled=true", "repa.depth=2", "repa.projector=conv", "repa.spatial_norm=zscore",
+                      "encoders=[{name: tiny}]", *FAMILIES[family])  # fmt: skip
+    cfg = resolve_config(cfg, build_dataset(cfg.data, 4))
+    method = FlowMethod(cfg, MethodEnv(encoder_dims=[6]))
+    batch = TrainBatch(x=torch.randn(4, 3, 8, 8), y=torch.arange(4), features={"0.patch": torch.randn(4, 64, 6)})
+    out = method(batch, method.draw(batch, 4, torch.Generator().manual_seed(0)))  # 8x8 encoder grid -> 4x4 tokens
+    out.total.backward()
+    assert (
+        torch.isfinite(out.terms["repa"])
+        and method.objective.terms["repa"].projectors[0].conv.weight.grad.abs().sum() > 0
+    )
