@@ -30,8 +30,8 @@ from .dit import ModelOutput
 from .layers import FinalNorm, LabelEmbedder, RoPEBlock, TimestepEmbedder, rope_2d, run_block, vector_stream_layers
 from .presets import fill_from_arch
 
-# (depth, hidden, heads, encoder blocks): the paper's DDT-B/2 (8En4De), -L/2 (20En4De), -XL/2 (22En6De, the
-# released model); T and S for tests and demos
+# (depth, hidden, heads, encoder blocks): XL 22 + 6 is the released model (its config); the B (8 + 4) and L
+# (20 + 4) splits are repflow's reading of the paper's ablations, not checked against it here; T, S for tests
 DDT_SIZES = {"T": (6, 192, 3, 4), "S": (12, 384, 6, 8), "B": (12, 768, 12, 8), "L": (24, 1024, 16, 20),
              "XL": (28, 1152, 16, 22)}  # fmt: skip
 DDT_ARCHS = {
