@@ -51,9 +51,8 @@ def main() -> None:
         t = statistics.median(times)
         base = base or t
         evals = -(-args.steps // n) * enc + args.steps * (depth - enc)
-        print(
-            f"encoder_reuse {n}: {t:.2f} s ({t / base:.0%} of N=1), block evaluations {evals / (args.steps * depth):.0%}"
-        )
+        share = evals / (args.steps * depth)
+        print(f"encoder_reuse {n}: {t:.2f} s ({t / base:.0%} of N=1), block evaluations {share:.0%}")
 
 
 if __name__ == "__main__":
