@@ -84,9 +84,13 @@ def test_encoder_reuse_window_one_is_the_plain_sampler_and_two_halves_the_encode
     n_plain = len(calls)
     one = generate(denoiser, dataclasses.replace(cfg.sample, encoder_reuse=1), range(4), labels).states["x"]
     assert torch.equal(one, plain) and len(calls) == 2 * n_plain == 12
-    two = generate(denoiser, dataclasses.replace(cfg.sample, encoder_reuse=2), range(4), labels).states["x"]
+    opts = dataclasses.replace(cfg.sample, encoder_reuse=2)
+    two = generate(denoiser, opts, range(4), labels).states["x"]
     assert len(calls) - 2 * n_plain == 3  # 6 Euler steps, the encoder at steps 0, 2 and 4
     assert not torch.equal(two, plain) and (two - plain).abs().max() < 0.5
+    reusing = FlowMethod.denoiser(cfg.replace(**{"sample.encoder_reuse": 2}), {"model": model}, torch.device("cpu"))
+    again = [generate(reusing, opts, range(4), labels).states["x"] for _ in range(2)]
+    assert torch.equal(again[0], two) and torch.equal(again[1], two)  # each generation counts from its start
 
 
 def test_encoder_reuse_needs_ddt_and_the_split_is_checked():

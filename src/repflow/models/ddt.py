@@ -191,6 +191,10 @@ class EncoderReuse(nn.Module):
         self.calls += 1
         return ModelOutput(pred=self.network.decode(states, self.s))
 
+    def with_encoder_reuse(self, every: int) -> EncoderReuse:
+        """A fresh count on the same network (every generation starts its own)."""
+        return EncoderReuse(self.network, every)
+
 
 def count_parameters(arch: str, in_channels: int = 4, input_size: int = 32, num_classes: int = 1000) -> int:
     with torch.device("meta"):
