@@ -21,6 +21,10 @@ _API = ("Model", "evaluate", "export", "fit", "load", "load_config", "presets", 
 
 
 def __getattr__(name: str):
+    if name == "export":  # hub's export uses the API's Model (pipelines sample through it): not part of api
+        from .hub.export import export_diffusers
+
+        return export_diffusers
     if name in _API:  # the API pulls in torch: imported on first use, so `import repflow` stays light
         from . import api
 

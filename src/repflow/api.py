@@ -25,7 +25,7 @@ from torch import Tensor
 from .config import Config, load_config, replace
 from .errors import ConfigError
 
-__all__ = ["Model", "evaluate", "export", "fit", "load", "load_config", "presets", "sweep"]
+__all__ = ["Model", "evaluate", "fit", "load", "load_config", "presets", "sweep"]
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -129,14 +129,6 @@ def load(
         raise ConfigError(f"{run.ckpt.path} was trained with method {run.cfg.method.kind}, which does not generate")
     cfg = run.cfg.replace(sample=replace(run.cfg.sample, **changes)) if changes else run.cfg
     return Model(cfg, run.denoiser, run.ckpt.path, run.ema)
-
-
-def export(run: str | Path, out: str | Path, ema: float | None = None, license: str = "other") -> Path:
-    """Write a run as a diffusers pipeline folder with a model card (``repflow export RUN --to diffusers OUT``);
-    ``ema``: the weights (None: the sweep's choice, else the first EMA; 0: raw). README "Share a model"."""
-    from .hub.export import export_diffusers
-
-    return export_diffusers(run, out, ema=ema, license=license)
 
 
 def fit(

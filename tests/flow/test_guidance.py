@@ -172,3 +172,20 @@ def test_a_heun_step_straddling_the_bound():
     step, strict = seen[:3], seen[3:]  # predictor at 0.95, corrector at 0.85, the last (Euler) step at 0.85
     assert step == [(0.95, 2), (0.85, 2), (0.85, 4)]
     assert strict == [(0.95, 2), (0.85, 4), (0.85, 4)]
+
+
+def test_guiding_the_first_channels_only_keeps_the_conditional_velocity_in_the_others():
+    """LightningDiT's official rule (sample.cfg_channels=3): its forward_with_cfg guides eps[:, :3] and keeps
+    the conditional half's other channels."""
+    g = torch.Generator().manual_seed(0)
+    s, y = {"x": torch.randn(4, 5, 2, 2, generator=g)}, torch.tensor([0, 1, 2, 3])
+
+    def velocity(state, t, labels):
+        return {"x": state["x"] * t + labels.float()[:, None, None, None]}
+
+    out = classifier_free(velocity, y, 9, {"x": 3.0}, rule="step")(s, 0.5, 0.5)
+    part = guided(velocity, y, Guide(null_label=9), {"x": 3.0}, channels=3)(s, 0.5, 0.5)
+    cond = velocity(s, 0.5, y)
+    torch.testing.assert_close(part["x"][:, :3], out["x"][:, :3], atol=0, rtol=0)
+    torch.testing.assert_close(part["x"][:, 3:], cond["x"][:, 3:], atol=0, rtol=0)
+    assert not torch.equal(out["x"][:, 3:], cond["x"][:, 3:])

@@ -10,9 +10,11 @@ import torch
 from repflow.cli import main
 from repflow.flow.generate import sample_images
 from repflow.models import build_model, resolve_arch
+from repflow.models.ddt import DDTConfig
 from repflow.models.dit import SiTConfig
 from repflow.models.dit_dh import DiTDHConfig
 from repflow.models.jit import JiTConfig
+from repflow.models.lightningdit import LightningDiTConfig
 from repflow.runtime.checkpoint import load_checkpoint
 from repflow.sample.load import load_run
 from repflow.train.loop import Trainer
@@ -74,8 +76,10 @@ def test_meanflow_composes_with_repa_and_reg(tmp_path, encoder_file):  # noqa: F
             )
             for b in ("lightning", "in_context", "sit")
         ),  # fmt: skip
+        LightningDiTConfig(arch="LightningDiT-T/2", depth=2, hidden_size=32, num_heads=2),
+        DDTConfig(arch="DDT-T/2", depth=2, encoder_depth=1, hidden_size=32, num_heads=2),
     ],
-    ids=["sit", "jit", "dit_dh-lightning", "dit_dh-in_context", "dit_dh-sit"],
+    ids=["sit", "jit", "dit_dh-lightning", "dit_dh-in_context", "dit_dh-sit", "lightningdit", "ddt"],
 )
 def test_every_family_takes_the_interval_as_a_second_time_input(cfg):
     base = dataclasses.replace(cfg, num_classes=3, input_size=8, in_channels=3)

@@ -37,8 +37,9 @@ def test_zero_output_at_initialisation_and_shapes():
     assert out.pred["x"].shape == x.shape and torch.count_nonzero(out.pred["x"]) == 0
 
 
-def test_rope_is_a_rotation_with_the_relative_position_property():
-    cos, sin = rope_2d(8, 4)  # 16 positions on a 4x4 grid (row-major), head width 8
+@pytest.mark.parametrize("layout", ["eva", "ddt"])  # JiT, DiT^DH, LightningDiT; DDT
+def test_rope_is_a_rotation_with_the_relative_position_property(layout):
+    cos, sin = rope_2d(8, 4, layout=layout)  # 16 positions on a 4x4 grid (row-major), head width 8
     q, k = torch.randn(16, 8), torch.randn(16, 8)
     assert torch.allclose(apply_rope(q, cos, sin).norm(dim=-1), q.norm(dim=-1), atol=1e-5)  # norm preserving
 
@@ -50,7 +51,7 @@ def test_rope_is_a_rotation_with_the_relative_position_property():
     assert torch.allclose(score(at(1, 2), at(3, 1)), base, atol=1e-5)  # both moved by (+1, +1): unchanged
     assert torch.allclose(score(at(1, 3), at(3, 2)), base, atol=1e-5)  # by (+1, +2)
     assert not torch.allclose(score(at(0, 1), at(3, 0)), base, atol=1e-3)  # another offset: another score
-    front_cos, front_sin = rope_2d(8, 4, front=2)
+    front_cos, front_sin = rope_2d(8, 4, front=2, layout=layout)
     assert torch.equal(front_cos[:2], torch.ones(2, 8)) and torch.equal(front_sin[:2], torch.zeros(2, 8))
 
 

@@ -13,6 +13,8 @@ FORMATS = [
     "official-jit",
     "official-rae",
     "official-raev2",
+    "official-lightningdit",
+    "official-ddt",
 ]  # repflow.convert.FORMATS
 
 
@@ -37,11 +39,13 @@ def _convert(args) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    about = "official REG/REPA/SiT/JiT/RAE/RAEv2 checkpoints into repflow runs, and back"
+    about = "official REG/REPA/SiT/JiT/RAE/RAEv2/LightningDiT/DDT checkpoints into repflow runs, and back"
     c = sub.add_parser("convert", help=about, **examples(
         "repflow convert official-reg REG-SiT-XL-2-4M.pt --out runs/reg-xl2-official",
-        "repflow convert official-sit SiT-XL-2-256x256.pt --out runs/sit-xl2 codec.path=/weights/sd-vae-ft-ema",
+        "repflow convert official-sit SiT-XL-2-256x256.pt codec.path=/weights/sd-vae-ft-ema --out runs/sit-xl2",
         "repflow convert official-jit JiT-B-16.pth --out runs/jit-b16",
+        "repflow convert official-lightningdit lightningdit-b2.pt --out runs/ldit-b2",
+        "repflow convert official-ddt DDT-XL-22en6de-R256.ckpt --out runs/ddt-xl2",
         "repflow convert official-rae stage2_model.pt --out runs/rae-xl codec.decoder=/weights/RAE-ViTXL-n08 "
         "codec.stats=/weights/stat.pt",
         "repflow convert official-raev2 checkpoint.pt --out runs/raev2 codec.stats=/weights/stats.pt",

@@ -39,7 +39,8 @@ def examples(*lines: str) -> dict:
 _FIELDS = {"sampler": "sampler", "steps": "steps", "cfg": "cfg", "cfg_interval": "cfg_interval",
            "cfg_cls": "cfg_cls", "seed": "seed", "sample_batch_size": "batch_size", "shift": "shift",
            "guide_scale": "guide_scale", "grid": "grid", "internal_guidance": "internal_guidance",
-           "internal_interval": "internal_interval", "cfg_rule": "cfg_rule"}  # fmt: skip
+           "internal_interval": "internal_interval", "cfg_rule": "cfg_rule",
+           "cfg_channels": "cfg_channels", "encoder_reuse": "encoder_reuse"}  # fmt: skip
 
 
 def add_sampling_args(
@@ -57,6 +58,10 @@ def add_sampling_args(
     p.add_argument("--cfg-interval", type=parse_interval, help="LO,HI: guide only for t in [LO, HI] (t=1 is noise)")
     p.add_argument("--cfg-rule", choices=CFG_RULES, help="where the interval is decided: step (SiT/REPA/REG: "
                    "once per solver step, inclusive) or evaluation_strict (JiT: every evaluation, strict)")  # fmt: skip
+    p.add_argument("--cfg-channels", type=int, help="guide only the image's first N channels (LightningDiT's "
+                   "official rule: 3; 0 = all)")  # fmt: skip
+    p.add_argument("--encoder-reuse", type=int, help="DDT: run the condition encoder every N evaluations, reusing "
+                   "its output in between (1 = every one)")  # fmt: skip
     p.add_argument("--cfg-cls", type=float, help="REG: guidance scale of the class token (-1: same as --cfg)")
     p.add_argument("--shift", type=float, help="time shift of the sampling grid (-1: the training shift)")
     p.add_argument("--grid", choices=("uniform", "rae"), help="time grid: uniform to t=0, or the official RAE "

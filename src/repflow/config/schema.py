@@ -264,6 +264,11 @@ class SampleConfig(Section):
     # ... as the family's authors decide it (flow/guidance.py): step (SiT/REPA/REG: once per solver step at its
     # start, inclusive) or evaluation_strict (JiT: at every evaluation, strict bounds)
     cfg_rule: CfgRule = "step"
+    # guide only the image's first n channels (the rest keep the conditional velocity): LightningDiT's official
+    # rule (3, a DiT reproduction leftover its presets carry); 0: every channel
+    cfg_channels: int = checked(0, nonnegative)
+    # DDT: run the condition encoder every n network evaluations and reuse its output in between (1: every one)
+    encoder_reuse: int = checked(1, positive)
     sde_t_last: float = checked(0.04, lambda v: None if 0 < v < 1 else "must lie in (0, 1)")
     rtol: float = checked(1e-4, positive)  # dopri5
     atol: float = checked(1e-4, positive)

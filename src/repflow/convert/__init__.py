@@ -19,16 +19,23 @@ from ..build import WEIGHTS_KEY, weights_record
 from ..config import Config
 from ..errors import CheckpointError
 from ..runtime.checkpoint import ema_name, load_checkpoint, resolve_checkpoint, save_checkpoint
-from . import official_jit, official_rae, official_rae_decoder, official_sit
+from . import official_ddt, official_jit, official_lightningdit, official_rae, official_rae_decoder, official_sit
 
-FORMATS = (*official_sit.KINDS, official_jit.KIND, *official_rae.KINDS)
+FORMATS = (
+    *official_sit.KINDS,
+    official_jit.KIND,
+    *official_rae.KINDS,
+    *official_lightningdit.KINDS,
+    *official_ddt.KINDS,
+)
 EMA_DECAY = 0.9999  # the official EMA's decay (REPA / REG / SiT); a format module may name its own
 
 
 def _module(kind: str):
     if kind not in FORMATS:
         raise CheckpointError(f"unknown format {kind!r}; choose from {', '.join(FORMATS)}")
-    return next(m for m in (official_sit, official_jit, official_rae) if kind in m.KINDS)
+    modules = (official_sit, official_jit, official_rae, official_lightningdit, official_ddt)
+    return next(m for m in modules if kind in m.KINDS)
 
 
 def read_official(path: str | Path, kind: str = "") -> tuple[dict[float, dict[str, Tensor]], dict | None, int]:
@@ -47,6 +54,8 @@ def read_official(path: str | Path, kind: str = "") -> tuple[dict[float, dict[st
                               f"damaged): {first}") from err  # fmt: skip
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    if kind in official_ddt.KINDS:  # a Lightning checkpoint
+        return official_ddt.split_checkpoint(obj)
     decay = getattr(_module(kind), "EMA_DECAY", EMA_DECAY) if kind else EMA_DECAY
     emas = {d: obj[k] for k, d in (("ema", decay), *official_jit.EMAS.items()) if isinstance(obj.get(k), dict)}
     raw = obj.get("model") if isinstance(obj.get("model"), dict) else None
@@ -153,7 +162,9 @@ def export_checkpoint(kind: str, run: str | Path, path: str | Path) -> Path:
     emas = [official(ema_name(d)) for d in decays] or [official("model")]
     if kind == official_jit.KIND:
         obj = {"model": official("model"), "model_ema1": emas[0], "model_ema2": emas[min(1, len(emas) - 1)]}
-    elif kind in ("official-reg", *official_rae.KINDS):  # their sampling scripts read the "ema" entry
+    elif kind in official_ddt.KINDS:
+        obj = official_ddt.lightning_checkpoint(emas[0], official("model"), ckpt.state()["step"])
+    elif kind in ("official-reg", *official_rae.KINDS, *official_lightningdit.KINDS):  # their samplers read "ema"
         obj = {"model": official("model"), "ema": emas[0]}
     else:
         obj = emas[0]

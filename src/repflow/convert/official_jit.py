@@ -22,7 +22,7 @@ from ..models.jit import JIT_SIZES
 KIND = "official-jit"
 KINDS = (KIND,)
 EMAS = {"model_ema1": 0.9999, "model_ema2": 0.9996}
-_BLOCK = re.compile(r"^blocks\.(\d+)\.(norm1\.weight|norm2\.weight|attn\.qkv\.(weight|bias)|attn\.q_norm\.weight|"
+ROPE_BLOCK = re.compile(r"^blocks\.(\d+)\.(norm1\.weight|norm2\.weight|attn\.qkv\.(weight|bias)|attn\.q_norm\.weight|"
                     r"attn\.k_norm\.weight|attn\.proj\.(weight|bias)|mlp\.w12\.(weight|bias)|mlp\.w3\.(weight|bias)|"
                     r"adaLN_modulation\.1\.(weight|bias))$")  # fmt: skip
 _RENAME = {
@@ -52,7 +52,7 @@ def infer_config(kind: str, sd: dict[str, Tensor], overrides: list[str] | None =
         raise CheckpointError(f"not an official JiT state dict: no net.x_embedder.proj1.weight ({sorted(sd)[:3]} ...)")
     bottleneck, channels, patch, _ = sd["x_embedder.proj1.weight"].shape
     hidden = sd["x_embedder.proj2.weight"].shape[0]
-    depth = 1 + max(int(m.group(1)) for k in sd if (m := _BLOCK.match(k)))
+    depth = 1 + max(int(m.group(1)) for k in sd if (m := ROPE_BLOCK.match(k)))
     size = next((n for n, s in JIT_SIZES.items() if (s[0], s[1]) == (depth, hidden)), "")
     heads = JIT_SIZES[size][2] if size else max(1, hidden // 64)
     start = JIT_SIZES[size][4] if size else depth // 3
@@ -76,7 +76,7 @@ def from_official(kind: str, sd: dict[str, Tensor], cfg: Config) -> tuple[dict, 
     for key, value in strip(sd).items():
         if key == "pos_embed":
             extra["pos_embed"] = value
-        elif _BLOCK.match(key):
+        elif ROPE_BLOCK.match(key):
             model[key] = value
         elif key in _RENAME:
             model[_RENAME[key]] = value
@@ -92,7 +92,7 @@ def to_official(kind: str, model: dict[str, Tensor], objective: dict[str, Tensor
     grid = cfg.model.input_size // cfg.model.patch_size
     sd = {"net.pos_embed": extra.get("pos_embed", sincos_pos_embed_2d(cfg.model.hidden_size, grid, grid)[None])}
     for key, value in model.items():
-        if _BLOCK.match(key):
+        if ROPE_BLOCK.match(key):
             sd[f"net.{key}"] = value
         elif key in _BACK:
             sd[f"net.{_BACK[key]}"] = value

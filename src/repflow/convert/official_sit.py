@@ -149,9 +149,16 @@ def to_official(kind: str, model: dict[str, Tensor], objective: dict[str, Tensor
             sd[_BACK[key]] = value
         else:
             raise CheckpointError(f"repflow key {key!r} has no place in the {kind} format")
+    sd.update(official_projectors(objective, kind, "projectors.{}.{}.{}"))
+    return sd
+
+
+def official_projectors(objective: dict[str, Tensor], kind: str, name: str) -> dict[str, Tensor]:
+    """REPA's MLP projectors under their official names: ``name`` formatted with (projector, layer, tensor)."""
+    out = {}
     for key, value in objective.items():
         m = re.match(r"^terms\.repa\.projectors\.(\d+)\.([024])\.(weight|bias)$", key)
         if m is None:
             raise CheckpointError(f"objective key {key!r} has no place in the {kind} format")
-        sd[f"projectors.{m.group(1)}.{m.group(2)}.{m.group(3)}"] = value
-    return sd
+        out[name.format(*m.groups())] = value
+    return out

@@ -69,10 +69,18 @@ class NetworkDenoiser:
         self.device, self.dtype = param.device, full_precision(param[:0]).dtype
 
     def for_options(self, opts: SampleConfig) -> NetworkDenoiser:
-        """This denoiser with the sampling options that change the velocity itself (internal guidance)."""
-        if opts.internal_guidance == self.internal_scale and tuple(opts.internal_interval) == self.internal_interval:
+        """This denoiser with the sampling options that change the velocity itself (internal guidance; DDT's
+        encoder reuse, a fresh count for every generation)."""
+        network = self.network
+        if opts.encoder_reuse != 1:
+            if not hasattr(network, "with_encoder_reuse"):
+                raise ValueError(f"sample.encoder_reuse={opts.encoder_reuse} needs a network with a condition "
+                                 "encoder (model.family=ddt); set it to 1")  # fmt: skip
+            network = network.with_encoder_reuse(opts.encoder_reuse)
+        if (opts.internal_guidance == self.internal_scale and tuple(opts.internal_interval) == self.internal_interval
+                and network is self.network):  # fmt: skip
             return self
-        return dataclasses.replace(self, internal_scale=opts.internal_guidance,
+        return dataclasses.replace(self, network=network, internal_scale=opts.internal_guidance,
                                    internal_interval=tuple(opts.internal_interval))  # fmt: skip
 
     def _to_velocity(self, preds: Mapping[str, Tensor], state: State, t_vec: Tensor) -> State:

@@ -92,14 +92,14 @@ def generate(
     else:
         how = None
     interval = tuple(opts.cfg_interval)
-    velocity = guided(denoiser.velocity, labels, how, scales, interval, opts.cfg_rule)
+    velocity = guided(denoiser.velocity, labels, how, scales, interval, opts.cfg_rule, opts.cfg_channels)
     if opts.sampler == "mean":  # MeanFlow's jumps: the average velocity over each step, guided as a velocity
         if guide is not None:
             raise ValueError("the mean sampler guides with the model's own null label, not with another run")
 
         def average(s: State, t: float, r: float) -> State:
             u = lambda s_, t_, y_: denoiser.average_velocity(s_, t_, r, y_)  # noqa: E731
-            return guided(u, labels, how, scales, interval, opts.cfg_rule)(s, t, t)
+            return guided(u, labels, how, scales, interval, opts.cfg_rule, opts.cfg_channels)(s, t, t)
 
         sol = mean_jumps(average, state, time_grid(opts.steps, denoiser.shift, opts.grid))
     elif opts.sampler == "euler":

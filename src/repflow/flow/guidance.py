@@ -7,9 +7,10 @@
 - AutoGuidance (Karras et al. 2024, used by RAE): another, weaker network with the same labels
   (``Guide(other_velocity)``): two calls.
 
-One scale per stream (REG guides its class token separately), all channels (DiT's "first 3 channels" was a
-legacy reproduction detail). Where guidance is active is a family's own rule (``sample.cfg_rule``; t = 1 is
-noise, ``interval = (lo, hi)``):
+One scale per stream (REG guides its class token separately), all channels by default; ``channels = n`` guides
+only the image's first n channels and keeps the conditional velocity in the others, as the official
+LightningDiT does with n = 3 (DiT's "first 3 channels" reproduction detail; ``sample.cfg_channels``). Where
+guidance is active is a family's own rule (``sample.cfg_rule``; t = 1 is noise, ``interval = (lo, hi)``):
 
 - ``step`` (SiT / REPA / REG's samplers): decided once per solver step at its start time ``t_step``, inclusive,
   ``lo <= t_step <= hi``; a Heun corrector is guided as its step was. REPA's interval is (0, 0.7).
@@ -70,9 +71,11 @@ def guided(
     scales: Mapping[str, float],
     interval: tuple[float, float] = (0.0, 1.0),
     rule: str = "step",
+    channels: int = 0,
 ) -> Velocity:
     """The solver's velocity ``(state, t, t_step) -> state``: ``velocity`` at labels ``y``, guided by ``guide``
-    where ``rule`` says (see the module docstring)."""
+    where ``rule`` says, in the image's first ``channels`` channels only when that is not 0 (see the module
+    docstring)."""
     lo, hi = interval
     if lo > hi:
         raise ValueError(f"guidance interval must have lo <= hi, got {interval}")
@@ -91,7 +94,10 @@ def guided(
         else:
             labels = y if guide.null_label is None or y is None else torch.full_like(y, guide.null_label)
             cond, weak = velocity(state, t, y), guide.velocity(state, t, labels)
-        return {k: weak[k] + scales.get(k, 1.0) * (cond[k] - weak[k]) for k in cond}
+        out = {k: weak[k] + scales.get(k, 1.0) * (cond[k] - weak[k]) for k in cond}
+        if channels:  # LightningDiT: the other channels keep the conditional velocity
+            out["x"] = torch.cat([out["x"][:, :channels], cond["x"][:, channels:]], dim=1)
+        return out
 
     return combined
 

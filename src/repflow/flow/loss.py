@@ -52,6 +52,7 @@ class FlowSample:
     x_t: dict[str, Tensor]
     y: Tensor | None  # labels after dropout
     output: object  # ModelOutput: .pred per stream, .hidden per block
+    eps: dict[str, Tensor] = field(default_factory=dict)  # the noise per stream (targets of extra terms)
 
 
 def mean_flat(x: Tensor) -> Tensor:
@@ -114,4 +115,4 @@ class FlowMatching:
         for k, pred in getattr(out, "shallow", {}).items():  # RAEv2: the internal output has the same target
             terms[f"flow_{k}_internal"] = self.stream_loss(pred, clean[k], draw.eps[k], x_t[k], t).mean()
             total = total + self.internal_weight * weights.get(k, 1.0) * terms[f"flow_{k}_internal"]
-        return LossOutput(total=total, terms=terms), FlowSample(t=t, x_t=x_t, y=y, output=out)
+        return LossOutput(total=total, terms=terms), FlowSample(t=t, x_t=x_t, y=y, output=out, eps=draw.eps)

@@ -29,7 +29,9 @@ from ..runtime.exported import PREFIX, ExportedCheckpoint
 
 
 def export_diffusers(run: str | Path, out: str | Path, ema: float | None = None, license: str = "other") -> Path:
-    """Write ``run``'s newest checkpoint (or the checkpoint given) as a diffusers pipeline folder ``out``."""
+    """Write ``run``'s newest checkpoint (or the checkpoint given) as a diffusers pipeline folder ``out`` with a
+    model card (``repflow export RUN --to diffusers OUT``, ``repflow.export``); ``ema``: the weights (None: the
+    sweep's choice, else the first EMA; 0: raw). README "Share a model"."""
     from ..sample.load import load_run
     from ..sample.swept import with_swept
     from .card import write_card

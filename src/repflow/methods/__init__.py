@@ -10,7 +10,7 @@
 See README, "Adding a method".
 """
 
-from . import dispersive, dsd, flow, manifold, meanflow, rae_decoder, reg, repa, simclr  # noqa: F401  (registration)
+from . import dispersive, dsd, flow, manifold, meanflow, rae_decoder, reg, repa, simclr, velocity_cosine  # noqa: F401
 from .base import Draw, Method, MethodEnv, Phase, TrainBatch
 from .flow import FlowMethod, Term
 

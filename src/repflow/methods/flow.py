@@ -23,7 +23,7 @@ from ..flow.loss import FlowDraw, FlowMatching, FlowSample, LossOutput
 from ..flow.path import build_path
 from ..flow.timesteps import TimeSampler
 from ..models import build_model, network_class
-from ..registry import METHODS, TERMS
+from ..registry import ARCHITECTURES, METHODS, TERMS
 from .base import Method, MethodEnv, TrainBatch
 
 
@@ -55,6 +55,12 @@ class Term(nn.Module):
     @classmethod
     def learned_tokens(cls, cfg: Config) -> int:
         return 0
+
+    @classmethod
+    def front_token(cls, cfg: Config) -> str:
+        """The kind of token it puts in front of the image's ("stream" or "learned"; "" none): a family lists the
+        kinds it carries in ``FRONT_TOKENS``."""
+        return ""
 
     @classmethod
     def guidance(cls, cfg: Config, opts: SampleConfig, scales: dict[str, float]) -> dict[str, float]:
@@ -220,7 +226,16 @@ class FlowMethod(Method):
         if not getattr(network_class(cfg.model), "flow_network", True):
             raise ConfigError(f"model.family={cfg.model.family} is trained by method.kind={cfg.model.family}")
         check_width(cfg)
+        if cfg.sample.encoder_reuse != 1 and not hasattr(network_class(cfg.model), "with_encoder_reuse"):
+            raise ConfigError(f"sample.encoder_reuse={cfg.sample.encoder_reuse} needs a network with a condition "
+                              f"encoder (model.family=ddt), not {cfg.model.family}; set it to 1")  # fmt: skip
         for term in enabled_terms(cfg):
+            kind = term.front_token(cfg)
+            carried = getattr(network_class(cfg.model), "FRONT_TOKENS", ())
+            if kind and kind not in carried:
+                able = [e.name for e in ARCHITECTURES.entries() if kind in getattr(e.target, "FRONT_TOKENS", ())]
+                raise ConfigError(f"{term.section} puts a {kind} token in front of the image; model.family="
+                                  f"{cfg.model.family} has no place for one ({', '.join(able)} have)")  # fmt: skip
             cfg = term.resolve_static(cfg)
         return cfg
 

@@ -78,6 +78,10 @@ class RegTerm(Term):
         return {"cls": cfg.reg.dim}
 
     @classmethod
+    def front_token(cls, cfg: Config) -> str:
+        return "learned" if cfg.reg.source == "learnable" else "stream"
+
+    @classmethod
     def learned_tokens(cls, cfg: Config) -> int:
         return 1 if cfg.reg.source == "learnable" else 0  # the ablation: a learned token, nothing to denoise
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..registry import ARCHITECTURES
-from . import dit_dh, dsd_net, jit  # noqa: F401  (register the JiT, DiT^DH and DSD families)
+from . import ddt, dit_dh, dsd_net, jit, lightningdit  # noqa: F401  (register the other families)
 from .dit import FlowTransformer, ModelOutput, SiTConfig
 from .presets import ARCHS, arch_dims
 

@@ -22,7 +22,15 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig, checked, positive
 from ..registry import ARCHITECTURES
-from .layers import DiTBlock, FinalNorm, LabelEmbedder, TimestepEmbedder, run_block, sincos_pos_embed_2d
+from .layers import (
+    DiTBlock,
+    FinalNorm,
+    LabelEmbedder,
+    TimestepEmbedder,
+    run_block,
+    sincos_pos_embed_2d,
+    vector_stream_layers,
+)
 from .presets import ARCHS, fill_from_arch
 
 
@@ -55,6 +63,7 @@ class ModelOutput:
 @ARCHITECTURES.register("sit", SiTConfig)
 class FlowTransformer(nn.Module):
     ARCHS: ClassVar[dict[str, dict[str, int]]] = ARCHS
+    FRONT_TOKENS: ClassVar[tuple[str, ...]] = ("stream", "learned")  # what terms may add: REG's token, its ablation
 
     @classmethod
     def resolve(cls, cfg: ModelConfig) -> ModelConfig:
@@ -84,20 +93,24 @@ class FlowTransformer(nn.Module):
         )
         grid = cfg.input_size // p
         self.register_buffer("pos_embed", sincos_pos_embed_2d(d, grid, grid), persistent=False)
-        self.blocks = nn.ModuleList(
-            DiTBlock(d, cfg.num_heads, cfg.mlp_ratio, qk_norm=cfg.qk_norm) for _ in range(cfg.depth)
-        )
-        self.final_norm = FinalNorm(d)
+        self.blocks = nn.ModuleList(self.make_block(cfg) for _ in range(cfg.depth))
+        self.final_norm = FinalNorm(d, rms=self.rms_final)
         self.out_x = nn.Linear(d, p * p * cfg.in_channels)
 
-        # REG-style vector streams: Linear + LayerNorm in (eps 1e-6 as the official wg_norm), zero-initialised out.
-        self.vector_streams = dict(vector_streams or {})
-        self.stream_in = nn.ModuleDict(
-            {k: nn.Sequential(nn.Linear(dim, d), nn.LayerNorm(d, eps=1e-6)) for k, dim in self.vector_streams.items()}
-        )
-        self.stream_out = nn.ModuleDict({k: nn.Linear(d, dim) for k, dim in self.vector_streams.items()})
+        self.vector_streams = dict(vector_streams or {})  # REG's class token: zero-initialised out
+        self.stream_in, self.stream_out = vector_stream_layers(self.vector_streams, d)
         self.learned_tokens = nn.Parameter(torch.zeros(1, learned_tokens, d)) if learned_tokens else None
         self.initialize_weights()
+
+    rms_final: ClassVar[bool] = False  # the final adaLN's norm: LayerNorm (SiT) or RMSNorm (LightningDiT)
+
+    def make_block(self, cfg: SiTConfig) -> nn.Module:
+        """One transformer block; a family with other blocks (LightningDiT) overrides this and ``block_inputs``."""
+        return DiTBlock(cfg.hidden_size, cfg.num_heads, cfg.mlp_ratio, qk_norm=cfg.qk_norm)
+
+    def block_inputs(self, grid_h: int, grid_w: int) -> tuple[Tensor, ...]:
+        """What every block takes besides the tokens and the condition (LightningDiT: its RoPE tables)."""
+        return ()
 
     @property
     def null_label(self) -> int:
@@ -178,10 +191,11 @@ class FlowTransformer(nn.Module):
         if front:
             tokens = torch.cat([*front, tokens], dim=1)  # (B, S + N, D)
         c = self.condition(t, y, interval)
+        extra = self.block_inputs(gh, gw)
 
         hidden: dict[int, Tensor] = {}
         for i, block in enumerate(self.blocks, start=1):
-            tokens = run_block(block, self.grad_checkpointing and self.training, tokens, c)
+            tokens = run_block(block, self.grad_checkpointing and self.training, tokens, c, *extra)
             if i in return_hidden:
                 hidden[i] = tokens
         missing = set(return_hidden) - set(hidden)

@@ -10,6 +10,9 @@ conditioning (time + label) as in DiT; dropout on the middle half of the blocks 
 Layouts follow the official code, so its checkpoints convert by renaming: qkv rows [q | k | v], SwiGLU's gate
 first, RoPE on interleaved pairs with the first half of a head's dims rotated by the row and the second half
 by the column, the in-context tokens unrotated, output tokens (p, q, c) with the channel fastest.
+
+REG's class token (a vector stream) is the first token from block 0 on, before the in-context tokens, unrotated;
+its prediction is read from the final layer like the image's (the same kind: x with JiT's x-prediction).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .layers import (
     run_block,
     sincos_pos_embed_2d,
     swiglu_hidden,
+    vector_stream_layers,
 )
 from .presets import fill_from_arch, size_table
 
@@ -83,6 +87,7 @@ class BottleneckPatchEmbed(nn.Module):
 @ARCHITECTURES.register("jit", JiTConfig)
 class JiT(nn.Module):
     ARCHS: ClassVar[dict[str, dict[str, int]]] = JIT_ARCHS
+    FRONT_TOKENS: ClassVar[tuple[str, ...]] = ("stream",)  # REG's class token (not the learned-token ablation)
 
     @classmethod
     def resolve(cls, cfg: ModelConfig) -> ModelConfig:
@@ -91,8 +96,8 @@ class JiT(nn.Module):
 
     def __init__(self, cfg: JiTConfig, vector_streams: dict[str, int] | None = None, learned_tokens: int = 0):
         super().__init__()
-        if vector_streams or learned_tokens:
-            raise ValueError("the JiT family takes no extra token streams (REG's class token): use model.family=sit")
+        if learned_tokens:
+            raise ValueError("the JiT family takes no learned front tokens (REG's learnable-token ablation)")
         for key in ("depth", "hidden_size", "num_heads", "patch_size", "input_size", "in_channels", "bottleneck"):
             if getattr(cfg, key) <= 0:
                 raise ValueError(f"model.{key} is not resolved ({getattr(cfg, key)}); build via build_model()")
@@ -125,15 +130,17 @@ class JiT(nn.Module):
         self.norm_final = RMSNorm(d)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
         self.out_x = nn.Linear(d, p * p * c)
-        head_dim = d // cfg.num_heads
-        for name, front in (("plain", 0), ("context", self.context)):
+        self.vector_streams = dict(vector_streams or {})
+        self.stream_in, self.stream_out = vector_stream_layers(self.vector_streams, d)
+        head_dim, streams = d // cfg.num_heads, len(self.vector_streams)
+        for name, front in (("plain", streams), ("context", streams + self.context)):
             cos, sin = rope_2d(head_dim, self.grid, cfg.rope_theta, front)
             self.register_buffer(f"rope_cos_{name}", cos, persistent=False)
             self.register_buffer(f"rope_sin_{name}", sin, persistent=False)
         self.initialize_weights()
 
     null_label = property(lambda self: self.num_classes)
-    num_front_tokens = 0  # hidden states are returned without the in-context tokens
+    num_front_tokens = property(lambda self: len(self.vector_streams))  # hidden states: no in-context tokens
 
     def initialize_weights(self) -> None:
         """The official scheme: xavier linears and convs, N(0, 0.02) tables, adaLN-Zero, a zero output head."""
@@ -150,7 +157,8 @@ class JiT(nn.Module):
         if self.in_context_posemb is not None:
             nn.init.normal_(self.in_context_posemb, std=0.02)
         self.t_embedder.initialize()
-        for layer in [*(b.adaLN_modulation[-1] for b in self.blocks), self.final_modulation[-1], self.out_x]:
+        heads = [self.final_modulation[-1], self.out_x, *self.stream_out.values()]
+        for layer in [*(b.adaLN_modulation[-1] for b in self.blocks), *heads]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -172,6 +180,10 @@ class JiT(nn.Module):
         if x.shape[-1] != self.grid * self.patch_size or x.shape[-2] != x.shape[-1]:
             raise ValueError(f"JiT was built for {self.grid * self.patch_size}px inputs, got {tuple(x.shape[-2:])}")
         tokens = self.x_embedder(x) + self.pos_embed.to(x.dtype)  # (B, N, D)
+        streams = [self.stream_in[k](states[k]).unsqueeze(1) for k in self.vector_streams]  # (B, 1, D) each
+        s = len(streams)
+        if streams:
+            tokens = torch.cat([*streams, tokens], dim=1)  # (B, S + N, D)
         c = self.t_embedder(t, h)
         label = None
         if self.y_embedder is not None:
@@ -179,22 +191,25 @@ class JiT(nn.Module):
                 y = torch.full_like(t, self.null_label, dtype=torch.long)
             label = self.y_embedder(y)  # (B, D): adaLN and the in-context tokens
             c = c + label
-        cos, sin, front = self.rope_cos_plain, self.rope_sin_plain, 0
+        cos, sin, front = self.rope_cos_plain, self.rope_sin_plain, s
         hidden: dict[int, Tensor] = {}
         for i, block in enumerate(self.blocks):
             if self.context and i == self.cfg.context_start:
                 ctx = label.unsqueeze(1).expand(-1, self.context, -1) + self.in_context_posemb  # (B, 32, D)
-                tokens = torch.cat([ctx.to(tokens.dtype), tokens], dim=1)
-                cos, sin, front = self.rope_cos_context, self.rope_sin_context, self.context
+                tokens = torch.cat([tokens[:, :s], ctx.to(tokens.dtype), tokens[:, s:]], dim=1)
+                cos, sin, front = self.rope_cos_context, self.rope_sin_context, s + self.context
             tokens = run_block(block, self.grad_checkpointing and self.training, tokens, c, cos, sin)
             if i + 1 in return_hidden:
-                hidden[i + 1] = tokens[:, front:]
+                hidden[i + 1] = torch.cat([tokens[:, :s], tokens[:, front:]], dim=1)  # streams + image
         missing = set(return_hidden) - set(hidden)
         if missing:
             raise ValueError(f"hidden states requested after blocks {sorted(missing)}, model has {len(self.blocks)}")
         shift, scale = self.final_modulation(c).chunk(2, dim=-1)
-        out = self.out_x(modulate(self.norm_final(tokens[:, front:]), shift, scale))
-        return ModelOutput(pred={"x": self.unpatchify(out)}, hidden=hidden)
+        final = modulate(self.norm_final(tokens), shift, scale)
+        pred = {"x": self.unpatchify(self.out_x(final[:, front:]))}
+        for j, k in enumerate(self.vector_streams):
+            pred[k] = self.stream_out[k](final[:, j])
+        return ModelOutput(pred=pred, hidden=hidden)
 
     def forward_flops(self, batch: int = 1) -> int:
         """Matrix products of one forward (2 FLOPs per multiply-add)."""

@@ -69,12 +69,12 @@ class TimeEmbedding(nn.Module):
 
 
 class TimestepEmbedder(TimeEmbedding):
-    """Scalar t -> 256-d sinusoid -> MLP (DiT)."""
+    """Scalar t -> 256-d sinusoid -> MLP (DiT). ``max_period``: DiT's 10000; DDT's 10 (its t lies in [0, 1])."""
 
     def __init__(self, hidden: int, freq_dim: int = 256, time_scale: float = 1.0, time_offset: float = 0.0,
-                 interval: bool = False):  # fmt: skip
+                 max_period: float = 10000.0, interval: bool = False):  # fmt: skip
         super().__init__()
-        self.freq_dim = freq_dim
+        self.freq_dim, self.max_period = freq_dim, max_period
         self.time_scale, self.time_offset = time_scale, time_offset
         self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         # the interval is a duration: no flip of the time convention applies to it
@@ -93,7 +93,14 @@ class TimestepEmbedder(TimeEmbedding):
 
     def features(self, t: Tensor) -> Tensor:
         t = t * self.time_scale if self.time_offset == 0 else self.time_offset + self.time_scale * t
-        return self.sinusoid(t, self.freq_dim)
+        return self.sinusoid(t, self.freq_dim, self.max_period)
+
+
+def vector_stream_layers(streams: dict[str, int], dim: int) -> tuple[nn.ModuleDict, nn.ModuleDict]:
+    """REG-style vector streams of a token network: (in, out) per stream, Linear + LayerNorm in (eps 1e-6 as the
+    official ``wg_norm``), a Linear out (zero it in the family's initialisation). One token each, no position."""
+    into = nn.ModuleDict({k: nn.Sequential(nn.Linear(d, dim), nn.LayerNorm(dim, eps=1e-6)) for k, d in streams.items()})
+    return into, nn.ModuleDict({k: nn.Linear(dim, d) for k, d in streams.items()})
 
 
 class LabelEmbedder(nn.Module):
@@ -189,12 +196,13 @@ class DiTBlock(nn.Module):
 
 
 class FinalNorm(nn.Module):
-    """The last adaLN: normalise and modulate tokens; per-stream linear heads read its output."""
+    """The last adaLN: normalise (LayerNorm, or RMSNorm as LightningDiT) and modulate tokens; per-stream linear
+    heads read its output. ``activated``: the condition arrives through SiLU already (DDT), no second one."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, rms: bool = False, activated: bool = False):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.norm = RMSNorm(dim) if rms else nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.adaLN_modulation = nn.Sequential(nn.Identity() if activated else nn.SiLU(), nn.Linear(dim, 2 * dim))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
@@ -237,21 +245,34 @@ class RMSNorm(nn.Module):
         return (self.weight * y).to(x.dtype)
 
 
-def rope_2d(head_dim: int, grid: int, theta: float = 10000.0, front: int = 0, back: int = 0) -> tuple[Tensor, Tensor]:
+def rope_2d(head_dim: int, grid: int, theta: float = 10000.0, front: int = 0, back: int = 0,
+            layout: str = "eva") -> tuple[Tensor, Tensor]:  # fmt: skip
     """cos / sin tables (front + grid^2 + back, head_dim) of the official 2-D RoPE (EVA's
     ``VisionRotaryEmbeddingFast``, as JiT, RAE's DiT^DH and RAEv2 use it): the first half of the head's dims
     turn with the row, the second half with the column, each as interleaved pairs (2i, 2i+1) with frequencies
     theta^(-k / (head_dim / 4)); ``front`` / ``back`` unrotated rows (cos 1, sin 0) for tokens without a
     position (JiT's in-context tokens before the image, RAEv2's condition tokens after it). Computed in float32
-    in the official order, so the tables equal theirs bit for bit."""
+    in the official order, so the tables equal theirs bit for bit.
+
+    ``layout="ddt"``: DDT's ``precompute_freqs_cis_2d``: the same frequencies, the pairs alternating column, row,
+    column, ... and positions ``linspace(0, 16, grid)`` instead of 0, 1, ..., grid - 1."""
     if head_dim % 4:
         raise ValueError(f"2-D RoPE needs a head width divisible by 4, got {head_dim}")
+    if layout not in ("eva", "ddt"):
+        raise ValueError(f"unknown RoPE layout {layout!r}; choose from eva, ddt")
     half = head_dim // 2
-    freqs = 1.0 / theta ** (torch.arange(0, half, 2, dtype=torch.float32) / half)  # (hd/4,)
-    angles = torch.outer(torch.arange(grid, dtype=torch.float32), freqs).repeat_interleave(2, dim=1)  # (grid, hd/2)
-    rows = angles[:, None, :].expand(grid, grid, -1)  # token (h, w) -> the row's angle
-    cols = angles[None, :, :].expand(grid, grid, -1)
-    full = torch.cat([rows, cols], dim=-1).reshape(grid * grid, head_dim)
+    if layout == "ddt":
+        freqs = 1.0 / theta ** (torch.arange(0, head_dim, 4)[: head_dim // 4].float() / head_dim)  # (hd/4,)
+        pos = torch.linspace(0, 16.0, grid)
+        row, col = (p.reshape(-1) for p in torch.meshgrid(pos, pos, indexing="ij"))
+        pairs = torch.stack([torch.outer(col, freqs), torch.outer(row, freqs)], dim=-1)  # (N, hd/4, 2)
+        full = pairs.reshape(grid * grid, half).repeat_interleave(2, dim=1)  # (N, hd)
+    else:
+        freqs = 1.0 / theta ** (torch.arange(0, half, 2, dtype=torch.float32) / half)  # (hd/4,)
+        angles = torch.outer(torch.arange(grid, dtype=torch.float32), freqs).repeat_interleave(2, dim=1)
+        rows = angles[:, None, :].expand(grid, grid, -1)  # token (h, w) -> the row's angle; (grid, grid, hd/2)
+        cols = angles[None, :, :].expand(grid, grid, -1)
+        full = torch.cat([rows, cols], dim=-1).reshape(grid * grid, head_dim)
     full = torch.cat([torch.zeros(front, head_dim), full, torch.zeros(back, head_dim)])
     return full.cos(), full.sin()
 
@@ -266,12 +287,13 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class RoPEAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0, qk_norm: bool = True):
+    def __init__(self, dim: int, heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0, qk_norm: bool = True,
+                 qkv_bias: bool = True):  # fmt: skip
         super().__init__()
         if dim % heads:
             raise ValueError(f"width {dim} is not divisible by {heads} heads")
         self.heads, self.head_dim = heads, dim // heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         norm = (lambda: RMSNorm(self.head_dim)) if qk_norm else nn.Identity
         self.q_norm, self.k_norm = norm(), norm()
         self.proj = nn.Linear(dim, dim)
@@ -291,10 +313,10 @@ class RoPEAttention(nn.Module):
 class SwiGLU(nn.Module):
     """w3(silu(gate) * value) with [gate | value] = w12(x): the first half is the gate (official layout)."""
 
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0, bias: bool = True):
         super().__init__()
-        self.w12 = nn.Linear(dim, 2 * hidden)
-        self.w3 = nn.Linear(hidden, dim)
+        self.w12 = nn.Linear(dim, 2 * hidden, bias=bias)
+        self.w3 = nn.Linear(hidden, dim, bias=bias)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -305,15 +327,17 @@ class SwiGLU(nn.Module):
 class RoPEBlock(nn.Module):
     """RMSNorm, RoPE attention, SwiGLU, with adaLN-Zero conditioning (JiT, the DiT^DH backbone and head): the
     condition is per sample (B, D) or per token (B, N, D). ``modulated=False``: a plain pre-norm block whose
-    condition enters through in-context tokens instead (RAEv2's backbone)."""
+    condition enters through in-context tokens instead (RAEv2's backbone). DDT's block: ``bias=False`` (no bias
+    in qkv and SwiGLU) and ``activated=True`` (its condition arrives through SiLU already)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 qk_norm: bool = True, modulated: bool = True):  # fmt: skip
+                 qk_norm: bool = True, modulated: bool = True, bias: bool = True, activated: bool = False):  # fmt: skip
         super().__init__()
         self.norm1, self.norm2 = RMSNorm(dim), RMSNorm(dim)
-        self.attn = RoPEAttention(dim, heads, attn_drop, proj_drop, qk_norm)
-        self.mlp = SwiGLU(dim, swiglu_hidden(dim, mlp_ratio), proj_drop)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)) if modulated else None
+        self.attn = RoPEAttention(dim, heads, attn_drop, proj_drop, qk_norm, qkv_bias=bias)
+        self.mlp = SwiGLU(dim, swiglu_hidden(dim, mlp_ratio), proj_drop, bias=bias)
+        act = nn.Identity() if activated else nn.SiLU()
+        self.adaLN_modulation = nn.Sequential(act, nn.Linear(dim, 6 * dim)) if modulated else None
 
     def forward(self, x: Tensor, c: Tensor | None, cos: Tensor, sin: Tensor) -> Tensor:
         if self.adaLN_modulation is None:

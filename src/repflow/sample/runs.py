@@ -56,6 +56,10 @@ def folder_name(ckpt_name: str, opts: SampleConfig, ema: float | str, classes: l
         parts.append(f"int{opts.cfg_interval[0]:g}-{opts.cfg_interval[1]:g}")
     if opts.cfg_rule != SampleConfig.cfg_rule:
         parts.append(f"rule-{opts.cfg_rule}")
+    if opts.encoder_reuse != 1:
+        parts.append(f"reuse{opts.encoder_reuse}")
+    if opts.cfg_channels:
+        parts.append(f"ch{opts.cfg_channels}")
     if opts.cfg_cls >= 0:
         parts.append(f"cls{opts.cfg_cls:g}")
     if opts.shift > 0:
