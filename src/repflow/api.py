@@ -150,15 +150,19 @@ def evaluate(
     inception: str | None = None,
     reconstruct: bool | None = None,
     split: str = "test",
+    encoder_paths: dict[str, str] | None = None,
     **sampling: Any,
 ) -> dict[str, float]:
     """FID (and sFID, IS, precision, recall) of a folder of images, an ADM ``.npz`` or a run (``num_samples``
     generated with the run's sampling options, changed by ``sampling``: ``steps=``, ``cfg=``, ...). ``ref``:
     an ADM ``.npz``, a folder or ``dataset[:split]``; default for a run: its training data. An autoencoder run
     (``reconstruct``, the default for one that does not generate) is measured on reconstructions of the first
-    ``num_samples`` images of ``split``: rFID against that split, and ``psnr``."""
+    ``num_samples`` images of ``split``: rFID against that split, and ``psnr``. ``metrics``: e.g.
+    ``"fid,kid,fd_dinov2"`` (see ``repflow eval --help``); ``encoder_paths``: weights of the encoder spaces
+    (``{"dinov2-vitl14": "/weights/dinov2_vitl14_pretrain.pth"}``)."""
     from .eval.evaluate import EvalOptions, parse_metrics
     from .eval.evaluate import evaluate as run_evaluation
+    from .eval.extractors import Extractors
     from .eval.inception import load_inception
     from .eval.reconstruct import reconstruct_run
     from .eval.runs import default_reference, generates, is_run, samples_source
@@ -166,6 +170,9 @@ def evaluate(
     from .sample.runs import sample_run
 
     chosen, explicit = parse_metrics(metrics)
+    device = _device("auto")
+    nets = Extractors(lambda: load_inception(inception, "tf", None, device, explicit and "is" in chosen),
+                      encoder_paths, device)  # fmt: skip
     target = Path(samples)
     data_root, extra = "", {}
     if is_run(target):
@@ -184,9 +191,8 @@ def evaluate(
         if sampling:
             raise ValueError(f"sampling options {sorted(sampling)} apply to a run, not to {target}")
         source = open_source(target, max(num_samples, 0))
-    net = load_inception(inception, "tf", None, _device("auto"), explicit and "is" in chosen)
     opts = EvalOptions(metrics=chosen, explicit=explicit, reference=ref, ref_count=ref_count, data_root=data_root)
-    return {**run_evaluation(source, net, opts).metrics, **extra}
+    return {**run_evaluation(source, nets, opts).metrics, **extra}
 
 
 def presets() -> list[str]:

@@ -151,6 +151,10 @@ class TFInception(nn.Module):
         self.eval()
 
     @property
+    def device(self) -> torch.device:
+        return next(self.layers.parameters()).device
+
+    @property
     def has_logits(self) -> bool:
         return self.logits_weight is not None
 

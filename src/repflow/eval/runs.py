@@ -44,3 +44,23 @@ def samples_source(folder: Path, num: int) -> FolderSource:
     source = FolderSource(folder)
     source.files = [sample_path(folder, i) for i in range(num)]
     return source
+
+
+def folder_provenance(path: str | Path) -> dict:
+    """What a folder or ``.npz`` of samples depends on: its path and, in a folder ``repflow sample`` wrote, the
+    protocol its manifest holds (checkpoint, EMA, labels, sampler, steps, guidance, seed), as a run's provenance."""
+    import json
+
+    from .sources import SAMPLES_MANIFEST
+
+    path = Path(path)
+    manifest = path / SAMPLES_MANIFEST
+    if not (path.is_dir() and manifest.is_file()):
+        return {"samples": str(path)}
+    try:
+        made = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return {"samples": str(path)}
+    sample = {k: v for k, v in made.get("sample", {}).items() if k not in ("batch_size", "ema")}
+    known = {k: made[k] for k in ("checkpoint", "ema", "labels", "guide") if k in made}
+    return {**sample, **known, "samples": str(path)}
