@@ -35,6 +35,7 @@ ALIASES = {"dinov2": "dinov2-vitl14", "dinov3": "dinov3-vitl16", "clip": "clip-v
            "siglip": "siglip2-so400m16", "convnext": "convnextv2-base"}  # fmt: skip
 DEFAULT_SIZE = 224
 INCEPTION = "inception"
+CNN_FAMILIES = ("convnext",)
 PREPROCESS = "uint8/255, bicubic+antialias resize, mean/std, zero pad to the patch, fp32"
 
 
@@ -118,7 +119,7 @@ class EncoderExtractor(FeatureExtractor):
     def __init__(self, encoder, space: Space, family: str):
         self.encoder, self.space = encoder, space
         self.outputs = self.kept = self.cached = ("global",)
-        self.pad = family not in ("convnext",)  # a ViT pads to whole patches; a CNN takes any size
+        self.pad = family not in CNN_FAMILIES  # a ViT pads to whole patches; a CNN takes any size
 
     def preprocess(self, images: Tensor) -> Tensor:
         x = images.to(self.encoder.mean.device, torch.float32) / 255.0  # (B, 3, H, W) in [0, 1]
@@ -181,9 +182,12 @@ class Extractors:
         from ..config import EncoderConfig
         from ..encoders import build_encoder, get_spec
 
+        spec = get_spec(space.encoder)
+        # built for the padded input: timm resamples its position table once, straight to the grid it will see,
+        # as RAEv2's model (built at its pretraining size) does at every forward
+        padded = space.size if spec.family in CNN_FAMILIES else -(-space.size // spec.patch_size) * spec.patch_size
         cfg = EncoderConfig(name=space.encoder, path=self.paths.get(space.encoder, ""))
-        encoder = build_encoder(cfg, space.size, device=self.device)
-        return EncoderExtractor(encoder, space, get_spec(space.encoder).family)
+        return EncoderExtractor(build_encoder(cfg, padded, device=self.device), space, spec.family)
 
     def describe(self) -> dict:
         """Every extractor built so far, by space name."""
