@@ -24,12 +24,14 @@ def _folder(path, n, seed, size=12, top=256):
     return path
 
 
-def _same(records: list[dict], keys: list[str]) -> None:
+def _same(records: list[dict], keys: list[str], exact: bool = True) -> None:
     first = records[0]["metrics"]
     for record in records[1:]:
         for k in keys:
-            # kernels may round differently per batch size (1 ulp of a feature), nothing else may differ
-            assert record["metrics"][k] == pytest.approx(first[k], rel=1e-6, abs=1e-9), k
+            if exact:  # the Inception computes every image alone on the CPU: the same bits at any batch size
+                assert record["metrics"][k] == first[k], k
+            else:  # a decoder's kernels may round differently per batch size (1 ulp), nothing else may differ
+                assert record["metrics"][k] == pytest.approx(first[k], rel=1e-6, abs=1e-9), k
 
 
 def test_fid_and_kid_do_not_depend_on_the_batch_size(tmp_path, fake_inception_env, monkeypatch):
@@ -44,7 +46,7 @@ def test_fid_and_kid_do_not_depend_on_the_batch_size(tmp_path, fake_inception_en
         records.append(json.loads(out.read_text()))
     _same(records, ["fid", "kid", "kid_std", "sfid", "precision", "recall"])
     assert records[0]["metrics"]["fid"] > 1 and records[0]["metrics"]["kid"] > 10 * records[0]["metrics"]["kid_std"] > 0
-    assert len({r["samples_sha256"] for r in records}) == 1 and len({r["reference"]["content_sha256"] for r in records}) == 1
+    assert len({(r["samples_sha256"], r["reference"]["content_sha256"]) for r in records}) == 1
 
 
 def test_rfid_and_psnr_do_not_depend_on_the_batch_size_or_process_count(tmp_path, fake_inception_env, monkeypatch):
@@ -65,7 +67,7 @@ def test_rfid_and_psnr_do_not_depend_on_the_batch_size_or_process_count(tmp_path
         assert main(argv) == 0
         records.append(json.loads((folder / "eval.json").read_text()))
         folders.append(folder)
-    _same(records, ["fid", "kid"])
+    _same(records, ["fid", "kid"], exact=False)
     assert all(r["psnr"] == pytest.approx(records[0]["psnr"], rel=1e-9) for r in records)
     # two processes: rank 1 writes the odd shard, rank 0 the even one and measures (barriers are no-ops here)
     monkeypatch.setattr(sharded, "barrier", lambda dist: None)

@@ -56,7 +56,8 @@ def test_preprocessing_and_features_match_raev2s_timm_extractor(tmp_path):
     theirs_net = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=56, dynamic_img_size=True,
                                    dynamic_img_pad=True, num_classes=0, **TINY_DINO).eval()  # fmt: skip
     theirs_net.load_state_dict(model.state_dict())
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     x = F.interpolate(images.float() / 255, size=(32, 32), mode="bicubic", align_corners=False, antialias=True)
     with torch.no_grad():
         theirs = theirs_net.forward_features((x - mean) / std)[:, 0]
@@ -92,7 +93,8 @@ def test_fd_and_kid_in_dinov2_space_end_to_end(tmp_path, fake_inception_env, din
 
 
 def test_fdr_is_the_mean_of_fd_over_valfd(tmp_path, fake_inception_env, dinov2_dir):
-    ref, held, gen = _npz(tmp_path / "r.npz", 12, 0), _npz(tmp_path / "h.npz", 12, 1), _npz(tmp_path / "g.npz", 12, 2, shift=50)
+    ref, held = _npz(tmp_path / "r.npz", 12, 0), _npz(tmp_path / "h.npz", 12, 1)
+    gen = _npz(tmp_path / "g.npz", 12, 2, shift=50)
     nets = Extractors(paths={"dinov2": str(dinov2_dir)})
     spaces = ("inception", "dinov2@28")
     opts = EvalOptions(metrics=("fdr", "fid", "fd_dinov2@28"), explicit=True, reference=str(ref), fdr_spaces=spaces,
@@ -101,7 +103,8 @@ def test_fdr_is_the_mean_of_fd_over_valfd(tmp_path, fake_inception_env, dinov2_d
     assert held_out.metrics["fdr"] == pytest.approx(1.0, rel=1e-9)  # the held-out set is 1 in every space
     result = evaluate(NpzSource(gen), nets, opts)
     norms = {"inception": held_out.metrics["fid"], "dinov2-vitl14@28": held_out.metrics["fd_dinov2@28"]}
-    expected = (result.metrics["fid"] / norms["inception"] + result.metrics["fd_dinov2@28"] / norms["dinov2-vitl14@28"]) / 2
+    fds = {"inception": result.metrics["fid"], "dinov2-vitl14@28": result.metrics["fd_dinov2@28"]}
+    expected = (fds["inception"] / norms["inception"] + fds["dinov2-vitl14@28"] / norms["dinov2-vitl14@28"]) / 2
     assert result.metrics["fdr"] == pytest.approx(expected, rel=1e-9) and result.metrics["fdr"] > 1
     assert result.details["fdr"]["k"] == 2 and result.details["fdr"]["norm"] == pytest.approx(norms, rel=1e-9)
 
