@@ -108,3 +108,10 @@ def test_run_is_sampled_once_then_evaluated_against_its_data(tmp_path, fake_ince
     assert main(argv) == 0  # cached samples and reference statistics: nothing is regenerated
     assert [p.stat().st_mtime_ns for p in pngs] == stamps
     assert "sampling" not in capsys.readouterr().err
+    # the folder on its own: its manifest gives the same protocol to the results file
+    alone_json = tmp_path / "f.json"
+    assert main(["eval", str(folder), "--ref", str(folder), "--metrics", "fid", "--json", str(alone_json)]) == 0
+    alone = json.loads(alone_json.read_text())
+    protocol = ("sampler", "steps", "cfg", "cfg_interval", "seed", "labels", "ema", "checkpoint")
+    assert {k: alone[k] for k in protocol} == {k: record[k] for k in protocol}
+    assert alone["samples_sha256"] == record["samples_sha256"]

@@ -20,14 +20,15 @@ What we read from it (the ADM evaluator's definitions):
 
 Input: (B, 3, H, W) images with values in [0, 255]; resized to 299 (see ``resize.py``), then (x - 128) / 128.
 
-On the CPU (``repflow bench inception`` measures it): profiling the layer-by-layer path showed 64% of the time in
-oneDNN convolutions, 16% in the separate batch-norm and ReLU passes and 15% in pooling, and on a shared 2-core
-machine most of the wall time lost in OpenMP threads waiting for each other inside every operator. So the network
-is frozen once into one TorchScript module (pool_3 and the sFID tap in a single call, weights as constants,
-optimised for inference, channels-last input), each image runs alone on one thread (its activations stay in
-cache), and as many images run at once as torch has threads. An image's features are then the same bits at any
-batch size; against the layer-by-layer path they differ by float rounding (~5e-6 on pool_3). The GPU keeps the
-layer-by-layer path.
+On the CPU (``repflow bench inception`` measures it), a profile of the layer-by-layer path at batch 20 showed 64%
+of the time in oneDNN convolutions, 16% in the graph's functional batch norms and ReLUs (which TorchScript's
+freezing does not fold) and 15% in pooling; on a shared 2-core machine the wall time was dominated by OpenMP
+threads waiting for a descheduled peer inside every operator. Measured on one thread (CPU seconds per image):
+freezing + inference optimisation + channels-last input gain ~10%, one image per call instead of 50 ~15-25% (the
+activations stay in cache). So the network is frozen once into one TorchScript module (pool_3 and the sFID tap in
+a single call), each image runs alone on one thread, and as many images run at once as torch has threads: 1.75-2.5x
+the images per second on the shared machine. An image's features are then the same bits at any batch size; against
+the layer-by-layer path they differ by float rounding (~5e-6 on pool_3). The GPU keeps the layer-by-layer path.
 """
 
 from __future__ import annotations
