@@ -41,7 +41,7 @@ def bench_inception(inception, num: int = 48, resolution: int = 32, batch: int =
 
     with torch.inference_mode():
         before, a = _time(run(False), images, batch, repeats, "layers one by one (before)")
-        after, b = _time(run(True), images, batch, repeats, "frozen, channels-last, chunked (after)")
+        after, b = _time(run(True), images, batch, repeats, "frozen, one image per thread (after)")
     inception.optimise = None
     return [before, after], float((a - b).abs().max())
 
