@@ -67,6 +67,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, fake_inception_env, capsys):
         (["eval", str(small), "--metrics", "fd_dinov4"], "unknown feature space 'dinov4' (did you mean dinov3 or"),
         (["eval", str(small), "--metrics", "fdr", "--fdr-spaces", "dinov2,clop"], "unknown feature space 'clop'"),
         (["eval", str(small), "--metrics", "fd_dinov2@0"], "must be a positive number of pixels"),
+        (["eval", str(small), "--kid-subset-size", "1"], "KID needs --kid-subsets >= 1 and --kid-subset-size >= 2"),
         (["eval", str(small), "--encoder-path", "dinov5=/w.pth"], "unknown feature space 'dinov5'"),
         (["eval", str(small), "--ref", "imagenet"], "not an .npz, a folder, or a dataset"),
     ]

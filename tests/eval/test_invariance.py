@@ -41,7 +41,7 @@ def test_fid_and_kid_do_not_depend_on_the_batch_size(tmp_path, fake_inception_en
         monkeypatch.setenv("REPFLOW_CACHE", str(tmp_path / f"cache-{bs}"))  # the reference is recomputed too
         out = tmp_path / f"{bs}.json"
         argv = ["eval", str(samples), "--ref", str(ref), "--metrics", "fid,kid,sfid,precision,recall",
-                "--kid-subset-size", "10", "--batch-size", str(bs), "--json", str(out)]  # fmt: skip
+                "--kid-subset-size", "10", "--batch-size", str(bs), "--json", str(out), "--device", "cpu"]  # fmt: skip
         assert main(argv) == 0
         records.append(json.loads(out.read_text()))
     _same(records, ["fid", "kid", "kid_std", "sfid", "precision", "recall"])

@@ -49,6 +49,9 @@ def metric_options(args, metrics: tuple[str, ...], explicit: bool, reference: st
 
     spaces = tuple(s.strip() for s in args.fdr_spaces.split(",") if s.strip()) if args.fdr_spaces else tuple(FDR6)
     spaces = tuple(parse_space(s).name for s in spaces)  # an unknown space lists the choices
+    if args.kid_subsets < 1 or args.kid_subset_size < 2:
+        raise ValueError(f"KID needs --kid-subsets >= 1 and --kid-subset-size >= 2, got {args.kid_subsets} and "
+                         f"{args.kid_subset_size}")  # fmt: skip
     return EvalOptions(metrics=metrics, explicit=explicit, reference=reference, ref_count=args.ref_count,
                        batch_size=args.batch_size, k=args.k, kid_subsets=args.kid_subsets,
                        kid_subset_size=args.kid_subset_size, fdr_spaces=spaces, fdr_norm=args.fdr_norm or "",
