@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import sys
 import urllib.request
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -221,8 +222,6 @@ class TFInception(nn.Module):
         """The CPU path: the frozen network, one image per call, each call on one thread, as many images at once
         as torch has threads (see the module docstring: faster, and every image's features are the same numbers
         whatever the batch size, thread count or process count)."""
-        if self._fast is None:
-            self._fast = optimised_for_cpu(self.layers)
         images, threads = x.split(1), torch.get_num_threads()
         torch.set_num_threads(1)  # worker threads start with one OpenMP thread each
         try:
@@ -242,6 +241,12 @@ class TFInception(nn.Module):
         x = resize_for_inception(images.float(), self.resize)
         x = (x - 128.0) / 128.0
         fast = self.optimise if self.optimise is not None else x.device.type == "cpu"
+        if fast and self._fast is None:
+            try:
+                self._fast = optimised_for_cpu(self.layers)
+            except RuntimeError as err:  # a TorchScript this torch cannot freeze: the layers one by one, same numbers
+                print(f"note: the Inception's CPU path is unavailable ({str(err).splitlines()[0]})", file=sys.stderr)
+                self.optimise = fast = False
         pool, tap = self._optimised(x) if fast else self._eager(x, spatial)
         if tap is not None and spatial:  # ADM flattens TF's NHWC tensor: order (h, w, c)
             tap = tap[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(x.shape[0], -1)
