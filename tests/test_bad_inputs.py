@@ -145,7 +145,8 @@ def write_images(folder: Path, n: int, size: int = 8) -> None:
         Image.fromarray(g.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:06d}.png")
 
 
-def test_eval_skips_and_reports_unreadable_files(capsys, tmp_path, monkeypatch):
+def eval_folders(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """Six sample and eight reference images, measured by the tiny stand-in Inception with a private cache."""
     from .eval.conftest import _Top
 
     net = tmp_path / "inception.pt"
@@ -155,6 +156,11 @@ def test_eval_skips_and_reports_unreadable_files(capsys, tmp_path, monkeypatch):
     samples, ref = tmp_path / "samples", tmp_path / "ref"
     write_images(samples, 6)
     write_images(ref, 8)
+    return samples, ref
+
+
+def test_eval_skips_and_reports_unreadable_files(capsys, tmp_path, monkeypatch):
+    samples, ref = eval_folders(tmp_path, monkeypatch)
     (samples / "000006.png").write_bytes(b"")  # empty
     (samples / "000007.png").write_bytes((samples / "000000.png").read_bytes()[:40])  # truncated
     (samples / "notes.jpg").write_text("not an image")  # a text file with an image name
@@ -171,6 +177,22 @@ def test_eval_skips_and_reports_unreadable_files(capsys, tmp_path, monkeypatch):
     write_images(ref, 10)
     assert main(["eval", str(samples), "--ref", str(ref), "--metrics", "fid"]) == 0
     assert "statistics reused" not in capsys.readouterr().err
+
+
+def test_eval_reports_unreadable_files_of_a_reference_folder(capsys, tmp_path, monkeypatch):
+    """A reference folder leaves out the same files a sample folder does, and says so: when its statistics are
+    computed, on every reuse of them, and in eval.json."""
+    samples, ref = eval_folders(tmp_path, monkeypatch)
+    (ref / "000008.png").write_bytes(b"")  # empty
+    (ref / "000009.png").write_bytes((ref / "000000.png").read_bytes()[:40])  # truncated
+    Image.new("RGB", (40, 40)).save(ref / "000010.png")  # another size
+    for reused in (False, True):
+        assert main(["eval", str(samples), "--ref", str(ref), "--metrics", "fid"]) == 0
+        err = capsys.readouterr().err
+        assert ("statistics reused" in err) == reused
+        assert f"warning: reference: skipped 3 of 11 files under {ref} (000008.png: unreadable" in err
+        reference = json.loads((samples / "eval.json").read_text())["reference"]
+        assert reference["count"] == 8 and reference["skipped_files"].startswith("skipped 3 of 11 files")
 
 
 def test_eval_of_a_folder_written_by_repflow_sample(capsys, run, tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ The Python API (see README, "Python API")::
     images = model.sample(classes=[3, 7], per_class=8, seed=0, sampler="heun", steps=50, cfg=1.5)
     result = repflow.fit("demo-fashion-reg", ["train.steps=2000"], out="runs/fashion")
     metrics = repflow.evaluate("runs/fashion", num_samples=10000)
+    table = repflow.sweep("runs/fashion", cfg=[1, 1.5, 2], steps=[25, 50], write=True)  # best: the default
 """
 
 from ._compat import install_torchvision_guard
@@ -15,7 +16,7 @@ __version__ = "0.2.0"
 
 install_torchvision_guard()  # timm, transformers and diffusers import in the same process (see _compat)
 
-_API = ("Model", "evaluate", "fit", "load", "load_config", "presets")
+_API = ("Model", "evaluate", "fit", "load", "load_config", "presets", "sweep")
 
 
 def __getattr__(name: str):

@@ -25,7 +25,7 @@ from torch import Tensor
 from .config import Config, load_config, replace
 from .errors import ConfigError
 
-__all__ = ["Model", "evaluate", "fit", "load", "load_config", "presets"]
+__all__ = ["Model", "evaluate", "fit", "load", "load_config", "presets", "sweep"]
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -109,15 +109,25 @@ class Model:
         return images
 
 
-def load(run_or_ckpt: str | Path, ema: float = -1.0, device: str | torch.device = "auto", vae: str = "") -> Model:
+def load(
+    run_or_ckpt: str | Path, ema: float | None = None, device: str | torch.device = "auto", vae: str = ""
+) -> Model:
     """Load a run (its newest checkpoint) or a checkpoint for sampling. ``ema``: -1 the first EMA decay, 0 the raw
-    weights, else that decay. ``vae``: decode with other VAE weights than training used."""
+    weights, else that decay. ``vae``: decode with other VAE weights than training used. The setting ``repflow
+    sweep --write`` stored in the run (``sampling.json``) is the default of ``sample()`` (and of ``ema``), said
+    on stdout."""
+    from .runtime.checkpoint import resolve_checkpoint
     from .sample.load import load_run
+    from .sample.swept import with_swept
 
+    changes, ema, note = with_swept(resolve_checkpoint(run_or_ckpt), {}, ema)
+    if note:
+        print(f"repflow: {note}", flush=True)
     run = load_run(run_or_ckpt, ema=ema, device=_device(device), vae=vae)
     if run.denoiser is None:
         raise ConfigError(f"{run.ckpt.path} was trained with method {run.cfg.method.kind}, which does not generate")
-    return Model(run.cfg, run.denoiser, run.ckpt.path, run.ema)
+    cfg = run.cfg.replace(sample=replace(run.cfg.sample, **changes)) if changes else run.cfg
+    return Model(cfg, run.denoiser, run.ckpt.path, run.ema)
 
 
 def fit(
@@ -130,6 +140,7 @@ def fit(
     """Train a preset / YAML file (with dotted ``overrides``) or a :class:`Config` into ``out`` (resuming a run
     already there). Returns the :class:`~repflow.train.loop.TrainResult`. (Named ``fit`` because
     ``repflow.train`` is the package of the training loop.)"""
+    from .eval.online import training_hooks
     from .train.loop import train as run_training
 
     if isinstance(config, Config):
@@ -138,7 +149,8 @@ def fit(
         cfg = config
     else:
         cfg = load_config(config, list(overrides))
-    return run_training(cfg, Path(out or f"runs/{cfg.name}"), resume=resume, stop_at=stop_at)
+    out = Path(out or f"runs/{cfg.name}")
+    return run_training(cfg, out, resume=resume, stop_at=stop_at, hooks=training_hooks(cfg))
 
 
 def evaluate(
@@ -153,7 +165,7 @@ def evaluate(
     encoder_paths: dict[str, str] | None = None,
     **sampling: Any,
 ) -> dict[str, float]:
-    """FID (and sFID, IS, precision, recall) of a folder of images, an ADM ``.npz`` or a run (``num_samples``
+    """FID (and sFID, IS, precision, recall, KID) of a folder of images, an ADM ``.npz`` or a run (``num_samples``
     generated with the run's sampling options, changed by ``sampling``: ``steps=``, ``cfg=``, ...). ``ref``:
     an ADM ``.npz``, a folder or ``dataset[:split]``; default for a run: its training data. An autoencoder run
     (``reconstruct``, the default for one that does not generate) is measured on reconstructions of the first
@@ -178,9 +190,9 @@ def evaluate(
     if is_run(target):
         if num_samples <= 0:
             raise ValueError("evaluating a run needs num_samples=N (samples to generate; FID-50K: 50000)")
-        ema = sampling.pop("ema", -1.0)
+        ema = sampling.pop("ema", None)  # None: the run's swept EMA, else its first
         if reconstruct or (reconstruct is None and not generates(target)):
-            recon = reconstruct_run(target, num_samples, ema, split, progress=False)
+            recon = reconstruct_run(target, num_samples, -1.0 if ema is None else ema, split, progress=False)
             source, ref, data_root = samples_source(recon.folder, recon.count), ref or recon.reference, recon.data_root
             extra = {"psnr": recon.psnr}
         else:
@@ -193,6 +205,46 @@ def evaluate(
         source = open_source(target, max(num_samples, 0))
     opts = EvalOptions(metrics=chosen, explicit=explicit, reference=ref, ref_count=ref_count, data_root=data_root)
     return {**run_evaluation(source, nets, opts).metrics, **extra}
+
+
+def sweep(
+    run: str | Path,
+    *,
+    cfg: Sequence[float] | None = None,
+    interval: Sequence[tuple[float, float]] | None = None,
+    steps: Sequence[int] | None = None,
+    sampler: Sequence[str] | None = None,
+    ema: Sequence[float] | None = None,
+    num_samples: int = 1000,
+    metrics: str = "fid",
+    by: str = "",
+    ref: str = "",
+    ref_count: int = 50000,
+    seed: int | None = None,
+    out: str | Path | None = None,
+    write: bool = False,
+    keep_samples: bool = False,
+    inception: str | None = None,
+    encoder_paths: dict[str, str] | None = None,
+):
+    """Measure a checkpoint's samples over the grid ``cfg`` x ``interval`` x ``steps`` x ``sampler`` x ``ema``
+    (an axis left None keeps the run's setting), the same seeds and balanced labels in every cell; returns the
+    :class:`~repflow.eval.sweep.SweepResult` (rows, best, sweep.csv, sweep.png). ``metrics``, ``encoder_paths``:
+    as for :func:`evaluate` (``"fid,kid,fd_dinov2"``; the best cell is chosen by ``by``, default the first).
+    ``write``: store the best as the run's default for :func:`load`, ``repflow sample`` and ``repflow eval``.
+    Finished cells are kept on a rerun."""
+    from .eval.evaluate import parse_metrics
+    from .eval.extractors import Extractors
+    from .eval.inception import load_inception
+    from .eval.sweep import SweepSpec, run_sweep
+
+    grid = {"cfg": cfg, "cfg_interval": interval, "steps": steps, "sampler": sampler, "ema": ema}
+    spec = SweepSpec(str(run), {k: list(v) for k, v in grid.items() if v is not None}, num_samples, metrics, by, ref,
+                     ref_count, seed=seed, out=str(out) if out else None, write=write, keep_samples=keep_samples,
+                     encoder_paths=dict(encoder_paths or {}))  # fmt: skip
+    device, want_logits = _device("auto"), "is" in parse_metrics(metrics)[0]
+    nets = Extractors(lambda: load_inception(inception, "tf", None, device, want_logits), spec.encoder_paths, device)
+    return run_sweep(spec, nets, progress=False)
 
 
 def presets() -> list[str]:

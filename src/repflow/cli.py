@@ -22,15 +22,24 @@ first steps:
 `repflow COMMAND --help` explains a command, with examples."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .commands import bench, cache, convert, encoder, eval, rae, sample, train
+class _Parser(argparse.ArgumentParser):
+    """A bad command line (unknown option, missing or malformed value) is one line, not argparse's usage block
+    followed by the error; sub-command parsers are of this class too."""
 
-    p = argparse.ArgumentParser(prog="repflow", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .commands import bench, cache, convert, encoder, eval, rae, sample, sweep, train
+
+    p = _Parser(prog="repflow", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"repflow {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     train.add_commands(sub)
     sample.add_commands(sub)
     eval.add_commands(sub)  # eval, analyze
+    sweep.add_commands(sub)
     cache.add_commands(sub)
     encoder.add_commands(sub)
     convert.add_commands(sub)

@@ -6,8 +6,8 @@ import shutil
 import time
 from pathlib import Path
 
+from .api import fit
 from .config import load_config
-from .train.loop import train
 
 DEMO_PRESET = "demo-fashion-reg"
 
@@ -18,7 +18,7 @@ def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Path]:
     run_dir = out / "run"
     arch = f"{cfg.model.arch} ({cfg.model.depth} blocks x {cfg.model.hidden_size})"
     print(f"repflow demo: training {arch} on {cfg.data.dataset} for {cfg.train.steps} steps -> {run_dir}")
-    result = train(cfg, run_dir)
+    result = fit(cfg, out=run_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"checkpoint": result.last_checkpoint}
     # the final EMA preview already is the demo grid: one column per class, fixed seeds

@@ -172,6 +172,7 @@ def test_official_jit_round_trip_and_time_flip(tmp_path):
     run = load_run(tmp_path / "run")
     assert run.cfg.model.family == "jit" and run.cfg.model.time_offset == 1.0 and run.cfg.flow.prediction == "x"
     assert run.cfg.train.ema_decays == (0.9999, 0.9996) and run.ema == 0.9999
+    assert run.cfg.sample.cfg_rule == "evaluation_strict" and run.cfg.sample.cfg_interval == (0.0, 0.9)  # JiT's rule
     export_checkpoint("official-jit", tmp_path / "run", tmp_path / "back.pth")
     back = torch.load(tmp_path / "back.pth", weights_only=True)
     for key, want in (("model", raw), ("model_ema1", ema1), ("model_ema2", ema2)):

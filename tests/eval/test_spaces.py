@@ -25,18 +25,6 @@ from repflow.eval.sources import NpzSource
 from ..encoders.conftest import TINY_DINO, timm_dinov2
 
 
-@pytest.fixture(scope="module")
-def dinov2_dir(tmp_path_factory):
-    """A random DINOv2 of transformers' real architecture at a tiny width, saved as a local directory."""
-    transformers = require("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                    image_size=28, patch_size=14, layer_norm_eps=1e-6)  # fmt: skip
-    path = tmp_path_factory.mktemp("dinov2") / "dinov2-tiny"
-    transformers.Dinov2Model(cfg).save_pretrained(str(path))
-    return path
-
-
 def _npz(path, n, seed, size=12, shift=0):
     arr = np.random.default_rng(seed).integers(0, 200, (n, size, size, 3), dtype=np.uint8) + np.uint8(shift)
     np.savez(path, arr_0=arr)
@@ -135,3 +123,25 @@ def test_space_names():
         parse_space("inception@256")
     with pytest.raises(ValueError, match="not --encoder-path"):
         Extractors(paths={"inception": "x.pt"})
+
+
+def test_a_reference_folders_unreadable_files_are_said_once_per_use_in_any_space(tmp_path, fake_inception_env,
+                                                                                 dinov2_dir, capsys):  # fmt: skip
+    from PIL import Image
+
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for i, image in enumerate(np.random.default_rng(0).integers(0, 255, (6, 12, 12, 3), dtype=np.uint8)):
+        Image.fromarray(image).save(ref / f"{i:06d}.png")
+    (ref / "000006.png").write_bytes(b"")  # unreadable
+    samples = _npz(tmp_path / "s.npz", 8, 1)
+    dino = ["--encoder-path", f"dinov2={dinov2_dir}"]
+    # computed (the Inception space), then the Inception space reused and DINOv2's computed, then both reused
+    for metrics, reused in (("fid", 0), ("fid,fd_dinov2@28", 1), ("fid,fd_dinov2@28", 2)):
+        assert main(["eval", str(samples), "--ref", str(ref), "--metrics", metrics, *dino]) == 0
+        err = capsys.readouterr().err
+        assert err.count("statistics reused") == reused
+        assert err.count(f"warning: reference: skipped 1 of 7 files under {ref} (000006.png: unreadable") == 1
+        reference = json.loads((tmp_path / "s.eval.json").read_text())["reference"]
+        assert reference["count"] == 6 and reference["skipped_files"].startswith("skipped 1 of 7 files")
+        assert len(reference["content_sha256"]) == 64 and len(reference["cache"]) == len(metrics.split(","))

@@ -241,7 +241,9 @@ def test_the_official_rae_grid():
     assert grid[-1] == pytest.approx(0.00689, abs=1e-5)
     unshifted = time_grid(50, 1.0, "rae")
     assert unshifted == pytest.approx([1 - 0.999 * i / 49 for i in range(50)])
-    with pytest.raises(ConfigError, match="sample.grid=rae is a grid of the euler and heun samplers, not of sde"):
+    with pytest.raises(
+        ConfigError, match="sample.grid=rae is a grid of the euler, heun, dpmpp_2m samplers, not of sde"
+    ):
         load_config(None, ["sample.grid=rae", "sample.sampler=sde"])
 
 

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from repflow.build import codec_for, resolve_config
+from repflow.config import SAMPLERS
 from repflow.data import build_dataset
 from repflow.flow.generate import generate, sample_images
 from repflow.flow.noise import PerSampleNoise
-from repflow.flow.solvers import euler
+from repflow.flow.solvers import euler, heun
 from repflow.flow.timesteps import time_grid
 from repflow.methods import FlowMethod
 from repflow.methods.flow import build_flow_network
@@ -36,7 +37,7 @@ def test_noise_is_per_sample():
     assert not torch.equal(PerSampleNoise(8, [0]).draw({"x": (2,)})["x"], a[:1, 0, :2])
 
 
-@pytest.mark.parametrize("sampler", ["euler", "heun", "sde", "dopri5"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_images_do_not_depend_on_batch_size(setup, sampler):
     cfg, denoiser = setup
     opts = dataclasses.replace(cfg.sample, sampler=sampler, steps=4, cfg=1.5, rtol=1e-3, atol=1e-3)
@@ -88,3 +89,87 @@ def test_unknown_sampler(setup):
     cfg, denoiser = setup
     with pytest.raises(ValueError, match="unknown sampler"):
         generate(denoiser, dataclasses.replace(cfg.sample, sampler="ddim"), [0], None)
+
+
+class CountingNetwork(torch.nn.Module):
+    """The network as the denoiser calls it, recording the batch size of every call."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner, self.calls = inner, []
+
+    def forward(self, states, t, y, **kw):
+        self.calls.append(t.shape[0])
+        return self.inner(states, t, y, **kw)
+
+
+def counted(cfg, model):
+    """The run's denoiser with its network wrapped in a call counter."""
+    denoiser = FlowMethod.denoiser(cfg, {"model": model}, torch.device("cpu"), codec_for(cfg))
+    net = CountingNetwork(model)
+    return dataclasses.replace(denoiser, network=net), net
+
+
+def tiny_setup(*overrides):
+    cfg = tiny_config(*overrides)
+    cfg = resolve_config(cfg, build_dataset(cfg.data, 4))
+    torch.manual_seed(0)
+    model = build_flow_network(cfg).double()  # float64: batched and separate calls agree to rounding
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return cfg, model.eval()
+
+
+def dit_dh_setup():
+    """RAEv2's in-context DiT^DH with an internal output: internal guidance inside the velocity."""
+    overrides = ["model.family=dit_dh", "model.arch=DiTDH-T/1", "model.backbone=in_context", "model.depth=3",
+                 "model.hidden_size=32", "model.num_heads=2", "model.head_width=64", "model.head_heads=4",
+                 "model.internal_depth=2", "model.num_classes=4", "model.input_size=4", "model.in_channels=3",
+                 "flow.prediction=x", "data.resolution=4", "sample.internal_guidance=1.5",
+                 "sample.internal_interval=[0.1,1.0]"]  # fmt: skip
+    return tiny_setup(*overrides)
+
+
+def reg_setup():
+    """REG: two streams (image and class token) with their own scales."""
+    return tiny_setup("reg.enabled=true", "encoders=[{name: tiny}]", "reg.dim=6", "sample.cfg_cls=1.5")
+
+
+@pytest.mark.parametrize("make", [tiny_setup, dit_dh_setup, reg_setup], ids=["sit", "raev2-internal", "reg"])
+def test_classifier_free_guidance_is_one_network_call_per_evaluation(make):
+    """Every guided evaluation is one call on the conditional and null-label halves together (the cause of two
+    calls was an ``is`` test between two bound methods, always false), equal to two separate calls."""
+    cfg, model = make()
+    denoiser, net = counted(cfg, model)
+    labels = torch.tensor([0, 1, 2])
+    opts = dataclasses.replace(cfg.sample, sampler="heun", steps=4, cfg=3.0, cfg_interval=(0.0, 0.6))
+    out = generate(denoiser, opts, [0, 1, 2], labels)
+    grid = time_grid(4)
+    guided_steps = [lo <= 0.6 for lo in grid[:-1]]  # the step rule: decided at each step's start
+    expected = [6 if g else 3 for g, n in zip(guided_steps, (2, 2, 2, 1), strict=True) for _ in range(n)]
+    assert out.nfe == 7 and net.calls == expected  # 2 x 3 Heun evaluations + the final Euler step
+
+    def separately(state, t, t_step):  # the same guidance written with two calls
+        weak = denoiser.for_options(opts) if hasattr(denoiser, "for_options") else denoiser
+        scales = denoiser.guidance_scales(opts)
+        if not t_step <= 0.6:
+            return weak.velocity(state, t, labels)
+        c, u = weak.velocity(state, t, labels), weak.velocity(state, t, torch.full_like(labels, 4))
+        return {k: u[k] + scales[k] * (c[k] - u[k]) for k in c}
+
+    start = {k: v.double() for k, v in PerSampleNoise(opts.seed, [0, 1, 2]).draw(denoiser.shapes).items()}
+    reference = heun(separately, start, grid).state
+    for k in reference:
+        torch.testing.assert_close(out.states[k], reference[k], rtol=1e-10, atol=1e-10)
+    unguided = generate(denoiser, dataclasses.replace(opts, cfg=1.0, cfg_cls=1.0), [0, 1, 2], labels)
+    assert (unguided.states["x"] - out.states["x"]).abs().max() > 1e-3
+
+
+def test_autoguidance_calls_the_guide_network_separately():
+    cfg, model = tiny_setup()
+    _, weak_model = tiny_setup("seed=1")
+    (den, main_net), (guide, guide_net) = counted(cfg, model), counted(cfg, weak_model)
+    opts = dataclasses.replace(cfg.sample, sampler="euler", steps=3, cfg=2.0)
+    generate(den, opts, [0, 1], torch.tensor([0, 1]), guide=guide)
+    assert main_net.calls == guide_net.calls == [2, 2, 2]  # two networks: a call each, same batch

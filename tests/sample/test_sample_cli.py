@@ -54,6 +54,23 @@ def test_a_failed_run_leaves_no_manifest_that_blocks_the_corrected_command(run, 
     assert json.loads((out / "samples.json").read_text())["sample"]["sampler"] == "euler"
 
 
+def test_the_multistep_solver_and_the_guidance_rule_from_the_command_line(run, capsys):
+    argv = ["sample", str(run), "--num-samples", "2", "--sampler", "dpmpp_2m", "--steps", "3", "--cfg", "2",
+            "--cfg-interval", "0,0.7", "--cfg-rule", "evaluation_strict"]  # fmt: skip
+    assert main(argv) == 0
+    folder = run / "samples" / "ckpt-00000002-ema-0.9-dpmpp_2m3-cfg2-int0-0.7-rule-evaluation_strict-seed0"
+    manifest = json.loads((folder / "samples.json").read_text())["sample"]
+    assert manifest["sampler"] == "dpmpp_2m" and manifest["cfg_rule"] == "evaluation_strict"
+    assert (
+        main([*argv[:-1], "step"]) == 0
+        and (run / "samples" / folder.name.replace("-rule-evaluation_strict", "")).is_dir()
+    )
+    with pytest.raises(SystemExit):
+        main([*argv[:5], "unipc"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'unipc'" in err and "dpmpp_2m" in err
+
+
 def test_folder_name_function_defaults():
     from repflow.config import SampleConfig
 
@@ -61,6 +78,16 @@ def test_folder_name_function_defaults():
     assert folder_name("ckpt-1", SampleConfig(sampler="sde"), "raw", guide="/runs/small") == (
         "ckpt-1-raw-sde50-cfg1-guide-small-seed0"
     )
+    jit = SampleConfig(cfg=2.9, cfg_interval=(0.0, 0.9), cfg_rule="evaluation_strict")
+    assert folder_name("ckpt-1", jit, 0.9999) == "ckpt-1-ema-0.9999-heun50-cfg2.9-int0-0.9-rule-evaluation_strict-seed0"
+
+
+def test_every_jit_recipe_decides_guidance_as_the_official_code():
+    from repflow.config import list_presets, load_config
+
+    jit = [p for p in list_presets() if p.startswith("jit-")] + ["demo-fashion-jit"]
+    assert len(jit) == 9 and all(load_config(p).sample.cfg_rule == "evaluation_strict" for p in jit)
+    assert load_config("sit-xl2-repa-in256").sample.cfg_rule == "step"  # REPA's rule
 
 
 def test_autoguidance_from_the_config_or_the_command_line(run, tmp_path, capsys):

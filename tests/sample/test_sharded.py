@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -77,3 +78,18 @@ def test_other_settings_are_refused(setup, tmp_path):
         generate_sharded(denoiser, tmp_path, 2, cfg.sample, other, progress=False)
     bigger_batch = sampling_manifest("ckpt", 0.9, cfg.sample.__class__(**{**cfg.sample.__dict__, "batch_size": 1}), 4)
     generate_sharded(denoiser, tmp_path, 2, cfg.sample, bigger_batch, progress=False)  # batch size is free
+
+
+def test_folders_of_an_older_repflow_and_of_another_guidance_rule(setup, tmp_path):
+    """A manifest written before ``sample.cfg_rule`` existed describes images made with its default (step); a
+    folder made with one rule refuses the other."""
+    cfg, denoiser = setup
+    step = sampling_manifest("ckpt", 0.9, cfg.sample, 4)
+    generate_sharded(denoiser, tmp_path, 2, cfg.sample, step, progress=False)
+    written = json.loads((tmp_path / "samples.json").read_text())
+    del written["sample"]["cfg_rule"]
+    (tmp_path / "samples.json").write_text(json.dumps(written))
+    generate_sharded(denoiser, tmp_path, 3, cfg.sample, step, progress=False)  # accepted: one more sample
+    strict = dataclasses.replace(cfg.sample, cfg_rule="evaluation_strict")
+    with pytest.raises(ValueError, match=r"other settings \(sample.cfg_rule differ\)"):
+        generate_sharded(denoiser, tmp_path, 3, strict, sampling_manifest("ckpt", 0.9, strict, 4), progress=False)

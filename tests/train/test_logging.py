@@ -14,3 +14,22 @@ def test_every_loss_gets_a_panel_and_negative_ones_stay_visible(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert plot_loss(metrics, tmp_path / "loss.png").stat().st_size > 1000
+
+
+def test_evaluations_join_their_step_row_and_get_a_panel(tmp_path):
+    from repflow.train.logging import RunLogger
+
+    logger = RunLogger(tmp_path, 10, 0)
+    for step in (1, 2):
+        logger.log(step, {"loss": 1.0 / step}, 8)
+    logger.extend_row(2, {"eval/fid": 50.0})  # after the step-2 row: it joins it
+    logger.extend_row(3, {"eval/fid": 40.0})  # no row for step 3 (e.g. the log was cut): a row of its own
+    logger.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("loss"), r.get("eval/fid")) for r in rows] == [(1, 1.0, None), (2, 0.5, 50.0),
+                                                                            (3, None, 40.0)]  # fmt: skip
+    panels = loss_panels(rows)  # the last row holds no loss: the losses still get their panel
+    assert list(panels) == ["loss", "eval/fid"] and panels["eval/fid"][:2] == ([2, 3], [50.0, 40.0])
+    again = RunLogger(tmp_path, 10, 3)
+    assert again.has_values(3, "eval/") and not again.has_values(3, "probe/")
+    again.close()

@@ -15,6 +15,7 @@ from repflow.train.optim import MuonAdamW, build_optimizer, parts
 from ..conftest import tiny_config
 from ..methods import toy_gan  # noqa: F401  (registers the two-phase toy method)
 from .test_distributed import assert_close, torchrun
+from .test_resume import straight_and_resumed
 
 CPU = torch.device("cpu")
 KELLER = (3.4445, -4.7750, 2.0315)  # torch's default coefficients
@@ -180,11 +181,7 @@ def test_a_two_phase_method_resumes_bit_for_bit_from_before_its_critic_starts(tm
     cfg = muon_run(
         "method.kind=toy_gan", "method.critic_start=3", "train.grad_clip=0.5", f"train.optimizer={optimizer}"
     )
-    straight = Trainer(cfg, tmp_path / "a")
-    straight.fit()
-    Trainer(cfg, tmp_path / "b").fit(stop_at=2)
-    resumed = Trainer(cfg, tmp_path / "b")
-    resumed.fit()
+    straight, resumed = straight_and_resumed(cfg, tmp_path)
     a, b = everything(straight), everything(resumed)
     assert a.keys() == b.keys() and any(k.startswith("critic.") for k in a)
     if optimizer == "muon":

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..config import SAMPLERS
 from .options import examples, int_list
 
 
@@ -67,7 +68,7 @@ def add_commands(bench_sub: argparse._SubParsersAction) -> None:
         p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.compile=true train.precision=bf16")
         if sampling:
             p.add_argument("--steps", type=int, default=50)
-            p.add_argument("--sampler", default="heun", choices=["euler", "heun", "sde", "dopri5"])
+            p.add_argument("--sampler", default="heun", choices=SAMPLERS)
             p.add_argument("--cfg", type=float, default=1.5)
         p.set_defaults(func=lambda a, s=sampling: _run(a, s))
     m = bench_sub.add_parser("manifold", help="JiT's toy: x- vs eps- vs v-prediction on a spiral in D dimensions",

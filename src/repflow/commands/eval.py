@@ -31,6 +31,11 @@ def add_metric_args(p: argparse.ArgumentParser) -> None:
     """The metrics and what they read: encoder weights, KID's subsets, FDr's spaces and normaliser."""
     p.add_argument("--metrics", help="comma-separated: fid,sfid,is,precision,recall,kid (default: these), "
                    "fd_<space>, kid_<space> (e.g. fd_dinov2, fd_clip-vitl14@256), fdr6, fdr")  # fmt: skip
+    add_metric_settings(p)
+
+
+def add_metric_settings(p: argparse.ArgumentParser) -> None:
+    """What the metrics read besides their names (``repflow eval`` and ``repflow sweep``)."""
     p.add_argument("--encoder-path", type=encoder_path, action="append", default=[], metavar="NAME=PATH",
                    help="weights of an encoder space (file, directory or hub id), e.g. dinov2-vitl14=/w/dinov2.pth; "
                    "repeat for several")  # fmt: skip
@@ -80,7 +85,8 @@ def _eval(args) -> int:
         if is_run(target) and (args.reconstruct or not generates(target)):
             if args.num <= 0:
                 raise ValueError("evaluating reconstructions needs --num-samples N (images of --split to encode)")
-            recon = reconstruct_run(target, args.num, args.ema, args.split, args.data_root or "", args.samples_dir,
+            ema = -1.0 if args.ema is None else args.ema  # unset: the first EMA (a sweep stores none here)
+            recon = reconstruct_run(target, args.num, ema, args.split, args.data_root or "", args.samples_dir,
                                     dist, batch_size=args.sample_batch_size or args.batch_size)  # fmt: skip
             source, provenance, psnr = samples_source(recon.folder, recon.count), recon.provenance, recon.psnr
             reference, data_root = args.ref or recon.reference, recon.data_root

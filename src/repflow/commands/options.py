@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import CFG_RULES, SAMPLERS
+
 
 def parse_interval(text: str) -> tuple[float, float]:
     try:
@@ -27,9 +29,6 @@ def float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
 
 
-SAMPLERS = ["euler", "heun", "sde", "dopri5"]
-
-
 def examples(*lines: str) -> dict:
     """Keyword arguments for ``add_parser`` that end a command's help with examples."""
     text = "examples:\n" + "\n".join(f"  {line}" for line in lines)
@@ -40,7 +39,7 @@ def examples(*lines: str) -> dict:
 _FIELDS = {"sampler": "sampler", "steps": "steps", "cfg": "cfg", "cfg_interval": "cfg_interval",
            "cfg_cls": "cfg_cls", "seed": "seed", "sample_batch_size": "batch_size", "shift": "shift",
            "guide_scale": "guide_scale", "grid": "grid", "internal_guidance": "internal_guidance",
-           "internal_interval": "internal_interval"}  # fmt: skip
+           "internal_interval": "internal_interval", "cfg_rule": "cfg_rule"}  # fmt: skip
 
 
 def add_sampling_args(
@@ -56,6 +55,8 @@ def add_sampling_args(
     p.add_argument(*steps_flags, dest="steps", type=int, help="solver steps")
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--cfg-interval", type=parse_interval, help="LO,HI: guide only for t in [LO, HI] (t=1 is noise)")
+    p.add_argument("--cfg-rule", choices=CFG_RULES, help="where the interval is decided: step (SiT/REPA/REG: "
+                   "once per solver step, inclusive) or evaluation_strict (JiT: every evaluation, strict)")  # fmt: skip
     p.add_argument("--cfg-cls", type=float, help="REG: guidance scale of the class token (-1: same as --cfg)")
     p.add_argument("--shift", type=float, help="time shift of the sampling grid (-1: the training shift)")
     p.add_argument("--grid", choices=("uniform", "rae"), help="time grid: uniform to t=0, or the official RAE "
@@ -65,7 +66,8 @@ def add_sampling_args(
     p.add_argument("--internal-interval", type=parse_interval, help="LO,HI: internal guidance only for t in [LO, HI]")
     p.add_argument("--seed", type=int, help="sampling seed (sample i uses its own stream of it)")
     p.add_argument(*batch_flags, dest="sample_batch_size", type=int, help="images generated per batch")
-    p.add_argument("--ema", type=float, default=-1.0, help="EMA decay to use (-1: first EMA, 0: raw weights)")
+    p.add_argument("--ema", type=float, help="EMA decay to use (-1: first EMA, 0: raw weights; default: the one "
+                   "`repflow sweep --write` stored in the run, else the first)")  # fmt: skip
     if choose:
         p.add_argument("--classes", help="labels to generate, e.g. 3,7 or sneaker,bag (default: all, balanced)")
         p.add_argument("--guide", default="", help="AutoGuidance: a (weaker) run or checkpoint guiding this one")

@@ -9,8 +9,8 @@ from .options import examples
 
 
 def _train(args) -> int:
+    from ..api import fit
     from ..config import load_config, to_yaml
-    from ..train.loop import train
 
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
@@ -20,7 +20,7 @@ def _train(args) -> int:
         print("# model.num_classes/input_size/in_channels and reg.dim are filled in from the data and encoder")
         return 0
     out = Path(args.out or f"runs/{cfg.name}")
-    result = train(cfg, out, resume=not args.no_resume)
+    result = fit(cfg, out=out, resume=not args.no_resume)  # with the step hooks the config asks for
     print(f"trained {result.steps} steps in {result.seconds:.0f}s; run: {out}; checkpoint: {result.last_checkpoint}")
     return 0
 

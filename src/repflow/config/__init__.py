@@ -30,7 +30,9 @@ from .parse import (
     to_yaml,
 )
 from .schema import (
+    CFG_RULES,
     CORE,
+    SAMPLERS,
     CodecConfig,
     Config,
     DataConfig,
@@ -44,8 +46,9 @@ from .schema import (
 )
 
 __all__ = [
-    "CORE", "PRESET_DIR", "CodecConfig", "Config", "ConfigError", "DataConfig", "EncoderConfig", "FlowConfig",
-    "MethodConfig", "ModelConfig", "SampleConfig", "Section", "Tagged", "TimeConfig", "TrainConfig", "at_least",
-    "checked", "default_variant", "each", "from_dict", "from_yaml", "list_presets", "load_config", "load_dict",
-    "nonnegative", "parse_overrides", "positive", "probability", "replace", "to_dict", "to_yaml", "unit",
+    "CFG_RULES", "CORE", "PRESET_DIR", "SAMPLERS", "CodecConfig", "Config", "ConfigError", "DataConfig",
+    "EncoderConfig", "FlowConfig", "MethodConfig", "ModelConfig", "SampleConfig", "Section", "Tagged", "TimeConfig",
+    "TrainConfig", "at_least", "checked", "default_variant", "each", "from_dict", "from_yaml", "list_presets",
+    "load_config", "load_dict", "nonnegative", "parse_overrides", "positive", "probability", "replace", "to_dict",
+    "to_yaml", "unit",
 ]  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -132,6 +133,59 @@ class FlowConfig(Section):
     time: TimeConfig = field(default_factory=TimeConfig)
 
 
+def ema_choice(v: float) -> str | None:
+    return None if v == -1 or 0 <= v < 1 else "must be -1, 0 or a decay in (0, 1)"
+
+
+@dataclass(frozen=True)
+class TrainEvalConfig(Section):
+    """What ``train.eval_every`` measures: samples of the EMA drawn as ``repflow eval`` of the step's checkpoint
+    would draw them (the run's ``sample`` section, changed by the fields set here), against a reference."""
+
+    PREFIX: ClassVar[str] = "train.eval."
+    metrics: tuple[str, ...] = ("fid",)  # names as `repflow eval --metrics` (checked when training starts)
+    num_samples: int = checked(1000, positive)
+    sampler: str = ""  # "": sample.sampler; else one of its choices
+    steps: int = checked(0, nonnegative)  # 0: sample.steps
+    cfg: float = checked(-1.0, lambda v: None if v == -1 or v >= 0 else "must be -1 (sample.cfg) or >= 0")
+    cfg_interval: tuple[float, ...] = checked((), each(unit))  # (): sample.cfg_interval; else (lo, hi)
+    ema: float = checked(-1.0, ema_choice)  # -1: the first of train.ema_decays, 0: the raw weights
+    reference: str = ""  # as `repflow eval --ref` (dataset[:split], folder, ADM .npz); "": the training data
+    ref_count: int = checked(50000, nonnegative)  # images of a dataset / folder reference (0: all)
+    keep_samples: bool = False  # keep the PNGs after they are measured (eval.json is always kept)
+    # weights of the encoder spaces the metrics name (fd_dinov2, ...), as `repflow eval --encoder-path`:
+    # ["dinov2-vitl14=/weights/dinov2.pth"]; a space without one uses the encoder's default hub weights
+    encoder_paths: tuple[str, ...] = ()
+    kid_subsets: int = checked(100, positive)  # KID: as `repflow eval --kid-subsets`
+    kid_subset_size: int = checked(1000, at_least(2))
+
+    def validate(self) -> None:
+        # "fid,is" (a dotted override) reads as one string: stored as the list of names
+        names = tuple(m.strip().lower() for item in self.metrics for m in str(item).split(",") if m.strip())
+        if not names:
+            raise ConfigError("config key 'train.eval.metrics' names no metric (e.g. [fid])")
+        object.__setattr__(self, "metrics", names)
+        paths = tuple(str(p).strip() for p in self.encoder_paths)
+        bad = next((p for p in paths if not all(part.strip() for part in p.partition("=")[::2])), None)
+        if bad is not None:
+            raise ConfigError(f"config key 'train.eval.encoder_paths' needs NAME=PATH items (e.g. "
+                              f"dinov2-vitl14=/weights/dinov2.pth), got {bad!r}")  # fmt: skip
+        object.__setattr__(self, "encoder_paths", paths)
+        samplers = typing.get_args(typing.get_type_hints(SampleConfig)["sampler"])  # one list of solvers: sample's
+        if self.sampler and self.sampler not in samplers:
+            raise ConfigError(f"config key 'train.eval.sampler' must be \"\" (sample.sampler) or one of "
+                              f"{', '.join(samplers)}, got {self.sampler!r}")  # fmt: skip
+        if len(self.cfg_interval) not in (0, 2) or (self.cfg_interval and self.cfg_interval[0] > self.cfg_interval[1]):
+            raise ConfigError(f"config key 'train.eval.cfg_interval' needs [] or [lo, hi] with lo <= hi, got "
+                              f"{list(self.cfg_interval)}")  # fmt: skip
+
+    def sampling_changes(self) -> dict[str, Any]:
+        """The fields of the ``sample`` section this evaluation sets (the others keep the run's)."""
+        changes = {"sampler": self.sampler, "steps": self.steps, "cfg": self.cfg, "cfg_interval": self.cfg_interval}
+        unset = {"sampler": "", "steps": 0, "cfg": -1.0, "cfg_interval": ()}
+        return {k: v for k, v in changes.items() if v != unset[k]}
+
+
 @dataclass(frozen=True)
 class TrainConfig(Section):
     PREFIX: ClassVar[str] = "train."
@@ -171,6 +225,9 @@ class TrainConfig(Section):
     keep_ckpts: int = checked(2, nonnegative)  # 0 keeps all
     sample_every: int = checked(0, nonnegative)  # preview every N steps (0: only at the end)
     sample_num: int = checked(64, nonnegative)  # images in a preview (0: no previews)
+    # evaluation during training: every N steps and at the last (0: off), checkpointed first; README "Evaluation"
+    eval_every: int = checked(0, nonnegative)
+    eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)
 
     def validate(self) -> None:
         start = self.warmup_steps + self.hold_steps
@@ -180,19 +237,32 @@ class TrainConfig(Section):
         if self.optimizer == "muon" and self.parallel == "fsdp":  # Muon orthogonalises whole matrices
             raise ConfigError("config key 'train.optimizer' is muon, which does not run under train.parallel=fsdp "
                               "(Muon needs whole matrices, FSDP shards them): use train.parallel=ddp")  # fmt: skip
+        if self.eval_every and self.eval.ema > 0 and self.eval.ema not in self.ema_decays:
+            raise ConfigError(f"config key 'train.eval.ema' is {self.eval.ema:g}, which is not one of train.ema_decays "
+                              f"{list(self.ema_decays)}; use -1 (the first) or 0 (the raw weights)")  # fmt: skip
+
+
+Sampler = Literal["euler", "heun", "sde", "dopri5", "dpmpp_2m"]  # the solvers: flow/solvers.py
+SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
+FIXED_GRID_SAMPLERS = ("euler", "heun", "dpmpp_2m")  # integrate on time_grid(steps, shift, grid)
+CfgRule = Literal["step", "evaluation_strict"]  # where the guidance interval is decided: flow/guidance.py
+CFG_RULES: tuple[str, ...] = typing.get_args(CfgRule)
 
 
 @dataclass(frozen=True)
 class SampleConfig(Section):
     PREFIX: ClassVar[str] = "sample."
-    sampler: Literal["euler", "heun", "sde", "dopri5"] = "heun"
+    sampler: Sampler = "heun"
     steps: int = checked(50, positive)
     cfg: float = 1.0
-    cfg_interval: tuple[float, float] = checked((0.0, 1.0), each(unit))  # guide for t in [lo, hi]
+    cfg_interval: tuple[float, float] = checked((0.0, 1.0), each(unit))  # guide for t in [lo, hi] ...
+    # ... as the family's authors decide it (flow/guidance.py): step (SiT/REPA/REG: once per solver step at its
+    # start, inclusive) or evaluation_strict (JiT: at every evaluation, strict bounds)
+    cfg_rule: CfgRule = "step"
     sde_t_last: float = checked(0.04, lambda v: None if 0 < v < 1 else "must lie in (0, 1)")
     rtol: float = checked(1e-4, positive)  # dopri5
     atol: float = checked(1e-4, positive)
-    ema: float = checked(-1.0, lambda v: None if v == -1 or 0 <= v < 1 else "must be -1, 0 or a decay in (0, 1)")
+    ema: float = checked(-1.0, ema_choice)
     batch_size: int = checked(64, positive)
     seed: int = checked(0, nonnegative)
     cfg_cls: float = -1.0  # REG: guidance scale of the class token; -1: same as cfg
@@ -208,9 +278,9 @@ class SampleConfig(Section):
             lo, hi = getattr(self, key)
             if lo > hi:
                 raise ConfigError(f"config key 'sample.{key}' needs lo <= hi, got {(lo, hi)!r}")
-        if self.grid != "uniform" and self.sampler not in ("euler", "heun"):
-            raise ConfigError(f"sample.grid={self.grid} is a grid of the euler and heun samplers, not of "
-                              f"{self.sampler}")  # fmt: skip
+        if self.grid != "uniform" and self.sampler not in FIXED_GRID_SAMPLERS:
+            raise ConfigError(f"sample.grid={self.grid} is a grid of the {', '.join(FIXED_GRID_SAMPLERS)} samplers, "
+                              f"not of {self.sampler}")  # fmt: skip
 
 
 CORE = ("name", "seed", "method", "data", "codec", "encoders", "model", "flow", "train", "sample")

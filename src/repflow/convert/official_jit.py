@@ -4,8 +4,9 @@ The official training saves ``{"model", "model_ema1", "model_ema2", ...}`` (the 
 only), every key prefixed ``net.``; they become repflow's raw weights and the EMA copies 0.9999 and 0.9996.
 JiT's time runs the other way (t = 1 is clean): the network's time input is flipped at the edge
 (``model.time_offset: 1``, ``model.time_scale: -1``); it predicts x, whose meaning does not depend on the
-direction of time. The frozen sin-cos ``pos_embed`` (a parameter there) is kept in ``official.safetensors``
-for an exact export.
+direction of time. Its guidance interval is decided as the official sampler decides it (``sample.cfg_rule:
+evaluation_strict``, from the ``jit-b16-in256`` recipe the converted run inherits). The frozen sin-cos
+``pos_embed`` (a parameter there) is kept in ``official.safetensors`` for an exact export.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def infer_config(kind: str, sd: dict[str, Tensor], overrides: list[str] | None =
         f"model.input_size={grid * patch}", f"model.in_channels={channels}", f"model.num_classes={rows - 1}",
         "model.time_offset=1.0", "model.time_scale=-1.0", f"data.resolution={grid * patch}",
     ]  # fmt: skip
-    return load_config("jit-b16-in256", items + list(overrides or []))  # the official recipe around it
+    # the official recipe around it, JiT's guidance rule included (sample.cfg_rule=evaluation_strict)
+    return load_config("jit-b16-in256", items + list(overrides or []))
 
 
 def from_official(kind: str, sd: dict[str, Tensor], cfg: Config) -> tuple[dict, dict, dict]:

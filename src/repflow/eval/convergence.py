@@ -36,7 +36,7 @@ class BenchSpec:
     reference: str = ""  # default: the first config's training data
     ref_count: int = 10000
     seed: int = 0
-    ema: float = -1.0
+    ema: float | None = -1.0  # None: as -1 unless the run stores a swept EMA
     batch_size: int = 50  # Inception batch
 
 
@@ -79,6 +79,7 @@ def _append(csv_path: Path, row: dict) -> None:
 def run_convergence(spec: BenchSpec, inception: TFInception, progress: bool = True) -> tuple[Path, Path]:
     """Train, sample and measure every (config, step); returns (results.csv, convergence.png)."""
     from ..train.loop import Trainer
+    from .online import training_hooks
 
     named = prepare_configs(spec)
     spec.out.mkdir(parents=True, exist_ok=True)
@@ -93,7 +94,7 @@ def run_convergence(spec: BenchSpec, inception: TFInception, progress: bool = Tr
                 continue
             ckpt = run_dir / "checkpoints" / f"ckpt-{step:08d}"
             if not ckpt.is_dir():
-                trainer = trainer or Trainer(cfg, run_dir)
+                trainer = trainer or Trainer(cfg, run_dir, hooks=training_hooks(cfg))
                 if trainer.step > step:
                     raise ValueError(f"{run_dir} is past step {step} but has no checkpoint there; use a new --out")
                 t0 = time.perf_counter()

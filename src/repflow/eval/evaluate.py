@@ -148,12 +148,12 @@ def _plan(opts: EvalOptions, extractors: Extractors) -> tuple[list[Metric], dict
     return [m for m in metrics if m.name not in skipped], skipped
 
 
-def _check_resolution(source: ImageSource, ref_resolution: tuple[int, int] | None, opts: EvalOptions) -> None:
+def _check_resolution(resolution: tuple[int, int], ref_resolution: tuple[int, int] | None, opts: EvalOptions) -> None:
     if ref_resolution is None or opts.allow_resolution_mismatch:
         return
-    if tuple(source.resolution) != tuple(ref_resolution):
+    if tuple(resolution) != tuple(ref_resolution):
         raise ValueError(
-            f"samples are {source.resolution[0]}x{source.resolution[1]} but the reference is "
+            f"samples are {resolution[0]}x{resolution[1]} but the reference is "
             f"{ref_resolution[0]}x{ref_resolution[1]}; compare with images prepared at the samples' size: "
             f"--ref image_folder --data-root DIR (or a dataset name such as fashion_mnist:test), or pass "
             f"--allow-resolution-mismatch"
@@ -212,21 +212,23 @@ def metrics_from_features(
     return out, details, settings
 
 
-def evaluate(source: ImageSource, extractors: Extractors | TFInception, opts: EvalOptions) -> EvalResult:
-    """Features of ``source`` against ``opts.reference`` in every space the metrics need (``extractors``: the
-    registry to build them from, or the Inception alone)."""
-    t0 = time.perf_counter()
-    extractors = as_extractors(extractors)
+def prepare_references(
+    opts: EvalOptions, extractors: Extractors, resolution: tuple[int, int]
+) -> tuple[list[Metric], dict[str, str], Reference | None, Reference | None]:
+    """What an evaluation of ``(H, W)`` samples computes before it reads them: the metrics it will compute, why
+    any others are skipped, the reference in every space they need and FDr's normalising set (None when not
+    needed), computed and cached if needed. Run at start-up by online evaluation, so that bad settings stop
+    training before its first step and every later evaluation reads the cached statistics."""
     metrics, skipped = _plan(opts, extractors)
     ref = norm = None
     ref_spaces = list(dict.fromkeys(s for m in metrics if m.needs_reference for s in m.spaces))
-    kw = {"resolution": source.resolution[0], "count": opts.ref_count, "batch_size": opts.batch_size,
+    kw = {"resolution": resolution[0], "count": opts.ref_count, "batch_size": opts.batch_size,
           "progress": opts.progress, "data_root": opts.data_root}  # fmt: skip
     if ref_spaces:
-        _check_resolution(source, peek_resolution(opts.reference), opts)  # before any expensive work
+        _check_resolution(resolution, peek_resolution(opts.reference), opts)  # before any expensive work
         need = any(m.kind in ("kid", "pr") and m.spaces == (INCEPTION,) for m in metrics)
         ref = load_reference(opts.reference, [extractors.get(s) for s in ref_spaces], need_features=need, **kw)
-        _check_resolution(source, ref.resolution, opts)
+        _check_resolution(resolution, ref.resolution, opts)
         sfid = [m for m in metrics if m.kind == "fd" and m.output not in ref.spaces[m.spaces[0]].stats]
         for m in sfid if not opts.explicit else []:
             skipped[m.name] = f"reference {ref.description} has no spatial statistics (mu_s/sigma_s)"
@@ -234,6 +236,15 @@ def evaluate(source: ImageSource, extractors: Extractors | TFInception, opts: Ev
     fdr_spaces = list(dict.fromkeys(s for m in metrics if m.kind == "fdr" for s in m.spaces))
     if fdr_spaces and opts.fdr_norm:
         norm = load_reference(opts.fdr_norm, [extractors.get(s) for s in fdr_spaces], **kw)
+    return metrics, skipped, ref, norm
+
+
+def evaluate(source: ImageSource, extractors: Extractors | TFInception, opts: EvalOptions) -> EvalResult:
+    """Features of ``source`` against ``opts.reference`` in every space the metrics need (``extractors``: the
+    registry to build them from, or the Inception alone)."""
+    t0 = time.perf_counter()
+    extractors = as_extractors(extractors)
+    metrics, skipped, ref, norm = prepare_references(opts, extractors, source.resolution)
     requests = [(extractors.get(s), tuple(sorted(outs))) for s, outs in _sample_outputs(metrics).items()]
     feats = extract_features(source, requests, opts.batch_size, opts.progress, desc="samples")
     values, details, settings = metrics_from_features(feats, ref, metrics, opts, norm)

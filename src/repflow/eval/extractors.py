@@ -193,6 +193,10 @@ class Extractors:
         """Every extractor built so far, by space name."""
         return {name: ex.describe() for name, ex in self._built.items()}
 
+    def identities(self) -> dict:
+        """What the features of every extractor built so far depend on, by space name (not where weights lie)."""
+        return {name: ex.identity() for name, ex in self._built.items()}
+
 
 def as_extractors(extractors: Extractors | TFInception) -> Extractors:
     """Callers that hold only the Inception (as before encoders were metrics) get a set built around it."""

@@ -58,6 +58,7 @@ class Reference:
     count: int
     content_sha256: str = ""  # of the images' uint8 pixels, when they were read (now or when cached)
     statistics_sha256: str = ""  # of ADM's precomputed Inception statistics, when those are used
+    skipped: str = ""  # a folder's unreadable / wrong-size files left out, in one line ("" when none)
 
     def to_json(self) -> dict:
         res = None if self.resolution is None else list(self.resolution)
@@ -66,6 +67,8 @@ class Reference:
             out["content_sha256"] = self.content_sha256
         if self.statistics_sha256:
             out["statistics_sha256"] = self.statistics_sha256
+        if self.skipped:
+            out["skipped_files"] = self.skipped
         out["cache"] = {name: sf.cache_file for name, sf in self.spaces.items() if sf.cache_file}
         return out
 
@@ -147,8 +150,9 @@ def _compute_or_load(
         source = make_source()
         feats = extract_features(source, [(ex, ex.cached) for ex in todo], batch_size, progress,
                                  desc=f"reference {description}")  # fmt: skip
+        skipped = source.skipped_summary() if isinstance(source, FolderSource) else ""
         meta = {"description": description, "count": len(feats), "resolution": list(source.resolution),
-                "content_sha256": feats.content_sha256}  # fmt: skip
+                "content_sha256": feats.content_sha256, "skipped": skipped}  # fmt: skip
         for ex in todo:
             arrays = {"count": np.array(len(feats)), "meta": np.array(json.dumps({**meta, "extractor": ex.identity()}))}
             for out in ex.cached:
@@ -160,8 +164,16 @@ def _compute_or_load(
             cache = _cache_path(key, ex)
             save_stats(cache, **arrays)
             spaces[ex.space.name] = _space_from_arrays(arrays, ex, str(cache))
+    skipped = _warn_skipped(meta.get("skipped", ""))  # said on every use, cached or not, as for a sample folder
     return Reference(meta["description"], spaces, tuple(meta["resolution"]), meta["count"],
-                     meta.get("content_sha256", ""))  # fmt: skip
+                     meta.get("content_sha256", ""), skipped=skipped)  # fmt: skip
+
+
+def _warn_skipped(summary: str) -> str:
+    """Say that files of a reference folder were left out (FolderSource skips them as it skips samples')."""
+    if summary:
+        print(f"warning: reference: {summary}", file=sys.stderr)
+    return summary
 
 
 def _adm_statistics(path: Path, keys: set[str]) -> tuple[SpaceFeatures, str]:

@@ -64,3 +64,18 @@ def folder_provenance(path: str | Path) -> dict:
     sample = {k: v for k, v in made.get("sample", {}).items() if k not in ("batch_size", "ema")}
     known = {k: made[k] for k in ("checkpoint", "ema", "labels", "guide") if k in made}
     return {**sample, **known, "samples": str(path)}
+
+
+def measure_samples(samples, num: int, extractors, opts, record: dict | None = None, keep: bool = True):
+    """Measure samples ``0..num-1`` that ``sample_run`` wrote (``samples``: its result) as ``repflow eval`` does
+    (``opts``: an :class:`~repflow.eval.evaluate.EvalOptions`, the metrics and the reference; ``extractors``:
+    the feature extractors or the Inception alone), write ``eval.json`` beside them (their provenance plus
+    ``record``) and, unless ``keep``, delete the PNGs (the results stay). Call on one process."""
+    from .evaluate import evaluate, write_result
+
+    result = evaluate(samples_source(samples.folder, num), extractors, opts)
+    write_result(samples.folder / "eval.json", result, extractors, {**samples.provenance, **(record or {})})
+    if not keep:
+        for i in range(num):
+            sample_path(samples.folder, i).unlink(missing_ok=True)
+    return result

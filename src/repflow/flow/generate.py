@@ -13,19 +13,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..config import SampleConfig
+from ..config import SAMPLERS, SampleConfig
 from ..data.transforms import model_to_uint8
 from .denoiser import Denoiser
 from .guidance import Guide, guided
 from .noise import PerSampleNoise
-from .solvers import SAMPLERS, dopri5, euler, euler_maruyama, heun, sde_grid
+from .solvers import dopri5, dpm_solver_2m, euler, euler_maruyama, heun, sde_grid
 from .timesteps import time_grid
 
 
 @dataclass
 class Generated:
     states: dict[str, Tensor]  # final state per stream in model space ("x", and "cls" for REG)
-    nfe: int  # velocity evaluations (a guided evaluation is one batched network call)
+    nfe: int  # velocity evaluations (classifier-free guided: one batched network call each)
 
 
 def balanced_labels(indices: Sequence[int], num_classes: int, classes: Sequence[int] | None = None) -> Tensor | None:
@@ -49,8 +49,10 @@ def generate(
 ) -> Generated:
     """Sample the denoiser's streams for sample ``indices`` with options ``opts``.
 
-    Guidance: with ``guide`` (another denoiser with the same state shapes) AutoGuidance, else classifier-free
-    guidance with the denoiser's null label; scales from ``denoiser.guidance_scales(opts)``.
+    Guidance: with ``guide`` (another denoiser with the same state shapes) AutoGuidance, two network calls per
+    guided evaluation; else classifier-free guidance with the denoiser's null label, the conditional and null-label
+    halves in one call of twice the batch; scales from ``denoiser.guidance_scales(opts)``, where from
+    ``opts.cfg_interval`` and ``opts.cfg_rule``.
     """
     if opts.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {opts.sampler!r}; choose from {', '.join(SAMPLERS)}")
@@ -75,14 +77,16 @@ def generate(
     elif any(w != 1.0 for w in scales.values()):
         if labels is None or denoiser.num_classes == 0 or denoiser.null_label is None:
             raise ValueError("classifier-free guidance needs a class-conditional model and labels")
-        how = Guide(denoiser.velocity, denoiser.null_label)
+        how = Guide(null_label=denoiser.null_label)  # the denoiser itself: batched
     else:
         how = None
-    velocity = guided(denoiser.velocity, labels, how, scales, tuple(opts.cfg_interval))
+    velocity = guided(denoiser.velocity, labels, how, scales, tuple(opts.cfg_interval), opts.cfg_rule)
     if opts.sampler == "euler":
         sol = euler(velocity, state, time_grid(opts.steps, denoiser.shift, opts.grid))
     elif opts.sampler == "heun":
         sol = heun(velocity, state, time_grid(opts.steps, denoiser.shift, opts.grid))
+    elif opts.sampler == "dpmpp_2m":
+        sol = dpm_solver_2m(velocity, state, time_grid(opts.steps, denoiser.shift, opts.grid), denoiser.path)
     elif opts.sampler == "sde":
         grid = sde_grid(opts.steps, opts.sde_t_last, denoiser.shift)
         sol = euler_maruyama(velocity, state, grid, denoiser.path, noise.like)

@@ -70,6 +70,11 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives (any process can name it)."""
+    return Path(run_dir) / "checkpoints" / f"ckpt-{step:08d}"
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -85,8 +90,8 @@ def save_checkpoint(
 
     A write that fails (disk full, read-only) removes its temporary directory and raises one line naming the
     last good checkpoint, which is untouched."""
-    ckpt_root = Path(run_dir) / "checkpoints"
-    final = ckpt_root / f"ckpt-{step:08d}"
+    final = checkpoint_dir(run_dir, step)
+    ckpt_root = final.parent
     tmp = ckpt_root / f".tmp-{final.name}-{os.getpid()}"
     try:
         ckpt_root.mkdir(parents=True, exist_ok=True)

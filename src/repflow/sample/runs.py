@@ -2,7 +2,7 @@
 the convergence benchmark and the Python API.
 
 The default folder name holds every setting the images depend on (checkpoint, EMA, sampler and steps,
-guidance scale, interval, class-token scale, time shift, seed, chosen classes, guide run), so two commands
+guidance scale, interval and its rule, class-token scale, time shift, seed, chosen classes, guide run), so two commands
 with different settings never share a folder; the folder's ``samples.json`` manifest checks it anyway.
 """
 
@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 
 from ..config import Config, SampleConfig, replace
-from ..runtime.checkpoint import CKPT_RE, ema_name
+from ..runtime.checkpoint import CKPT_RE, ema_name, resolve_checkpoint
 from ..runtime.distributed import DistInfo
 from .load import load_run
 from .sharded import Generated, describe_labels, generate_sharded, sampling_manifest
+from .swept import with_swept
 
 
 def resolve_classes(spec: str | list | None, class_names: list[str], num_classes: int) -> list[int] | None:
@@ -53,6 +54,8 @@ def folder_name(ckpt_name: str, opts: SampleConfig, ema: float | str, classes: l
     parts.append(f"cfg{opts.cfg:g}")
     if tuple(opts.cfg_interval) != (0.0, 1.0):
         parts.append(f"int{opts.cfg_interval[0]:g}-{opts.cfg_interval[1]:g}")
+    if opts.cfg_rule != SampleConfig.cfg_rule:
+        parts.append(f"rule-{opts.cfg_rule}")
     if opts.cfg_cls >= 0:
         parts.append(f"cls{opts.cfg_cls:g}")
     if opts.shift > 0:
@@ -88,7 +91,7 @@ def sample_run(
     run: str | Path,
     num: int,
     changes: dict | None = None,
-    ema: float = -1.0,
+    ema: float | None = None,
     folder: str | Path | None = None,
     dist: DistInfo | None = None,
     progress: bool = True,
@@ -96,15 +99,23 @@ def sample_run(
     guide: str = "",
     vae: str = "",
     subdir: str = "samples",
+    swept: bool = True,
 ) -> RunSamples:
     """Make sure samples ``0..num-1`` of ``run`` exist as PNGs in ``folder`` (default
-    ``<run>/<subdir>/<settings>``), generating the missing ones on this process's shard."""
+    ``<run>/<subdir>/<settings>``), generating the missing ones on this process's shard. Options not given
+    (``changes``; ``ema`` None) come from the setting ``repflow sweep --write`` stored in the run if ``swept``
+    (said on stdout), else from the run's ``sample`` section (EMA: the first decay)."""
     dist = dist or DistInfo()
-    loaded = load_run(str(run), ema=ema, device=dist.device, vae=vae)
+    changes, note = changes or {}, ""
+    if swept:
+        changes, ema, note = with_swept(resolve_checkpoint(run), changes, ema)
+    if note and dist.is_main:
+        print(f"repflow: {note}", flush=True)
+    loaded = load_run(str(run), ema=-1.0 if ema is None else ema, device=dist.device, vae=vae)
     cfg, ckpt = loaded.cfg, loaded.ckpt
     if loaded.denoiser is None:
         raise ValueError(f"{ckpt.path} was trained with method {cfg.method.kind}, which does not generate images")
-    opts = replace(cfg.sample, **(changes or {}))
+    opts = replace(cfg.sample, **changes)
     if progress and dist.is_main and loaded.ema_warning():
         print(f"warning: {loaded.ema_warning()}", file=sys.stderr)
     chosen = resolve_classes(classes, ckpt.class_names(), cfg.model.num_classes)
@@ -133,6 +144,7 @@ def sample_run(
         "labels": describe_labels(cfg.model.num_classes, chosen),
         "guide": manifest["guide"],
         "samples": str(folder),
+        **({"swept": note} if note else {}),
     }
     return RunSamples(folder, cfg, opts, provenance, made, chosen)
 

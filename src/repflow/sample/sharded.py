@@ -78,6 +78,14 @@ def _without_batch_size(manifest: dict) -> dict:
     return {k: _without_batch_size(v) if isinstance(v, dict) else v for k, v in manifest.items() if k != "batch_size"}
 
 
+def _with_defaults(old: dict) -> dict:
+    """An older manifest lacks the sampling options added since; its images were made with their defaults
+    (the behaviour before the option existed, e.g. ``sample.cfg_rule=step``)."""
+    if not isinstance(old.get("sample"), dict):
+        return old
+    return {**old, "sample": {**to_dict(SampleConfig()), **old["sample"]}}
+
+
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(old) | set(new)):
@@ -94,7 +102,8 @@ def _claim_folder(folder: Path, manifest: dict) -> None:
     without images (a run that failed before its first one) is replaced, not obeyed."""
     path = folder / MANIFEST
     if path.is_file() and any(folder.glob("[0-9]" * 6 + ".png")):
-        diff = _differences(_without_batch_size(json.loads(path.read_text())), _without_batch_size(manifest))
+        old = _with_defaults(json.loads(path.read_text()))
+        diff = _differences(_without_batch_size(old), _without_batch_size(manifest))
         if diff:
             raise ValueError(f"{folder} holds images made with other settings ({', '.join(diff)} differ); "
                              "write to another folder or delete it")  # fmt: skip

@@ -30,12 +30,30 @@ def _row_step(line: str) -> float:
         return float("inf")  # torn or foreign: dropped
 
 
+def _last_row(path: Path) -> tuple[dict, int, int]:
+    """(the last row of metrics.jsonl, its byte offset, the file's length); the row is {} when there is none."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        end = f.tell()
+        f.seek(max(0, end - 65536))  # a row is a few hundred bytes
+        tail = f.read()
+    body = tail.rstrip(b"\n")
+    start = body.rfind(b"\n") + 1
+    try:
+        row = json.loads(body[start:])
+    except ValueError:
+        row = None
+    return (row, end - len(tail) + start, end) if isinstance(row, dict) else ({}, end, end)
+
+
 class RunLogger:
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool = True):
         self.run_dir, self.enabled = Path(run_dir), enabled
         self.bar = None
         self.tb = None
         self._t0, self._step0 = time.perf_counter(), start_step
+        self.postfix: dict[str, str] = {}  # on the progress bar: the latest loss and speed,
+        self.shown: dict[str, str] = {}  # then the latest evaluation
         if not enabled:
             return
         tty = sys.stderr.isatty()
@@ -67,12 +85,50 @@ class RunLogger:
         rate = (step - self._step0) * images_per_step / max(now - self._t0, 1e-9)
         self._t0, self._step0 = now, step
         scalars = {**scalars, "img_per_s": rate}
-        self.bar.set_postfix(loss=f"{scalars.get('loss', float('nan')):.4f}", img_s=f"{rate:.0f}", refresh=False)
+        self.postfix = {"loss": f"{scalars.get('loss', float('nan')):.4f}", "img_s": f"{rate:.0f}"}
+        self.bar.set_postfix({**self.postfix, **self.shown}, refresh=False)
         self.metrics.write(json.dumps({"step": step, **scalars}) + "\n")
         self.metrics.flush()
         if self.tb is not None:
             for k, v in scalars.items():
                 self.tb.add_scalar(f"train/{k}", v, step)
+
+    def extend_row(self, step: int, values: dict[str, float]) -> None:
+        """Add ``values`` (already named ``<group>/<key>``) to the row of ``step``, the last of metrics.jsonl
+        (evaluation results, which come after the step's losses were written), or append a row for them if the
+        last row is another step's (a run killed after the checkpoint, before the row was written)."""
+        if not self.enabled or not values:
+            return
+        self.metrics.flush()
+        last, start, end = _last_row(self.run_dir / "metrics.jsonl")
+        mine = last.get("step") == step
+        row = {**last, **values} if mine else {"step": step, **values}
+        with open(self.run_dir / "metrics.jsonl", "r+b") as f:  # rewrite only the last row, in place
+            f.seek(start if mine else end)
+            f.truncate()
+            f.write((json.dumps(row) + "\n").encode())
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, step)
+        self.shown.update({k.split("/", 1)[-1]: f"{v:.4g}" for k, v in values.items()})
+        self.bar.set_postfix({**self.postfix, **self.shown}, refresh=False)
+
+    def has_values(self, step: int, prefix: str) -> bool:
+        """Whether the last row of metrics.jsonl is ``step``'s and holds a value named ``<prefix>...``."""
+        if not self.enabled:
+            return False
+        self.metrics.flush()
+        last, _, _ = _last_row(self.run_dir / "metrics.jsonl")
+        return last.get("step") == step and any(k.startswith(prefix) for k in last)
+
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` spent on something else than training (an evaluation) out of the next img/s."""
+        self._t0 += seconds
+
+    def busy(self, what: str) -> None:
+        """Say on the progress bar what the loop is doing besides training ("" when it trains again)."""
+        if self.bar is not None:
+            self.bar.set_description(what, refresh=True)
 
     def image(self, tag: str, grid_chw, step: int) -> None:
         if self.enabled and self.tb is not None:
@@ -96,13 +152,15 @@ MONITORED = ("erank",)  # what a method monitors about its model (DSD's latent r
 
 
 def loss_panels(rows: list[dict]) -> dict[str, tuple[list, list, bool]]:
-    """key -> (steps, values, log scale?) for every logged loss: the totals first, then the terms (<= 8)."""
-    if not rows:
-        return {}
-    keys = [k for k in rows[-1] if not k.startswith(LOGGED_NOT_LOSSES)]
-    panels = {}
+    """key -> (steps, values, log scale?) for every logged loss: the totals first, then the terms (<= 8), then
+    the values of step hooks (named ``<group>/<key>``: ``eval/fid``), which only some rows hold (<= 4)."""
+    is_loss = lambda k: "/" not in k and not k.startswith(LOGGED_NOT_LOSSES)  # noqa: E731
+    last = next((r for r in reversed(rows) if any(map(is_loss, r))), {})  # an evaluation-only row has no loss
     order = lambda k: (not k.startswith("loss"), not k.startswith(MONITORED), k)  # noqa: E731
-    for key in sorted(keys, key=order)[:8]:
+    keys = sorted(filter(is_loss, last), key=order)[:8]
+    keys += list(dict.fromkeys(k for r in rows for k in r if "/" in k))[:4]
+    panels = {}
+    for key in keys:
         pts = [(r["step"], r[key]) for r in rows if key in r and r[key] == r[key]]
         if pts:
             steps, vals = (list(v) for v in zip(*pts, strict=True))
@@ -127,7 +185,9 @@ def plot_loss(metrics_file: Path, out_png: Path) -> Path | None:
     nrows = -(-len(panels) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 2.8 * nrows), dpi=110, squeeze=False)
     for ax, (key, (steps, vals, log)) in zip(axes.flat, panels.items(), strict=False):
-        ax.plot(steps, vals, lw=1.2, color="C0" if key.startswith("loss") else "C1")
+        hooked = "/" in key  # evaluated at a few steps: points joined by lines
+        ax.plot(steps, vals, lw=1.2, color="C2" if hooked else "C0" if key.startswith("loss") else "C1",
+                marker="o" if hooked else None, ms=3)  # fmt: skip
         if log:
             ax.set_yscale("log")
         ax.set_title(key, fontsize=10)
@@ -136,7 +196,8 @@ def plot_loss(metrics_file: Path, out_png: Path) -> Path | None:
         ax.tick_params(labelsize=8)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    fig.suptitle("repflow training losses (mean over each log interval)", fontsize=10)
+    fig.suptitle("repflow training losses (mean over each log interval)"
+                 + (" and evaluations" if any("/" in k for k in panels) else ""), fontsize=10)  # fmt: skip
     fig.tight_layout()
     fig.savefig(out_png)
     plt.close(fig)

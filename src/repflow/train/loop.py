@@ -4,6 +4,7 @@ knows nothing about them beyond the :class:`~repflow.methods.base.Method` protoc
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from ..runtime.images import make_grid, save_grid
 from ..runtime.lock import DirectoryLock
 from ..runtime.precision import autocast_for, use_bf16
 from .batching import BatchPreparer
+from .hooks import HookRun, StepHook, run_hooks
 from .logging import RunLogger, plot_loss
 from .optim import MuonAdamW
 from .state import TrainState
@@ -60,10 +62,12 @@ def resume_notices(old: Config, new: Config) -> list[str]:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: str | Path, dist: DistInfo | None = None, resume: bool = True):
+    def __init__(self, cfg: Config, run_dir: str | Path, dist: DistInfo | None = None, resume: bool = True,
+                 hooks: Sequence[StepHook] = ()):  # fmt: skip
         self.dist = dist or setup_distributed()
         self.run_dir = Path(run_dir)
         self.lock: DirectoryLock | None = None
+        self.hooks = list(hooks)  # run at the steps they choose, after that step's checkpoint (train/hooks.py)
         try:
             self._build(cfg, resume)
         except BaseException:
@@ -120,11 +124,21 @@ class Trainer:
             rank=self.dist.rank, world=self.dist.world, accum=t.grad_accum, start_image=self.state.images_seen,
             crops=cfg.data.crop == "random",
         )  # fmt: skip
-        self.loader = iter(build_loader(self.dataset, sampler, cfg.data.workers))
+        with torch.random.fork_rng(devices=[]):  # a DataLoader iterator draws its workers' seed from the global RNG,
+            # which a resumed run has just restored for what training draws from it (dropout)
+            self.loader = iter(build_loader(self.dataset, sampler, cfg.data.workers))
         self.state.distribute()
+        lines = self.describe()
+        generates = type(self.method).generates() and self.codec.can_decode
+        for hook in self.hooks:  # every process: a hook may prepare shared work (a reference's statistics)
+            lines += hook.start(HookRun(cfg, self.run_dir, self.dist, generates))
+        if cfg.train.eval_every and not self.hooks:
+            lines.append("train.eval_every is set but this Trainer has no evaluation hook: not evaluating "
+                         "(repflow train and repflow.fit attach it)")  # fmt: skip
         if self.dist.is_main:
-            for line in self.describe():
+            for line in lines:
                 print(f"repflow: {line}", flush=True)
+        self.resumed_at = self.step if self.last_checkpoint is not None else None
         self.bad_files: list[str] = []
         self.bad_files_seen: set[str] = set()  # each unreadable file is reported once, not once per epoch
         self.last_preview: Path | None = None
@@ -255,6 +269,10 @@ class Trainer:
         last_loss, start_step = float("nan"), self.step
         t0 = time.perf_counter()
         try:
+            if self.resumed_at == self.step:  # killed after a hooked step's checkpoint: finish its hooks first
+                run_hooks([h for h in self.hooks if h.due(self.step)], self.step, self.run_dir, self.dist, logger,
+                          resumed=True)  # fmt: skip
+            self.resumed_at = None
             while self.step < end:
                 logged = self.train_step()
                 finite = torch.stack([torch.isfinite(v).all() for v in logged.values()]).all()
@@ -264,7 +282,9 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
                 logger.step()
-                due_ckpt = self.step % t.ckpt_every == 0 or self.step == end
+                hooked = [h for h in self.hooks if h.due(self.step)]
+                # a hooked step is checkpointed first: hooks work from it, and a resumed run finishes them
+                due_ckpt = self.step % t.ckpt_every == 0 or self.step == end or bool(hooked)
                 if self.step % t.log_every == 0 or due_ckpt or self.step == end:
                     self._check_finite(bad_step)
                     means = {k: all_reduce_mean(v / count, self.dist).item() for k, v in sums.items()}
@@ -278,6 +298,7 @@ class Trainer:
                     self._report_bad_files(logger)
                 if due_ckpt:
                     self.save()
+                run_hooks(hooked, self.step, self.run_dir, self.dist, logger)
                 if t.sample_every and self.step % t.sample_every == 0 and self.step != end:
                     self.preview(logger)
             if self.step == t.steps:
@@ -356,9 +377,11 @@ class Trainer:
         return path
 
 
-def train(cfg: Config, run_dir: str | Path, resume: bool = True, stop_at: int | None = None) -> TrainResult:
-    """Train ``cfg`` into ``run_dir`` (resuming from its newest checkpoint if there is one)."""
-    trainer = Trainer(cfg, run_dir, resume=resume)
+def train(cfg: Config, run_dir: str | Path, resume: bool = True, stop_at: int | None = None,
+          hooks: Sequence[StepHook] = ()) -> TrainResult:  # fmt: skip
+    """Train ``cfg`` into ``run_dir`` (resuming from its newest checkpoint if there is one), running ``hooks``
+    (evaluation during training: ``repflow.eval.online.training_hooks``) at the steps they choose."""
+    trainer = Trainer(cfg, run_dir, resume=resume, hooks=hooks)
     try:
         return trainer.fit(stop_at=stop_at)
     finally:
