@@ -163,15 +163,19 @@ def evaluate(
     inception: str | None = None,
     reconstruct: bool | None = None,
     split: str = "test",
+    encoder_paths: dict[str, str] | None = None,
     **sampling: Any,
 ) -> dict[str, float]:
-    """FID (and sFID, IS, precision, recall) of a folder of images, an ADM ``.npz`` or a run (``num_samples``
+    """FID (and sFID, IS, precision, recall, KID) of a folder of images, an ADM ``.npz`` or a run (``num_samples``
     generated with the run's sampling options, changed by ``sampling``: ``steps=``, ``cfg=``, ...). ``ref``:
     an ADM ``.npz``, a folder or ``dataset[:split]``; default for a run: its training data. An autoencoder run
     (``reconstruct``, the default for one that does not generate) is measured on reconstructions of the first
-    ``num_samples`` images of ``split``: rFID against that split, and ``psnr``."""
+    ``num_samples`` images of ``split``: rFID against that split, and ``psnr``. ``metrics``: e.g.
+    ``"fid,kid,fd_dinov2"`` (see ``repflow eval --help``); ``encoder_paths``: weights of the encoder spaces
+    (``{"dinov2-vitl14": "/weights/dinov2_vitl14_pretrain.pth"}``)."""
     from .eval.evaluate import EvalOptions, parse_metrics
     from .eval.evaluate import evaluate as run_evaluation
+    from .eval.extractors import Extractors
     from .eval.inception import load_inception
     from .eval.reconstruct import reconstruct_run
     from .eval.runs import default_reference, generates, is_run, samples_source
@@ -179,6 +183,9 @@ def evaluate(
     from .sample.runs import sample_run
 
     chosen, explicit = parse_metrics(metrics)
+    device = _device("auto")
+    nets = Extractors(lambda: load_inception(inception, "tf", None, device, explicit and "is" in chosen),
+                      encoder_paths, device)  # fmt: skip
     target = Path(samples)
     data_root, extra = "", {}
     if is_run(target):
@@ -197,9 +204,8 @@ def evaluate(
         if sampling:
             raise ValueError(f"sampling options {sorted(sampling)} apply to a run, not to {target}")
         source = open_source(target, max(num_samples, 0))
-    net = load_inception(inception, "tf", None, _device("auto"), explicit and "is" in chosen)
     opts = EvalOptions(metrics=chosen, explicit=explicit, reference=ref, ref_count=ref_count, data_root=data_root)
-    return {**run_evaluation(source, net, opts).metrics, **extra}
+    return {**run_evaluation(source, nets, opts).metrics, **extra}
 
 
 def sweep(
@@ -220,21 +226,26 @@ def sweep(
     write: bool = False,
     keep_samples: bool = False,
     inception: str | None = None,
+    encoder_paths: dict[str, str] | None = None,
 ):
     """Measure a checkpoint's samples over the grid ``cfg`` x ``interval`` x ``steps`` x ``sampler`` x ``ema``
     (an axis left None keeps the run's setting), the same seeds and balanced labels in every cell; returns the
-    :class:`~repflow.eval.sweep.SweepResult` (rows, best, sweep.csv, sweep.png). ``write``: store the best as the
-    run's default for :func:`load`, ``repflow sample`` and ``repflow eval``. Finished cells are kept on a rerun."""
+    :class:`~repflow.eval.sweep.SweepResult` (rows, best, sweep.csv, sweep.png). ``metrics``, ``encoder_paths``:
+    as for :func:`evaluate` (``"fid,kid,fd_dinov2"``; the best cell is chosen by ``by``, default the first).
+    ``write``: store the best as the run's default for :func:`load`, ``repflow sample`` and ``repflow eval``.
+    Finished cells are kept on a rerun."""
     from .eval.evaluate import parse_metrics
+    from .eval.extractors import Extractors
     from .eval.inception import load_inception
     from .eval.sweep import SweepSpec, run_sweep
 
     grid = {"cfg": cfg, "cfg_interval": interval, "steps": steps, "sampler": sampler, "ema": ema}
     spec = SweepSpec(str(run), {k: list(v) for k, v in grid.items() if v is not None}, num_samples, metrics, by, ref,
-                     ref_count, seed=seed, out=str(out) if out else None, write=write,
-                     keep_samples=keep_samples)  # fmt: skip
-    net = load_inception(inception, "tf", None, _device("auto"), "is" in parse_metrics(metrics)[0])
-    return run_sweep(spec, net, progress=False)
+                     ref_count, seed=seed, out=str(out) if out else None, write=write, keep_samples=keep_samples,
+                     encoder_paths=dict(encoder_paths or {}))  # fmt: skip
+    device, want_logits = _device("auto"), "is" in parse_metrics(metrics)[0]
+    nets = Extractors(lambda: load_inception(inception, "tf", None, device, want_logits), spec.encoder_paths, device)
+    return run_sweep(spec, nets, progress=False)
 
 
 def presets() -> list[str]:

@@ -1,5 +1,7 @@
 import json
 
+import torch
+
 from repflow.bench.common import bench_config
 from repflow.cli import main
 
@@ -22,3 +24,15 @@ def test_bench_throughput_and_sample_cli(tmp_path, capsys):
     assert json.loads(out.read_text())["rows"][0]["images_per_s"] > 0
     printed = capsys.readouterr().out
     assert "MFU" in printed and " n/a " in printed and "nan" not in printed  # no GPU memory to report on CPU
+
+
+def test_bench_inception_prints_both_paths(tmp_path, capsys):
+    from ..eval.conftest import _Top
+
+    path = tmp_path / "fake.pt"
+    torch.jit.script(_Top().eval()).save(str(path))
+    argv = ["bench", "inception", "--inception", str(path), "--num", "4", "--resolution", "12", "--repeats", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(before)" in out and "(after)" in out and "speed-up" in out
+    assert float(out.split("max |pool_3 difference| ")[1].split()[0]) < 1e-4

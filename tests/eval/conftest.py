@@ -59,6 +59,21 @@ def fake_inception_env(fake_inception_file, monkeypatch, tmp_path):
 
 
 @pytest.fixture(scope="session")
+def dinov2_dir(tmp_path_factory) -> Path:
+    """A random DINOv2 of transformers' real architecture at a tiny width (28 px inputs), saved as a local
+    directory: weights by path, as a user's DINOv2 for fd_dinov2."""
+    from repflow._compat import require
+
+    transformers = require("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                    image_size=28, patch_size=14, layer_norm_eps=1e-6)  # fmt: skip
+    path = tmp_path_factory.mktemp("dinov2") / "dinov2-tiny"
+    transformers.Dinov2Model(cfg).save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
 def real_inception_file() -> Path:
     path = _fid_helper_file()
     if path is None:

@@ -1,5 +1,6 @@
 """`repflow eval` end to end, with a tiny stand-in Inception (numbers here test plumbing, not the network)."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -22,10 +23,13 @@ def test_npz_against_adm_reference_writes_traceable_json(tmp_path, fake_inceptio
     out = capsys.readouterr().out
     assert "FID" in out and "skipped is" in out  # the stand-in, like fid-helper's file, has no classifier
     record = json.loads((tmp_path / "samples.eval.json").read_text())
-    assert set(record["metrics"]) == {"fid", "sfid", "precision", "recall"}
+    assert set(record["metrics"]) == {"fid", "sfid", "precision", "recall", "kid", "kid_std"}
     assert record["num_samples"] == 10 and record["reference"]["count"] == 12
-    assert record["reference"]["resolution"] == [12, 12] and record["inception"]["resize"] == "tf"
+    assert record["reference"]["resolution"] == [12, 12] and record["extractors"]["inception"]["resize"] == "tf"
     assert record["precision_recall_k"] == 3 and "is" in record["skipped"]
+    assert (record["kid_subsets"], record["kid_subset_size"]) == (100, 10)  # the size capped at the sample count
+    pixels = np.load(ref)["arr_0"].transpose(0, 3, 1, 2)  # the identity of the reference: its (N, 3, H, W) pixels
+    assert record["reference"]["content_sha256"] == hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
     assert record["metrics"]["fid"] > 0
 
 
@@ -37,8 +41,8 @@ def test_precomputed_adm_statistics_are_used(tmp_path, fake_inception_env, capsy
     assert json.loads((tmp_path / "a.json").read_text())["metrics"]["fid"] == pytest.approx(0, abs=1e-4)
     cached = next((tmp_path / "cache" / "fid_stats").glob("*.npz"))
     with np.load(cached) as z:  # an ADM-style reference whose precomputed mean is far off
-        np.savez(tmp_path / "adm.npz", arr_0=np.load(images)["arr_0"], mu=z["mu"] + 1.0, sigma=z["sigma"],
-                 mu_s=z["mu_s"], sigma_s=z["sigma_s"])  # fmt: skip
+        np.savez(tmp_path / "adm.npz", arr_0=np.load(images)["arr_0"], mu=z["pool.mu"] + 1.0, sigma=z["pool.sigma"],
+                 mu_s=z["spatial.mu"], sigma_s=z["spatial.sigma"])  # fmt: skip
     assert main(["eval", str(images), "--ref", str(tmp_path / "adm.npz"), "--metrics", "fid,sfid",
                  "--json", str(tmp_path / "b.json")]) == 0  # fmt: skip
     metrics = json.loads((tmp_path / "b.json").read_text())["metrics"]
@@ -48,7 +52,8 @@ def test_precomputed_adm_statistics_are_used(tmp_path, fake_inception_env, capsy
         np.savez(tmp_path / "stats.npz", mu=z["mu"], sigma=z["sigma"])
     assert main(["eval", str(images), "--ref", str(tmp_path / "stats.npz"), "--json", str(tmp_path / "c.json")]) == 0
     record = json.loads((tmp_path / "c.json").read_text())
-    assert list(record["metrics"]) == ["fid"] and {"sfid", "precision", "recall"} <= set(record["skipped"])
+    assert list(record["metrics"]) == ["fid"] and {"sfid", "precision", "recall", "kid"} <= set(record["skipped"])
+    assert len(record["reference"]["statistics_sha256"]) == 64 and "content_sha256" not in record["reference"]
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, fake_inception_env, capsys):
@@ -58,13 +63,21 @@ def test_bad_inputs_are_one_line_errors(tmp_path, fake_inception_env, capsys):
         (["eval", str(small), "--ref", str(big)], "samples are 8x8 but the reference is 16x16"),
         (["eval", str(small), "--metrics", "is"], "cannot compute IS"),
         (["eval", str(small), "--metrics", "fid"], "need a reference"),
-        (["eval", str(small), "--metrics", "kid"], "unknown metric"),
+        (["eval", str(small), "--metrics", "fid,kd"], "unknown metric 'kd'; choose from fid, sfid, is"),
+        (["eval", str(small), "--metrics", "fd_dinov4"], "unknown feature space 'dinov4' (did you mean dinov3 or"),
+        (["eval", str(small), "--metrics", "fdr", "--fdr-spaces", "dinov2,clop"], "unknown feature space 'clop'"),
+        (["eval", str(small), "--metrics", "fd_dinov2@0"], "must be a positive number of pixels"),
+        (["eval", str(small), "--kid-subset-size", "1"], "KID needs --kid-subsets >= 1 and --kid-subset-size >= 2"),
+        (["eval", str(small), "--encoder-path", "dinov5=/w.pth"], "unknown feature space 'dinov5'"),
         (["eval", str(small), "--ref", "imagenet"], "not an .npz, a folder, or a dataset"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()[-1]  # after any progress bar
         assert err.startswith("repflow: error:") and message in err and "\n" not in err, err
+    with pytest.raises(SystemExit):  # argparse's own one-line error
+        main(["eval", str(small), "--encoder-path", "dinov2"])
+    assert "expected NAME=PATH" in capsys.readouterr().err
 
 
 def test_run_is_sampled_once_then_evaluated_against_its_data(tmp_path, fake_inception_env, capsys):
@@ -96,3 +109,10 @@ def test_run_is_sampled_once_then_evaluated_against_its_data(tmp_path, fake_ince
     assert main(argv) == 0  # cached samples and reference statistics: nothing is regenerated
     assert [p.stat().st_mtime_ns for p in pngs] == stamps
     assert "sampling" not in capsys.readouterr().err
+    # the folder on its own: its manifest gives the same protocol to the results file
+    alone_json = tmp_path / "f.json"
+    assert main(["eval", str(folder), "--ref", str(folder), "--metrics", "fid", "--json", str(alone_json)]) == 0
+    alone = json.loads(alone_json.read_text())
+    protocol = ("sampler", "steps", "cfg", "cfg_interval", "seed", "labels", "ema", "checkpoint")
+    assert {k: alone[k] for k in protocol} == {k: record[k] for k in protocol}
+    assert alone["samples_sha256"] == record["samples_sha256"]

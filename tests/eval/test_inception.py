@@ -97,3 +97,38 @@ def test_input_shape_is_checked(fake_inception_file):
     model = TFInception(torch.jit.load(str(fake_inception_file)))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         model(torch.zeros(1, 1, 32, 32))
+
+
+def _both_paths(model, x):
+    model.optimise = False
+    eager = model(x)
+    model.optimise = True
+    fast = model(x)
+    model.optimise = None
+    return eager, fast
+
+
+def test_cpu_fast_path_equals_the_layers_and_ignores_batch_and_threads(real_inception):
+    x = torch.randint(0, 256, (3, 3, 40, 40), dtype=torch.uint8)
+    eager, fast = _both_paths(real_inception, x)
+    # the frozen network on channels-last memory: the same numbers up to float rounding
+    torch.testing.assert_close(fast.pool, eager.pool, rtol=0, atol=1e-4)
+    torch.testing.assert_close(fast.spatial, eager.spatial, rtol=0, atol=1e-4)
+    assert (fast.pool - eager.pool).abs().max() > 0  # a different path, not the same one twice
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = torch.cat([real_inception(i).pool for i in x.split(1)])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone, fast.pool)  # every image alone on one thread: the same bits at any batch / thread count
+    assert torch.get_num_threads() == threads  # restored after the call
+
+
+def test_fast_path_on_the_stand_in(fake_inception_file):
+    model = TFInception(torch.jit.load(str(fake_inception_file)))
+    x = torch.randint(0, 256, (5, 3, 20, 20), dtype=torch.uint8)
+    eager, fast = _both_paths(model, x)
+    torch.testing.assert_close(fast.pool, eager.pool, rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast.spatial, eager.spatial, rtol=0, atol=1e-5)
+    assert torch.equal(torch.cat([model(x[:2]).pool, model(x[2:]).pool]), fast.pool)

@@ -54,6 +54,23 @@ def test_online_value_is_logged_and_equals_a_later_repflow_eval(tmp_path, fake_i
     assert json.loads((tmp_path / "other" / "eval.json").read_text())["metrics"]["fid"] != later
 
 
+def test_online_kid_and_dinov2_space_equal_a_later_repflow_eval(tmp_path, fake_inception_env, dinov2_dir):
+    run = tmp_path / "run"
+    trained(run, *EVAL, "train.steps=2", "train.eval.metrics=[kid,fd_dinov2@28]", "train.eval.kid_subsets=5",
+            "train.eval.kid_subset_size=4", f"train.eval.encoder_paths=[dinov2={dinov2_dir}]")  # fmt: skip
+    logged = {k.split("/", 1)[1]: v for k, v in rows(run)[-1].items() if k.startswith("eval/")}
+    assert set(logged) == {"kid", "kid_std", "fd_dinov2@28"} and logged["fd_dinov2@28"] > 0
+    record = json.loads((run / "eval" / "online" / "ckpt-00000002" / "eval.json").read_text())
+    assert set(record["extractors"]) == {"inception", "dinov2-vitl14@28"} and record["kid_subsets"] == 5
+    assert set(record["reference"]["cache"]) == {"inception", "dinov2-vitl14@28"}
+    argv = ["eval", str(run / "checkpoints" / "ckpt-00000002"), "--num-samples", "6", "--ref-count", "12",
+            "--metrics", "kid,fd_dinov2@28", "--encoder-path", f"dinov2={dinov2_dir}", "--kid-subsets", "5",
+            "--kid-subset-size", "4", "--samples-dir", str(tmp_path / "l"),
+            "--json", str(tmp_path / "l.json")]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "l.json").read_text())["metrics"] == logged  # to the last bit
+
+
 def test_online_evaluation_leaves_training_bit_identical(tmp_path, fake_inception_env):
     plain = trained(tmp_path / "plain", *JIT)
     evaluated = trained(tmp_path / "evaluated", *JIT, *EVAL)
@@ -102,8 +119,11 @@ def test_a_finished_evaluation_is_not_redone_on_resume(tmp_path, fake_inception_
 
 @pytest.mark.parametrize("overrides,message", [
     (["method.kind=simclr"], "does not generate images"),
-    (["train.eval.metrics=[fid,fdd]"], "config key 'train.eval.metrics': unknown metric(s) fdd; choose from"),
+    (["train.eval.metrics=[fid,fdd]"], "config key 'train.eval.metrics': unknown metric 'fdd'; choose from fid, sfid"),
     (["train.eval.reference=/nowhere/ref.npz"], "does not exist"),
+    (["train.eval.metrics=[fid,fd_dinoo]"], "config key 'train.eval.metrics': unknown feature space 'dinoo'"),
+    (["train.eval.metrics=[fd_dinov2]", "train.eval.encoder_paths=[dinoo=/w.pth]"],
+     "config key 'train.eval.encoder_paths': unknown feature space 'dinoo'"),
 ])  # fmt: skip
 def test_what_cannot_be_evaluated_stops_at_start_up(tmp_path, fake_inception_env, overrides, message):
     cfg = tiny_config(*EVAL, *overrides)
@@ -118,6 +138,8 @@ def test_what_cannot_be_evaluated_stops_at_start_up(tmp_path, fake_inception_env
     ("train.eval.num_samples=0", "train.eval.num_samples' must be positive"),
     ("train.eval.sampler=rk4", "train.eval.sampler' must be \"\" (sample.sampler) or one of euler, heun"),
     ("train.eval.metrics=[]", "train.eval.metrics' names no metric"),
+    ("train.eval.encoder_paths=[dinov2]", "train.eval.encoder_paths' needs NAME=PATH items"),
+    ("train.eval.kid_subset_size=1", "train.eval.kid_subset_size' must be >= 2"),
 ])  # fmt: skip
 def test_eval_settings_are_checked_in_the_schema(override, message):
     with pytest.raises(ConfigError) as err:

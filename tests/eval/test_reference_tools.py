@@ -2,7 +2,7 @@
 
 - clean-fid 0.1.35 (mode "clean"): its own image loading, PIL resize, feature loop and Fréchet distance, with its
   Inception download replaced by the local copy of the same TorchScript file.
-- torch-fidelity 0.4.0: its own Inception module, TF1-bilinear resize, FID and IS, with its weight file built
+- torch-fidelity 0.4.0: its own Inception module, TF1-bilinear resize, FID, KID and IS, with its weight file built
   offline from the same TF weights. Its classifier (the 1008-way logits) is not in the offline file, so both
   sides use one seeded random classifier: this checks resize, features, unbiased logits and the IS formula end
   to end; the IS of the real classifier can only be checked where the full file is available.
@@ -15,10 +15,11 @@ import torch
 from PIL import Image
 
 from repflow._compat import import_torchvision
+from repflow.eval.extractors import InceptionExtractor
 from repflow.eval.features import extract_features
 from repflow.eval.fid import compute_stats, frechet_distance
 from repflow.eval.inception import load_inception
-from repflow.eval.metrics import inception_score
+from repflow.eval.metrics import inception_score, kernel_inception_distance
 from repflow.eval.sources import FolderSource
 
 pytestmark = pytest.mark.slow
@@ -38,7 +39,9 @@ def folders(fashion_pair, tmp_path_factory):
 
 
 def _ours(folders, inception):
-    feats = [extract_features(FolderSource(f), inception, 16, spatial=False, progress=False) for f in folders]
+    outputs = ("pool", "logits") if inception.has_logits else ("pool",)
+    requests = [(InceptionExtractor(inception), outputs)]
+    feats = [extract_features(FolderSource(f), requests, 16, progress=False) for f in folders]
     return feats, frechet_distance(compute_stats(feats[0].pool), compute_stats(feats[1].pool))
 
 
@@ -96,9 +99,12 @@ def test_fid_and_is_match_torch_fidelity(folders, real_inception_file, tmp_path,
     ref = torch_fidelity.calculate_metrics(
         input1=str(folders[0]), input2=str(folders[1]), cuda=False, isc=True, fid=True, verbose=False,
         feature_extractor_weights_path=str(weights), isc_splits=1, samples_shuffle=False, cache=False,
-        batch_size=8, save_cpu_ram=True,
+        batch_size=8, save_cpu_ram=True, kid=True, kid_subset_size=8, kid_subsets=4,
     )  # fmt: skip
     feats, fid = _ours(folders, load_inception(real_inception_file, resize="tf", logits_weight=fc_weight))
     assert fid == pytest.approx(ref["frechet_inception_distance"], rel=1e-3)
-    assert inception_score(feats[0].logits) == pytest.approx(ref["inception_score_mean"], rel=1e-4)
+    # KID on subsets of all 8 images (any draw is the whole set): only the features and the estimator count
+    kid, _, _ = kernel_inception_distance(feats[0].pool, feats[1].pool, subsets=4, subset_size=8)
+    assert kid == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-3) and kid > 0
+    assert inception_score(feats[0].get("inception", "logits")) == pytest.approx(ref["inception_score_mean"], rel=1e-4)
     assert ref["inception_score_mean"] > 1.01  # the random classifier is not degenerate

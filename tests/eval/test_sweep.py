@@ -103,6 +103,24 @@ def test_sweep_from_python(run, fake_inception_env):
     assert not (run / "sampling.json").exists()
 
 
+def test_a_sweep_by_kid_with_fd_in_dinov2_space(run, tmp_path, fake_inception_env, dinov2_dir, capsys):
+    metrics = ["--metrics", "kid,fd_dinov2@28", "--encoder-path", f"dinov2={dinov2_dir}", "--kid-subsets", "5",
+               "--kid-subset-size", "4"]  # fmt: skip
+    assert main(["sweep", str(run), "--cfg", "1.5,3", "--steps", "3", *MEASURE, *metrics, "--out", str(tmp_path)]) == 0
+    rows = table(tmp_path / "sweep.csv")
+    assert [k for k in rows[0] if k in ("kid", "kid_std", "fd_dinov2@28")] == ["kid", "kid_std", "fd_dinov2@28"]
+    protocol = json.loads((tmp_path / "sweep.json").read_text())
+    assert set(protocol["extractors"]) == {"inception", "dinov2-vitl14@28"} and protocol["kid_subsets"] == 5
+    best = min(rows, key=lambda r: float(r["kid"]))  # chosen by the first metric: KID, lower is better
+    assert f"kid {best['kid']}" in capsys.readouterr().out
+    # a cell's numbers are `repflow eval`'s of that setting
+    argv = ["eval", str(run), *MEASURE, *metrics, "--cfg", best["cfg"], "--sampling-steps", "3", "--ema", "0.9",
+            "--samples-dir", str(tmp_path / "later"), "--json", str(tmp_path / "later.json")]  # fmt: skip
+    assert main(argv) == 0
+    later = json.loads((tmp_path / "later.json").read_text())["metrics"]
+    assert {k: repr(v) for k, v in later.items()} == {k: best[k] for k in later}
+
+
 def test_bad_sweeps_are_one_line(run, tmp_path, fake_inception_env, capsys):
     Trainer(tiny_config("method.kind=simclr", "train.steps=1", "train.ema_decays=[]", "train.sample_num=0"),
             tmp_path / "encoder").fit()  # fmt: skip
@@ -113,7 +131,11 @@ def test_bad_sweeps_are_one_line(run, tmp_path, fake_inception_env, capsys):
         (["--cfg", "1", "--sampler", "euler,rk4"], "config key 'sample.sampler' must be one of"),
         (["--cfg", "1", "--ema", "0.5"], "the checkpoint has no EMA 0.5 weights for model"),
         (["--cfg", "1", "--interval", "0.7,0.2"], "sample.cfg_interval' needs lo <= hi"),
-        (["--cfg", "1", "--metrics", "fid,fdd"], "unknown metric(s) fdd"),
+        (["--cfg", "1", "--metrics", "fid,fdd"], "unknown metric 'fdd'; choose from fid, sfid, is"),
+        (["--cfg", "1", "--metrics", "fd_dinoo"], "unknown feature space 'dinoo'"),
+        (["--cfg", "1", "--metrics", "fd_dinov2", "--encoder-path", "dinoo=/w.pth"], "unknown feature space 'dinoo'"),
+        (["--cfg", "1", "--encoder-path", "dinov2"], "expected NAME=PATH"),
+        (["--cfg", "1", "--metrics", "kid", "--kid-subset-size", "1"], "KID needs --kid-subsets >= 1"),
         (["--cfg", "1", "--frobnicate"], "unrecognized arguments: --frobnicate"),
         (["--cfg", "1", "--steps", "x"], "argument --steps: expected comma-separated integers"),
     ]

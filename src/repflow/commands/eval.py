@@ -16,24 +16,72 @@ def add_inception_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inception-fc", help="classifier weights for IS (e.g. torch-fidelity's .pth with fc.weight)")
     p.add_argument("--resize", choices=["tf", "clean"], default="tf",
                    help="tf: TF1 bilinear as ADM / original FID (default); clean: clean-fid's PIL bicubic")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=50, help="Inception batch size")
+    p.add_argument("--batch-size", type=int, default=50, help="feature-extraction batch (results do not depend on it)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
 
+def encoder_path(text: str) -> tuple[str, str]:
+    name, eq, path = text.partition("=")
+    if not eq or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH (e.g. dinov2-vitl14=/weights/dinov2.pth), got {text!r}")
+    return name.strip(), path.strip()
+
+
+def add_metric_args(p: argparse.ArgumentParser) -> None:
+    """The metrics and what they read: encoder weights, KID's subsets, FDr's spaces and normaliser."""
+    p.add_argument("--metrics", help="comma-separated: fid,sfid,is,precision,recall,kid (default: these), "
+                   "fd_<space>, kid_<space> (e.g. fd_dinov2, fd_clip-vitl14@256), fdr6, fdr")  # fmt: skip
+    add_metric_settings(p)
+
+
+def add_metric_settings(p: argparse.ArgumentParser) -> None:
+    """What the metrics read besides their names (``repflow eval`` and ``repflow sweep``)."""
+    p.add_argument("--encoder-path", type=encoder_path, action="append", default=[], metavar="NAME=PATH",
+                   help="weights of an encoder space (file, directory or hub id), e.g. dinov2-vitl14=/w/dinov2.pth; "
+                   "repeat for several")  # fmt: skip
+    p.add_argument("--kid-subsets", type=int, default=100, help="KID: random subsets averaged (torch-fidelity: 100)")
+    p.add_argument("--kid-subset-size", type=int, default=1000, help="KID: samples per subset (capped at the count)")
+    p.add_argument("--fdr-spaces", help="spaces of the fdr metric (default: RAEv2's six, as fdr6)")
+    p.add_argument("--fdr-norm", help="held-out real images (like --ref) whose FD in each space normalises FDr "
+                   "(default: RAEv2's ImageNet-256 constants, for the six spaces only)")  # fmt: skip
+
+
+def metric_options(args, metrics: tuple[str, ...], explicit: bool, reference: str, data_root: str):
+    """EvalOptions from the parsed eval flags."""
+    from ..eval.evaluate import EvalOptions
+    from ..eval.extractors import parse_space
+    from ..eval.fdr import FDR6
+
+    spaces = tuple(s.strip() for s in args.fdr_spaces.split(",") if s.strip()) if args.fdr_spaces else tuple(FDR6)
+    spaces = tuple(parse_space(s).name for s in spaces)  # an unknown space lists the choices
+    if args.kid_subsets < 1 or args.kid_subset_size < 2:
+        raise ValueError(f"KID needs --kid-subsets >= 1 and --kid-subset-size >= 2, got {args.kid_subsets} and "
+                         f"{args.kid_subset_size}")  # fmt: skip
+    return EvalOptions(metrics=metrics, explicit=explicit, reference=reference, ref_count=args.ref_count,
+                       batch_size=args.batch_size, k=args.k, kid_subsets=args.kid_subsets,
+                       kid_subset_size=args.kid_subset_size, fdr_spaces=spaces, fdr_norm=args.fdr_norm or "",
+                       data_root=data_root, allow_resolution_mismatch=args.allow_resolution_mismatch)  # fmt: skip
+
+
 def _eval(args) -> int:
-    from ..eval.evaluate import EvalOptions, evaluate, format_result, parse_metrics, write_result
+    from ..eval.evaluate import evaluate, format_result, parse_metrics, write_result
+    from ..eval.extractors import Extractors
     from ..eval.inception import load_inception
     from ..eval.reconstruct import reconstruct_run
-    from ..eval.runs import default_reference, generates, is_run, samples_source
+    from ..eval.runs import default_reference, folder_provenance, generates, is_run, samples_source
     from ..eval.sources import open_source
     from ..runtime.distributed import cleanup, setup_distributed
     from ..sample.runs import sample_run
 
     metrics, explicit = parse_metrics(args.metrics)
+    metric_options(args, metrics, explicit, "", "")  # every name checked before any sampling
+    want_logits = explicit and "is" in metrics  # IS asked for by name: fetch the full network if needed
     target = Path(args.samples)
     dist = setup_distributed(args.device)
     psnr = None
     try:
+        extractors = Extractors(lambda: load_inception(args.inception, args.resize, args.inception_fc, dist.device,
+                                                       want_logits), dict(args.encoder_path), dist.device)  # fmt: skip
         if is_run(target) and (args.reconstruct or not generates(target)):
             if args.num <= 0:
                 raise ValueError("evaluating reconstructions needs --num-samples N (images of --split to encode)")
@@ -54,19 +102,14 @@ def _eval(args) -> int:
             out_json = Path(args.json or samples.folder / "eval.json")
         else:
             source = open_source(target, max(args.num, 0))
-            provenance = {"samples": str(target)}
+            provenance = folder_provenance(target)
             reference, data_root = args.ref or "", args.data_root or ""
             default = target / "eval.json" if target.is_dir() else target.with_suffix(".eval.json")
             out_json = Path(args.json or default)
         if not dist.is_main:
             return 0  # samples are done; one process measures them
-        want_logits = explicit and "is" in metrics  # IS asked for by name: fetch the full network if needed
-        inception = load_inception(args.inception, args.resize, args.inception_fc, dist.device, want_logits)
-        opts = EvalOptions(metrics=metrics, explicit=explicit, reference=reference, ref_count=args.ref_count,
-                           batch_size=args.batch_size, k=args.k, data_root=data_root,
-                           allow_resolution_mismatch=args.allow_resolution_mismatch)  # fmt: skip
-        result = evaluate(source, inception, opts)
-        path = write_result(out_json, result, inception, provenance)
+        result = evaluate(source, extractors, metric_options(args, metrics, explicit, reference, data_root))
+        path = write_result(out_json, result, extractors, provenance)
         shown = format_result(result, reconstructions=psnr is not None)
         shown += f", PSNR {psnr:.2f} dB" if psnr is not None else ""
         print(f"{shown}; reference {reference or 'none'}; results: {path}")
@@ -181,7 +224,7 @@ def add_commands(sub) -> None:
     """Register ``eval`` and ``analyze`` on the main parser's subparsers."""
     desc = ("Evaluate a folder of images, an ADM .npz, or a run/checkpoint (samples are generated with balanced "
             "labels, sharded over torchrun processes, cached and resumed).")  # fmt: skip
-    e = sub.add_parser("eval", help="FID, sFID, IS, precision, recall (PSNR, rFID of autoencoders)",
+    e = sub.add_parser("eval", help="FID, sFID, IS, precision, recall, KID, FD / FDr in encoder spaces (PSNR, rFID)",
                        description=desc, **examples(
                            "repflow eval runs/fashion --num-samples 5000              # against its training data",
                            "repflow eval samples/ --ref VIRTUAL_imagenet256_labeled.npz",
@@ -195,7 +238,7 @@ def add_commands(sub) -> None:
     e.add_argument("--data-root", help="dataset root for a dataset reference (image_folder: the folder)")
     # not --num: torchrun rejects it as an ambiguous abbreviation of its own --numa-binding
     e.add_argument("--num-samples", dest="num", type=int, default=0, help="samples to evaluate (a run: to generate)")
-    e.add_argument("--metrics", help="comma-separated subset of fid,sfid,is,precision,recall (default: all)")
+    add_metric_args(e)
     e.add_argument("--k", type=int, default=3, help="neighbourhood size of precision/recall (ADM: 3)")
     e.add_argument("--samples-dir", help="where a run's samples are cached (default <run>/eval/<ckpt>-...)")
     e.add_argument("--json", help="results file (default: eval.json next to the samples)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .eval import add_inception_args
+from .eval import add_inception_args, add_metric_settings
 from .options import examples, float_list, int_list, parse_interval
 
 
@@ -19,25 +19,29 @@ def name_list(text: str) -> list[str]:
 
 
 def _sweep(args) -> int:
+    from ..eval.evaluate import parse_metrics
+    from ..eval.extractors import Extractors
+    from ..eval.fdr import FDR6
     from ..eval.inception import load_inception
     from ..eval.sweep import SweepSpec, run_sweep
     from ..runtime.distributed import cleanup, setup_distributed
 
     grid = {"cfg": args.cfg, "cfg_interval": args.interval, "steps": args.steps, "sampler": args.sampler,
             "ema": args.ema}  # fmt: skip
+    fdr_spaces = tuple(name_list(args.fdr_spaces)) if args.fdr_spaces else tuple(FDR6)
     spec = SweepSpec(run=args.run, grid={k: v for k, v in grid.items() if v is not None}, num_samples=args.num,
                      metrics=args.metrics, by=args.by or "", reference=args.ref or "", ref_count=args.ref_count,
                      data_root=args.data_root or "", seed=args.seed, batch_size=args.sample_batch_size, out=args.out,
-                     write=args.write, keep_samples=args.keep_samples, inception_batch=args.batch_size)  # fmt: skip
+                     write=args.write, keep_samples=args.keep_samples, inception_batch=args.batch_size,
+                     encoder_paths=dict(args.encoder_path), kid_subsets=args.kid_subsets,
+                     kid_subset_size=args.kid_subset_size, fdr_spaces=fdr_spaces,
+                     fdr_norm=args.fdr_norm or "")  # fmt: skip
+    want_logits = "is" in parse_metrics(args.metrics)[0]
     dist = setup_distributed(args.device)
     try:
-        inception = None
-        if dist.is_main:
-            from ..eval.evaluate import parse_metrics
-
-            want_logits = "is" in parse_metrics(args.metrics)[0]
-            inception = load_inception(args.inception, args.resize, args.inception_fc, dist.device, want_logits)
-        result = run_sweep(spec, inception, dist)
+        extractors = Extractors(lambda: load_inception(args.inception, args.resize, args.inception_fc, dist.device,
+                                                       want_logits), spec.encoder_paths, dist.device)  # fmt: skip
+        result = run_sweep(spec, extractors, dist)
         if not dist.is_main:
             return 0
         print(result.csv.read_text(), end="")
@@ -70,7 +74,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--sampler", type=name_list, help="samplers, e.g. heun,euler")
     s.add_argument("--ema", type=float_list, help="EMA decays the run keeps (0: raw weights), e.g. 0.9999,0.9996")
     s.add_argument("--num-samples", dest="num", type=int, default=1000, help="samples per cell")
-    s.add_argument("--metrics", default="fid", help="comma-separated metrics per cell (default: fid)")
+    s.add_argument("--metrics", default="fid", help="comma-separated metrics per cell, as repflow eval's (fid, kid, "
+                   "fd_dinov2, fdr6, ...; default: fid)")  # fmt: skip
     s.add_argument("--by", help="the metric the best cell is chosen by (default: the first of --metrics)")
     s.add_argument("--ref", help="reference (default: the run's training data), as for repflow eval")
     s.add_argument("--ref-count", type=int, default=50000, help="images of a dataset/folder reference (0: all)")
@@ -80,5 +85,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", help="sweep folder (default <run>/sweep/<checkpoint>): sweep.csv, sweep.png, samples/")
     s.add_argument("--write", action="store_true", help="store the best setting as the run's sampling.json")
     s.add_argument("--keep-samples", action="store_true", help="keep each cell's PNGs after measuring them")
+    add_metric_settings(s)
     add_inception_args(s)
     s.set_defaults(func=_sweep)

@@ -154,6 +154,11 @@ class TrainEvalConfig(Section):
     reference: str = ""  # as `repflow eval --ref` (dataset[:split], folder, ADM .npz); "": the training data
     ref_count: int = checked(50000, nonnegative)  # images of a dataset / folder reference (0: all)
     keep_samples: bool = False  # keep the PNGs after they are measured (eval.json is always kept)
+    # weights of the encoder spaces the metrics name (fd_dinov2, ...), as `repflow eval --encoder-path`:
+    # ["dinov2-vitl14=/weights/dinov2.pth"]; a space without one uses the encoder's default hub weights
+    encoder_paths: tuple[str, ...] = ()
+    kid_subsets: int = checked(100, positive)  # KID: as `repflow eval --kid-subsets`
+    kid_subset_size: int = checked(1000, at_least(2))
 
     def validate(self) -> None:
         # "fid,is" (a dotted override) reads as one string: stored as the list of names
@@ -161,6 +166,12 @@ class TrainEvalConfig(Section):
         if not names:
             raise ConfigError("config key 'train.eval.metrics' names no metric (e.g. [fid])")
         object.__setattr__(self, "metrics", names)
+        paths = tuple(str(p).strip() for p in self.encoder_paths)
+        bad = next((p for p in paths if not all(part.strip() for part in p.partition("=")[::2])), None)
+        if bad is not None:
+            raise ConfigError(f"config key 'train.eval.encoder_paths' needs NAME=PATH items (e.g. "
+                              f"dinov2-vitl14=/weights/dinov2.pth), got {bad!r}")  # fmt: skip
+        object.__setattr__(self, "encoder_paths", paths)
         samplers = typing.get_args(typing.get_type_hints(SampleConfig)["sampler"])  # one list of solvers: sample's
         if self.sampler and self.sampler not in samplers:
             raise ConfigError(f"config key 'train.eval.sampler' must be \"\" (sample.sampler) or one of "
@@ -230,7 +241,7 @@ class TrainConfig(Section):
     keep_ckpts: int = checked(2, nonnegative)  # 0 keeps all
     sample_every: int = checked(0, nonnegative)  # preview every N steps (0: only at the end)
     sample_num: int = checked(64, nonnegative)  # images in a preview (0: no previews)
-    # evaluation during training: every N steps and at the last (0: off), checkpointed first; README "Training loop"
+    # evaluation during training: every N steps and at the last (0: off), checkpointed first; README "Evaluation"
     eval_every: int = checked(0, nonnegative)
     eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)
 

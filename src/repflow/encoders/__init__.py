@@ -43,7 +43,8 @@ def resolve_format(spec: EncoderSpec, cfg: EncoderConfig) -> str:
         return "transformers"
     if path is not None and path.is_file():
         return "timm"  # timm's DINOv2 filter also reads the official torch.hub layout
-    if cfg.path.startswith(("timm/", "hf-hub:timm/")) or (not cfg.path and spec.family in ("dinov2", "dinov3")):
+    timm_only = ("dinov2", "dinov3", "convnext")  # families whose default weights come through timm
+    if cfg.path.startswith(("timm/", "hf-hub:timm/")) or (not cfg.path and spec.family in timm_only):
         return "timm"
     return "transformers"
 
@@ -57,6 +58,7 @@ def looks_like_hub_id(path: str) -> bool:
 
 def build_encoder(cfg: EncoderConfig, resolution: int, device=None) -> FrozenEncoder:
     """A frozen encoder for ``cfg`` taking ``resolution`` x ``resolution`` inputs."""
+    from .convnext import timm_convnext_encoder
     from .dinov2 import timm_encoder, transformers_encoder
     from .dinov3 import timm_dinov3_encoder
     from .hf import hf_vision_encoder
@@ -74,6 +76,8 @@ def build_encoder(cfg: EncoderConfig, resolution: int, device=None) -> FrozenEnc
             enc = timm_encoder(spec, resolution, cfg.path, source)
         elif spec.family == "dinov3" and fmt in ("timm", "torchhub"):
             enc = timm_dinov3_encoder(spec, resolution, cfg.path, source)
+        elif spec.family == "convnext" and fmt == "timm":
+            enc = timm_convnext_encoder(spec, resolution, cfg.path, source)
         elif spec.family in ("dinov2", "dinov3"):
             enc = transformers_encoder(spec, resolution, cfg.path or spec.hf_id, source)
         elif fmt == "transformers":

@@ -138,8 +138,13 @@ class FrozenEncoder(nn.Module):
         return z
 
     @torch.no_grad()
-    def forward(self, images: Tensor) -> EncoderOutput:
-        x = self.preprocess(images)
-        with autocast_for(x.device):
+    def embed(self, x: Tensor, precision: str = "auto") -> EncoderOutput:
+        """The network on inputs already preprocessed (normalised; any size it accepts), for callers with their
+        own preprocessing (the FD metrics resize and pad as RAEv2's evaluator does)."""
+        with autocast_for(x.device, precision):
             patch, cls = self._forward(x)
         return EncoderOutput(patch=patch.float(), cls=cls.float())
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> EncoderOutput:
+        return self.embed(self.preprocess(images))

@@ -6,7 +6,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Literal
 
-Family = Literal["dinov2", "dinov3", "clip", "siglip", "mae", "tiny"]
+Family = Literal["dinov2", "dinov3", "clip", "siglip", "mae", "convnext", "tiny"]
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,13 @@ register_encoder(EncoderSpec("clip-vitb16", "clip", 768, 16, hf_id="openai/clip-
 register_encoder(EncoderSpec("siglip-vitb16", "siglip", 768, 16, hf_id="google/siglip-base-patch16-224"))
 # SigLIP2's fixed-resolution checkpoints are SigLIP models (RAE's SigLIP2-B: 256 px, 16 x 16 tokens)
 register_encoder(EncoderSpec("siglip2-vitb16", "siglip", 768, 16, hf_id="google/siglip2-base-patch16-256"))
+# SigLIP2 So400m/16 at 256 px: FD-loss's and RAEv2's SigLIP space (timm's vit_so400m_patch16_siglip_256.v2_webli)
+register_encoder(EncoderSpec("siglip2-so400m16", "siglip", 1152, 16, hf_id="google/siglip2-so400m-patch16-256"))
 register_encoder(EncoderSpec("mae-vitb16", "mae", 768, 16, hf_id="facebook/vit-mae-base"))
 register_encoder(EncoderSpec("mae-vitl16", "mae", 1024, 16, hf_id="facebook/vit-mae-large"))
+# ConvNeXt V2-B (FCMAE, fine-tuned on ImageNet-22k then 1k): FD-loss's and RAEv2's ConvNeXt space; a CNN, its
+# "patch" is the total stride and its global vector the mean of the last feature map (timm only)
+register_encoder(EncoderSpec("convnextv2-base", "convnext", 1024, 32, timm_name="convnextv2_base.fcmae_ft_in22k_in1k"))
 register_encoder(EncoderSpec("tiny", "tiny", 0, 4))  # dims come from the weights file (repflow encoder train)
 
 

@@ -4,7 +4,8 @@ loop (``repflow.train.hooks``), so the loop stays generic.
 At a due step the loop has just written that step's checkpoint; the hook runs what ``repflow eval`` of that
 checkpoint runs: ``sample_run`` (every process its share of the indices, per-sample seeds, balanced labels,
 the run's ``sample`` section changed by ``train.eval``), then ``evaluate`` on the main process against a
-reference whose statistics were computed (and cached by content) when training started. So the value logged is
+reference whose statistics, in every feature space the metrics need (``fid``, ``kid``, ``fd_dinov2``, ...), were
+computed (and cached by content) when training started. So the value logged is
 the one a later ``repflow eval CKPT --metrics ... --num-samples N ...`` prints. Samples go to
 ``<run>/eval/online/ckpt-<step>/`` with ``online.json`` (what was asked, then the result) and ``eval.json``;
 an interrupted evaluation keeps the images it wrote and a resumed run finishes it.
@@ -13,6 +14,7 @@ an interrupted evaluation keeps the images it wrote and a resumed run finishes i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 from collections.abc import Callable
@@ -24,9 +26,10 @@ from ..config import Config, ConfigError, replace
 from ..runtime.distributed import barrier, broadcast_object
 from ..sample.runs import sample_run
 from ..sample.swept import describe_setting
-from .evaluate import parse_metrics
+from .evaluate import EvalOptions, parse_metrics, prepare_references
+from .extractors import Extractors
 from .inception import load_inception
-from .reference import load_reference
+from .reference import peek_resolution
 from .runs import default_reference, measure_samples
 
 RECORD = "online.json"
@@ -71,21 +74,38 @@ class OnlineEval:
         self.changes = e.sampling_changes()
         self.opts = replace(cfg.sample, **self.changes)  # the combination, checked by the schema now
         self.reference, self.data_root = (e.reference, cfg.data.root) if e.reference else default_reference(cfg)
-        self.inception, described = None, ""
+        self.eval_opts = EvalOptions(metrics=self.metrics, explicit=True, reference=self.reference,
+                                     ref_count=e.ref_count, kid_subsets=e.kid_subsets,
+                                     kid_subset_size=e.kid_subset_size, data_root=self.data_root,
+                                     progress=False)  # fmt: skip
+        device = run.dist.device
+        try:  # built on first use: only the networks the metrics need are loaded
+            self.extractors = Extractors(lambda: load_inception(None, "tf", None, device, "is" in self.metrics),
+                                         dict(p.split("=", 1) for p in e.encoder_paths), device)  # fmt: skip
+        except ValueError as err:
+            raise ConfigError(f"config key 'train.eval.encoder_paths': {err}") from err
+        described = ""
         if run.dist.is_main:  # one process measures, as `repflow eval`; the reference is computed once, here
-            self.inception = load_inception(None, "tf", None, run.dist.device, want_logits="is" in self.metrics)
-            ref = load_reference(self.reference, self.inception, cfg.data.resolution, e.ref_count,
-                                 need_features=bool({"precision", "recall"} & set(self.metrics)),
-                                 data_root=self.data_root)  # fmt: skip
-            if ref.resolution and tuple(ref.resolution) != (cfg.data.resolution,) * 2:
-                h, w = ref.resolution
-                raise ConfigError(f"train.eval.reference {self.reference} holds {h}x{w} images; the samples will "
-                                  f"be {cfg.data.resolution} px")  # fmt: skip
-            described = f"{ref.description} ({ref.count} images)" if ref.count else ref.description
+            size = (cfg.data.resolution,) * 2
+            self._check_size(peek_resolution(self.reference), size)  # before any expensive work
+            try:
+                _, _, ref, _ = prepare_references(dataclasses.replace(self.eval_opts, allow_resolution_mismatch=True),
+                                                  self.extractors, size)  # fmt: skip
+            except ValueError as err:
+                raise ConfigError(f"train.eval: {err}") from err
+            if ref is not None:
+                self._check_size(ref.resolution, size)
+                described = f"{ref.description} ({ref.count} images)" if ref.count else ref.description
         barrier(run.dist)
         setting = describe_setting(self.opts, e.ema)
         return [f"evaluation every {self.every} steps and at the last: {', '.join(self.metrics)} of {e.num_samples} "
                 f"samples ({setting}) against {described or self.reference}"]  # fmt: skip
+
+    def _check_size(self, resolution: tuple[int, int] | None, size: tuple[int, int]) -> None:
+        if resolution and tuple(resolution) != size:
+            h, w = resolution
+            raise ConfigError(f"train.eval.reference {self.reference} holds {h}x{w} images; the samples will "
+                              f"be {size[0]} px")  # fmt: skip
 
     def due(self, step: int) -> bool:
         return step > 0 and (step % self.every == 0 or step == self.last)
@@ -94,7 +114,8 @@ class OnlineEval:
         e = self.settings
         return {"step": step, "metrics": list(self.metrics), "num_samples": e.num_samples, "ema": e.ema,
                 "sample": {k: list(v) if isinstance(v, tuple) else v for k, v in self.changes.items()},
-                "reference": self.reference, "ref_count": e.ref_count}  # fmt: skip
+                "reference": self.reference, "ref_count": e.ref_count, "encoder_paths": list(e.encoder_paths),
+                "kid_subsets": e.kid_subsets, "kid_subset_size": e.kid_subset_size}  # fmt: skip
 
     def _claim(self, folder: Path, asked: dict) -> dict | None:
         """The values of an evaluation this folder finished with the same request, or None after making the
@@ -122,8 +143,7 @@ class OnlineEval:
                                  swept=False)  # fmt: skip
             values: dict[str, float] = {}
             if dist.is_main:
-                result = measure_samples(samples, e.num_samples, self.inception, self.metrics, self.reference,
-                                         e.ref_count, self.data_root, {"online": asked},
+                result = measure_samples(samples, e.num_samples, self.extractors, self.eval_opts, {"online": asked},
                                          keep=e.keep_samples)  # fmt: skip
                 values = {f"{self.name}/{k}": float(v) for k, v in result.metrics.items()}
                 _write_json(folder / RECORD, {"asked": asked, "result": values})

@@ -1,18 +1,22 @@
-"""Reference statistics: from an ADM reference batch, a folder of images or a dataset, cached once.
+"""Reference statistics in every feature space: from an ADM reference batch, a folder of images or a dataset,
+computed once per space and cached.
 
 A reference is named by ``--ref``:
 
 - ``path/to/VIRTUAL_imagenet256_labeled.npz``: ADM's format. Its precomputed ``mu``/``sigma`` (and ``mu_s``/
-  ``sigma_s`` for sFID) are used when present, as the ADM evaluator does; the features of ``arr_0`` are
-  computed (and cached) only when needed (precision/recall, or no precomputed statistics).
+  ``sigma_s`` for sFID) are the Inception space's statistics when present, as the ADM evaluator uses them; the
+  features of ``arr_0`` are computed (and cached) only when needed (KID, precision/recall, other spaces, or no
+  precomputed statistics).
 - ``path/to/folder``: every image under it.
 - ``fashion_mnist``, ``mnist:test``, ``synthetic``, ``image_folder`` (with ``data_root``) ...: a repflow dataset
   (``name[:split]``, default split train) prepared as for training at the evaluated resolution; its first
   ``count`` images (0: all).
 
-Computed references are cached in ``~/.cache/repflow/fid_stats/`` (or ``$REPFLOW_CACHE/fid_stats``) under a key
-holding the content (each file's name, size and modification time; a dataset's pixel hash), split,
-resolution, count, resize mode and the Inception's weight fingerprint; reusing them is said on stderr.
+Computed references are cached in ``~/.cache/repflow/fid_stats/`` (or ``$REPFLOW_CACHE/fid_stats``), one file per
+feature space, under a key holding the content (each file's name, size and modification time; a dataset's pixel
+hash), split, resolution, count and the extractor's fingerprint (weights, input size, preprocessing); reusing them
+is said on stderr. A cache file holds each output's mean and covariance, the per-image features KID and
+precision/recall need, and the reference's identity: the sha256 of its uint8 pixels, count and resolution.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ import hashlib
 import json
 import sys
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..config import DataConfig
+from .extractors import INCEPTION, FeatureExtractor, as_extractors
 from .features import extract_features
 from .fid import Stats, compute_stats, save_stats
 from .inception import TFInception, cache_home
@@ -36,20 +42,41 @@ DATASETS = ("fashion_mnist", "mnist", "synthetic", "image_folder")
 
 
 @dataclass
+class SpaceFeatures:
+    """One image set in one feature space."""
+
+    stats: dict[str, Stats]  # output -> mean and covariance
+    features: dict[str, np.ndarray] = field(default_factory=dict)  # output -> (N, D) per image, where kept
+    cache_file: str = ""
+
+
+@dataclass
 class Reference:
     description: str
-    pool: Stats
-    spatial: Stats | None
-    features: np.ndarray | None  # (N, 2048) pool_3 features, for precision / recall
+    spaces: dict[str, SpaceFeatures]  # space name -> statistics and features
     resolution: tuple[int, int] | None  # (H, W) of the reference images, when known
     count: int
-    cache_file: str = ""
+    content_sha256: str = ""  # of the images' uint8 pixels, when they were read (now or when cached)
+    statistics_sha256: str = ""  # of ADM's precomputed Inception statistics, when those are used
     skipped: str = ""  # a folder's unreadable / wrong-size files left out, in one line ("" when none)
 
     def to_json(self) -> dict:
         res = None if self.resolution is None else list(self.resolution)
-        out = {"source": self.description, "count": self.count, "resolution": res, "cache": self.cache_file}
-        return {**out, "skipped_files": self.skipped} if self.skipped else out
+        out = {"source": self.description, "count": self.count, "resolution": res}
+        if self.content_sha256:
+            out["content_sha256"] = self.content_sha256
+        if self.statistics_sha256:
+            out["statistics_sha256"] = self.statistics_sha256
+        if self.skipped:
+            out["skipped_files"] = self.skipped
+        out["cache"] = {name: sf.cache_file for name, sf in self.spaces.items() if sf.cache_file}
+        return out
+
+    def stats(self, space: str, output: str) -> Stats:
+        return self.spaces[space].stats[output]
+
+    def features(self, space: str, output: str) -> np.ndarray:
+        return self.spaces[space].features[output]
 
 
 def _npz_keys(path: Path) -> set[str]:
@@ -80,31 +107,66 @@ def content_key(files: list[Path], root: Path) -> str:
     return h.hexdigest()[:12]
 
 
+def _space_from_arrays(arrays: dict[str, np.ndarray], extractor: FeatureExtractor, cache_file: str) -> SpaceFeatures:
+    """Statistics (and kept features) from a cache file's arrays: the one route, fresh or reused, so a reused
+    reference gives the same numbers as a fresh one."""
+    stats, features = {}, {}
+    for out in extractor.cached:
+        feats = arrays.get(f"{out}.features")
+        small = feats if feats is not None and feats.shape[0] <= feats.shape[1] else None  # the low-rank FD route
+        stats[out] = Stats(arrays[f"{out}.mu"], arrays[f"{out}.sigma"], int(arrays["count"]), features=small)
+        if feats is not None:
+            features[out] = feats
+    return SpaceFeatures(stats, features, cache_file)
+
+
+def _cache_path(key: str, extractor: FeatureExtractor) -> Path:
+    return cache_home() / "fid_stats" / f"{_slug(key)}-{_slug(extractor.space.name)}-{extractor.fingerprint()}.npz"
+
+
 def _compute_or_load(
-    key: str, description: str, make_source, inception: TFInception, batch_size: int, progress: bool
+    key: str,
+    description: str,
+    make_source: Callable[[], ImageSource],
+    extractors: list[FeatureExtractor],
+    batch_size: int,
+    progress: bool,
 ) -> Reference:
-    cache = cache_home() / "fid_stats" / f"{_slug(key)}-{inception.resize}-{inception.fingerprint()}.npz"
-    if cache.is_file():
+    """The reference in every space of ``extractors``: cached spaces are read, the others computed in one pass."""
+    spaces, meta = {}, {}
+    todo = []
+    for ex in extractors:
+        cache = _cache_path(key, ex)
+        if not cache.is_file():
+            todo.append(ex)
+            continue
         if progress:
-            print(f"reference {description}: statistics reused from {cache}", file=sys.stderr)
+            print(f"reference {description}: {ex.space.name} statistics reused from {cache}", file=sys.stderr)
         with np.load(cache, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            features = z["pool"]
-            small = features if features.shape[0] <= features.shape[1] else None  # for the low-rank FID route
-            pool = Stats(z["mu"], z["sigma"], meta["count"], features=small)
-            spatial = Stats(z["mu_s"], z["sigma_s"], meta["count"])
-        skipped = _warn_skipped(meta.get("skipped", ""))  # said on every use, as for a sample folder
-        return Reference(meta["description"], pool, spatial, features, tuple(meta["resolution"]), meta["count"],
-                         str(cache), skipped)  # fmt: skip
-    source: ImageSource = make_source()
-    feats = extract_features(source, inception, batch_size, spatial=True, logits=False, progress=progress,
-                             desc=f"reference {description}")  # fmt: skip
-    pool, spatial = compute_stats(feats.pool), compute_stats(feats.spatial)
-    skipped = _warn_skipped(source.skipped_summary() if isinstance(source, FolderSource) else "")
-    meta = {"description": description, "count": len(feats), "resolution": list(source.resolution), "skipped": skipped}
-    save_stats(cache, mu=pool.mu, sigma=pool.sigma, mu_s=spatial.mu, sigma_s=spatial.sigma, pool=feats.pool,
-               meta=np.array(json.dumps(meta)))  # fmt: skip
-    return Reference(description, pool, spatial, feats.pool, source.resolution, len(feats), str(cache), skipped)
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(str(arrays["meta"]))
+        spaces[ex.space.name] = _space_from_arrays(arrays, ex, str(cache))
+    if todo:
+        source = make_source()
+        feats = extract_features(source, [(ex, ex.cached) for ex in todo], batch_size, progress,
+                                 desc=f"reference {description}")  # fmt: skip
+        skipped = source.skipped_summary() if isinstance(source, FolderSource) else ""
+        meta = {"description": description, "count": len(feats), "resolution": list(source.resolution),
+                "content_sha256": feats.content_sha256, "skipped": skipped}  # fmt: skip
+        for ex in todo:
+            arrays = {"count": np.array(len(feats)), "meta": np.array(json.dumps({**meta, "extractor": ex.identity()}))}
+            for out in ex.cached:
+                values = feats.get(ex.space.name, out)
+                st = compute_stats(values)
+                arrays.update({f"{out}.mu": st.mu, f"{out}.sigma": st.sigma})
+                if out in ex.kept:
+                    arrays[f"{out}.features"] = values
+            cache = _cache_path(key, ex)
+            save_stats(cache, **arrays)
+            spaces[ex.space.name] = _space_from_arrays(arrays, ex, str(cache))
+    skipped = _warn_skipped(meta.get("skipped", ""))  # said on every use, cached or not, as for a sample folder
+    return Reference(meta["description"], spaces, tuple(meta["resolution"]), meta["count"],
+                     meta.get("content_sha256", ""), skipped=skipped)  # fmt: skip
 
 
 def _warn_skipped(summary: str) -> str:
@@ -114,27 +176,43 @@ def _warn_skipped(summary: str) -> str:
     return summary
 
 
-def _adm_reference(path: Path, inception: TFInception, need_features: bool, batch_size: int, progress: bool):
+def _adm_statistics(path: Path, keys: set[str]) -> tuple[SpaceFeatures, str]:
+    """ADM's precomputed Inception statistics (count unknown: 0) and their sha256."""
+    digest = hashlib.sha256()
+    with np.load(path, allow_pickle=False) as z:
+        stats = {"pool": Stats(z["mu"], z["sigma"], 0)}
+        if {"mu_s", "sigma_s"} <= keys:
+            stats["spatial"] = Stats(z["mu_s"], z["sigma_s"], 0)
+        for k in ("mu", "sigma", "mu_s", "sigma_s"):
+            if k in keys:
+                digest.update(np.ascontiguousarray(z[k]).tobytes())
+    return SpaceFeatures(stats), digest.hexdigest()
+
+
+def _adm_reference(path: Path, extractors: list[FeatureExtractor], need_features: bool, batch_size: int,
+                   progress: bool) -> Reference:  # fmt: skip
     keys = _npz_keys(path)
     has_stats = {"mu", "sigma"} <= keys
     if not has_stats and "arr_0" not in keys:
         raise ValueError(f"{path} has neither precomputed mu/sigma nor images (arr_0); it is not an ADM reference")
-    if has_stats and not need_features:
-        with np.load(path, allow_pickle=False) as z:
-            pool = Stats(z["mu"], z["sigma"], 0)
-            spatial = Stats(z["mu_s"], z["sigma_s"], 0) if {"mu_s", "sigma_s"} <= keys else None
-        resolution = NpzSource(path).resolution if "arr_0" in keys else None
-        count = len(NpzSource(path)) if "arr_0" in keys else 0
-        return Reference(str(path), pool, spatial, None, resolution, count)
-    if "arr_0" not in keys:
-        raise ValueError(f"{path} holds statistics only; precision/recall need its images (arr_0)")
-    ref = _compute_or_load(f"npz-{path.stem}-{_file_key(path)}", str(path), lambda: NpzSource(path), inception,
-                           batch_size, progress)  # fmt: skip
-    if has_stats:  # ADM's own statistics win (they may come from more images than arr_0 holds)
-        with np.load(path, allow_pickle=False) as z:
-            ref.pool = Stats(z["mu"], z["sigma"], 0)
-            if {"mu_s", "sigma_s"} <= keys:
-                ref.spatial = Stats(z["mu_s"], z["sigma_s"], 0)
+    # the Inception space comes from ADM's statistics unless per-image features are needed
+    from_stats = [ex for ex in extractors if ex.space.name == INCEPTION and has_stats and not need_features]
+    computed = [ex for ex in extractors if ex not in from_stats]
+    if computed and "arr_0" not in keys:
+        what = ", ".join(ex.space.name for ex in computed)
+        raise ValueError(f"{path} holds statistics only; per-image features ({what}) need its images (arr_0)")
+    if computed:
+        ref = _compute_or_load(f"npz-{path.stem}-{_file_key(path)}", str(path), lambda: NpzSource(path), computed,
+                               batch_size, progress)  # fmt: skip
+    else:
+        source = NpzSource(path) if "arr_0" in keys else None
+        ref = Reference(str(path), {}, source.resolution if source else None, len(source) if source else 0)
+    if has_stats and any(ex.space.name == INCEPTION for ex in extractors):
+        # ADM's own statistics win (they may come from more images than arr_0 holds); the features stay
+        adm, ref.statistics_sha256 = _adm_statistics(path, keys)
+        kept = ref.spaces.get(INCEPTION)
+        adm.features, adm.cache_file = (kept.features, kept.cache_file) if kept else ({}, "")
+        ref.spaces[INCEPTION] = adm
     return ref
 
 
@@ -184,7 +262,7 @@ def peek_resolution(spec: str) -> tuple[int, int] | None:
 
 def load_reference(
     spec: str,
-    inception: TFInception,
+    extractors: list[FeatureExtractor] | TFInception,
     resolution: int = 0,
     count: int = 0,
     need_features: bool = False,
@@ -192,12 +270,16 @@ def load_reference(
     progress: bool = True,
     data_root: str = "",
 ) -> Reference:
-    """Resolve ``spec`` (see the module docstring) into statistics, computing and caching them if needed."""
+    """Resolve ``spec`` (see the module docstring) into statistics in the space of every extractor (the
+    Inception alone when given a ``TFInception``), computing and caching them if needed. ``need_features``: the
+    Inception's per-image features are needed (an ADM batch's precomputed statistics do not suffice)."""
+    if isinstance(extractors, TFInception):
+        extractors = [as_extractors(extractors).get(INCEPTION)]
     path = Path(spec).expanduser()
     if path.suffix == ".npz":
         if not path.is_file():
             raise FileNotFoundError(f"reference file '{path}' does not exist")
-        return _adm_reference(path, inception, need_features, batch_size, progress)
+        return _adm_reference(path, extractors, need_features, batch_size, progress)
     if path.is_dir():
         files = list_images(path)
         if not files:
@@ -205,7 +287,7 @@ def load_reference(
         n = len(files) if count <= 0 else min(count, len(files))
         digest = content_key(files[:n], path)
         return _compute_or_load(f"folder-{path.name}-{digest}-n{n}", str(path), lambda: FolderSource(path, n),
-                                inception, batch_size, progress)  # fmt: skip
+                                extractors, batch_size, progress)  # fmt: skip
     name, _, split = spec.partition(":")
     split = split or "train"
     if name not in DATASETS:
@@ -220,4 +302,4 @@ def load_reference(
     files = getattr(source.dataset, "files", None)
     content = content_key(list(files[: source.count]), Path(data_root)) if files else source.dataset.fingerprint()
     key = f"{name}-{content}-{split}-{resolution}px-n{source.count}"
-    return _compute_or_load(key, f"{name}:{split}", lambda: source, inception, batch_size, progress)
+    return _compute_or_load(key, f"{name}:{split}", lambda: source, extractors, batch_size, progress)

@@ -48,19 +48,35 @@ def samples_source(folder: Path, num: int) -> FolderSource:
     return source
 
 
-def measure_samples(samples, num: int, inception, metrics: tuple[str, ...], reference: str, ref_count: int,
-                    data_root: str = "", record: dict | None = None, keep: bool = True, progress: bool = False,
-                    batch_size: int = 50):  # fmt: skip
-    """Measure samples ``0..num-1`` that ``sample_run`` wrote (``samples``: its result) as ``repflow eval`` does
-    (the metrics named, against ``reference``), write ``eval.json`` beside them (their provenance plus
-    ``record``) and, unless ``keep``, delete the PNGs (the results stay). ``batch_size``: Inception's. Call on one
-    process."""
-    from .evaluate import EvalOptions, evaluate, write_result
+def folder_provenance(path: str | Path) -> dict:
+    """What a folder or ``.npz`` of samples depends on: its path and, in a folder ``repflow sample`` wrote, the
+    protocol its manifest holds (checkpoint, EMA, labels, sampler, steps, guidance, seed), as a run's provenance."""
+    import json
 
-    opts = EvalOptions(metrics=metrics, explicit=True, reference=reference, ref_count=ref_count,
-                       data_root=data_root, progress=progress, batch_size=batch_size)  # fmt: skip
-    result = evaluate(samples_source(samples.folder, num), inception, opts)
-    write_result(samples.folder / "eval.json", result, inception, {**samples.provenance, **(record or {})})
+    from .sources import SAMPLES_MANIFEST
+
+    path = Path(path)
+    manifest = path / SAMPLES_MANIFEST
+    if not (path.is_dir() and manifest.is_file()):
+        return {"samples": str(path)}
+    try:
+        made = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return {"samples": str(path)}
+    sample = {k: v for k, v in made.get("sample", {}).items() if k not in ("batch_size", "ema")}
+    known = {k: made[k] for k in ("checkpoint", "ema", "labels", "guide") if k in made}
+    return {**sample, **known, "samples": str(path)}
+
+
+def measure_samples(samples, num: int, extractors, opts, record: dict | None = None, keep: bool = True):
+    """Measure samples ``0..num-1`` that ``sample_run`` wrote (``samples``: its result) as ``repflow eval`` does
+    (``opts``: an :class:`~repflow.eval.evaluate.EvalOptions`, the metrics and the reference; ``extractors``:
+    the feature extractors or the Inception alone), write ``eval.json`` beside them (their provenance plus
+    ``record``) and, unless ``keep``, delete the PNGs (the results stay). Call on one process."""
+    from .evaluate import evaluate, write_result
+
+    result = evaluate(samples_source(samples.folder, num), extractors, opts)
+    write_result(samples.folder / "eval.json", result, extractors, {**samples.provenance, **(record or {})})
     if not keep:
         for i in range(num):
             sample_path(samples.folder, i).unlink(missing_ok=True)

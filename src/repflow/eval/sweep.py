@@ -23,7 +23,9 @@ from ..runtime.checkpoint import CKPT_RE, load_checkpoint, select_weights
 from ..runtime.distributed import DistInfo, barrier, broadcast_object
 from ..sample.runs import sample_run
 from ..sample.swept import checked_setting, run_of, write_swept
-from .evaluate import parse_metrics
+from .evaluate import EvalOptions, parse_metrics, prepare_references, resolve_metric
+from .extractors import Extractors, as_extractors, parse_space
+from .fdr import FDR6
 from .runs import default_reference, measure_samples
 
 HIGHER_IS_BETTER = ("is", "precision", "recall")  # every other metric is a distance: lower is better
@@ -46,7 +48,12 @@ class SweepSpec:
     out: str | None = None  # default: <run>/sweep/<checkpoint>
     write: bool = False
     keep_samples: bool = False
-    inception_batch: int = 50
+    inception_batch: int = 50  # images per feature-extraction batch (results do not depend on it)
+    encoder_paths: dict[str, str] = field(default_factory=dict)  # weights of encoder spaces (fd_dinov2, ...)
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    fdr_spaces: tuple[str, ...] = tuple(FDR6)  # the spaces of the fdr metric
+    fdr_norm: str = ""  # held-out real images normalising FDr ("": RAEv2's constants)
 
 
 @dataclass
@@ -147,9 +154,30 @@ def best_row(rows: list[dict], metric: str) -> dict:
     return min(rows, key=lambda r: sign * float(r[metric]))
 
 
-def run_sweep(spec: SweepSpec, inception=None, dist: DistInfo | None = None, progress: bool = True) -> SweepResult:
-    """Measure every cell of the grid (those not finished already) and pick the best; ``inception``: the
-    network, loaded by the caller on the main process."""
+def _eval_options(spec: SweepSpec, metrics: tuple[str, ...], reference: str, data_root: str,
+                  progress: bool) -> EvalOptions:  # fmt: skip
+    if spec.kid_subsets < 1 or spec.kid_subset_size < 2:
+        raise ValueError(f"KID needs --kid-subsets >= 1 and --kid-subset-size >= 2, got {spec.kid_subsets} and "
+                         f"{spec.kid_subset_size}")  # fmt: skip
+    spaces = tuple(parse_space(s).name for s in spec.fdr_spaces)  # an unknown space lists the choices
+    for name in metrics:
+        resolve_metric(name, spaces)
+    return EvalOptions(metrics=metrics, explicit=True, reference=reference, ref_count=spec.ref_count,
+                       batch_size=spec.inception_batch, kid_subsets=spec.kid_subsets,
+                       kid_subset_size=spec.kid_subset_size, fdr_spaces=spaces, fdr_norm=spec.fdr_norm,
+                       data_root=data_root, progress=progress)  # fmt: skip
+
+
+def _value_columns(opts: EvalOptions) -> list[str]:
+    """The table's columns of measured values: each metric, and KID's standard deviation beside it."""
+    kinds = {m: resolve_metric(m, opts.fdr_spaces).kind for m in opts.metrics}
+    return [c for m in opts.metrics for c in ((m, f"{m}_std") if kinds[m] == "kid" else (m,))]
+
+
+def run_sweep(spec: SweepSpec, extractors=None, dist: DistInfo | None = None, progress: bool = True) -> SweepResult:
+    """Measure every cell of the grid (those not finished already) and pick the best. ``extractors``: the
+    feature extractors (:class:`~repflow.eval.extractors.Extractors`, or the Inception alone), built by the
+    caller on the main process; None there: the default Inception and encoder weights of ``spec``."""
     from ..build import method_class
 
     dist = dist or DistInfo()
@@ -167,16 +195,27 @@ def run_sweep(spec: SweepSpec, inception=None, dist: DistInfo | None = None, pro
     cells, values = _cells(spec, ckpt)
     reference, data_root = default_reference(cfg)
     reference, data_root = spec.reference or reference, spec.data_root or data_root
+    opts = _eval_options(spec, metrics, reference, data_root, progress)
     seed = cfg.sample.seed if spec.seed is None else spec.seed
     out = Path(spec.out or ckpt.run_dir / "sweep" / ckpt.path.name)
-    protocol = {"checkpoint": str(ckpt.path.resolve()), "num_samples": spec.num_samples, "seed": seed,
-                "metrics": list(metrics), "reference": reference, "ref_count": spec.ref_count,
-                "inception": getattr(inception, "source", None),
-                "resize": getattr(inception, "resize", None)}  # fmt: skip
+    protocol = None
+    extractors = as_extractors(extractors) if extractors is not None else Extractors(paths=spec.encoder_paths)
+    if dist.is_main:
+        # the reference in every space the metrics need, computed (and cached) now: a metric that cannot be
+        # computed stops the sweep before any sampling, and every cell reads the cached statistics
+        prepare_references(opts, extractors, (cfg.data.resolution,) * 2)
+        protocol = {"checkpoint": str(ckpt.path.resolve()), "num_samples": spec.num_samples, "seed": seed,
+                    "metrics": list(metrics), "reference": reference, "ref_count": spec.ref_count,
+                    "extractors": extractors.identities()}  # fmt: skip
+        if any(resolve_metric(m, opts.fdr_spaces).kind == "kid" for m in metrics):
+            protocol.update(kid_subsets=opts.kid_subsets, kid_subset_size=opts.kid_subset_size)
+        if any(resolve_metric(m, opts.fdr_spaces).kind == "fdr" for m in metrics):
+            protocol.update(fdr_spaces=list(opts.fdr_spaces), fdr_norm=opts.fdr_norm)
     # every process skips the same finished cells (the main one read the table): the sampling barriers match
     rows = broadcast_object(_claim(out, protocol) if dist.is_main else None, dist)
     step = CKPT_RE.match(ckpt.path.name)
-    columns = ["checkpoint", "train_step", *KEY, "seed", "num_samples", *metrics, "reference", "ref_count",
+    values_columns = _value_columns(opts)
+    columns = ["checkpoint", "train_step", *KEY, "seed", "num_samples", *values_columns, "reference", "ref_count",
                "seconds"]  # fmt: skip
 
     def measure(cell: dict) -> dict:
@@ -188,13 +227,11 @@ def run_sweep(spec: SweepSpec, inception=None, dist: DistInfo | None = None, pro
                              progress=progress, swept=False)  # fmt: skip
         measured = {}
         if dist.is_main:
-            result = measure_samples(samples, spec.num_samples, inception, metrics, reference, spec.ref_count,
-                                     data_root, keep=spec.keep_samples, progress=progress,
-                                     batch_size=spec.inception_batch)  # fmt: skip
+            result = measure_samples(samples, spec.num_samples, extractors, opts, keep=spec.keep_samples)
             ref = result.reference or {"source": reference, "count": spec.ref_count}
             measured = {"checkpoint": ckpt.path.name, "train_step": int(step.group(1)) if step else "",
                         "seed": seed, "num_samples": result.num_samples,
-                        **{m: repr(float(result.metrics[m])) for m in metrics},  # full precision
+                        **{m: repr(float(result.metrics[m])) for m in values_columns},  # full precision
                         "reference": ref["source"], "ref_count": ref["count"],
                         "seconds": f"{result.seconds:.1f}"}  # fmt: skip
         barrier(dist)
