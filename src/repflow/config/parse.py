@@ -200,7 +200,7 @@ def _merge(base: dict, over: dict, prefix: str = "") -> dict:
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value, f"{prefix}{key}.")
         elif isinstance(value, dict) and value and all(_is_index(k) for k in value):
-            out[key] = _merge_indexed(out.get(key) or [], value, f"{prefix}{key}")
+            out[key] = _merge_indexed(out[key] if out.get(key) is not None else [], value, f"{prefix}{key}")
         elif isinstance(value, dict) and isinstance(out.get(key), list):
             raise ConfigError(
                 f"config key '{prefix}{key}' is a list: address one entry by its index, e.g. "
@@ -215,8 +215,11 @@ def _is_index(key: Any) -> bool:
     return isinstance(key, int) or (isinstance(key, str) and key.isdigit())
 
 
-def _merge_indexed(items: list, over: dict, key: str) -> list:
+def _merge_indexed(items: Any, over: dict, key: str) -> list:
     """``encoders.0.cache=DIR`` changes entry 0; the next free index adds an entry."""
+    if not isinstance(items, list):
+        raise ConfigError(f"config key '{key}' holds {items!r}, not a list: '{key}[{next(iter(over))}]' indexes "
+                          f"nothing; set it whole, e.g. {key}=...")  # fmt: skip
     items = list(items)
     for index in sorted(over, key=int):
         i, value = int(index), over[index]
