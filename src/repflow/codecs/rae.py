@@ -128,6 +128,10 @@ class RAECodec:
         self.cfg, self.device = cfg, torch.device(device)
         self.factor = cfg.decoder_patch
         self.decoder_source = decoder or cfg.decoder
+        if self.decoder_source and Path(self.decoder_source).exists():  # a hub id is resolved when first decoding
+            from ..models.rae_decoder import check_decoder
+
+            check_decoder(self.decoder_source)
         self._encoder = None
         self._decoder = None
         self._resolution = 0

@@ -210,7 +210,7 @@ class TrainConfig(Section):
     compile: bool = False
     grad_checkpointing: bool = False
     log_every: int = checked(50, positive)
-    ckpt_every: int = checked(1000, positive)
+    ckpt_every: int = checked(1000, nonnegative)  # 0: only at the end (and before step hooks), as sample_every
     keep_ckpts: int = checked(2, nonnegative)  # 0 keeps all
     sample_every: int = checked(0, nonnegative)  # preview every N steps (0: only at the end)
     sample_num: int = checked(64, nonnegative)  # images in a preview (0: no previews)

@@ -281,10 +281,10 @@ class Trainer:
                 for k, v in logged.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
-                logger.step()
+                logger.step(loss=logged.get("loss"))
                 hooked = [h for h in self.hooks if h.due(self.step)]
                 # a hooked step is checkpointed first: hooks work from it, and a resumed run finishes them
-                due_ckpt = self.step % t.ckpt_every == 0 or self.step == end or bool(hooked)
+                due_ckpt = bool(t.ckpt_every and self.step % t.ckpt_every == 0) or self.step == end or bool(hooked)
                 if self.step % t.log_every == 0 or due_ckpt or self.step == end:
                     self._check_finite(bad_step)
                     means = {k: all_reduce_mean(v / count, self.dist).item() for k, v in sums.items()}
