@@ -63,7 +63,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"config key '{key}' has the wrong type: {value!r}")
+        kinds = " or ".join(_type_name(a) for a in typing.get_args(tp))
+        raise ConfigError(f"config key '{key}' expects {kinds}, got {value!r}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):

@@ -27,6 +27,9 @@ from .fields import (
 # Sections.
 
 
+_AUTO_OR_COUNT = "must be auto or >= 0"
+
+
 @dataclass(frozen=True)
 class DataConfig(Section):
     PREFIX: ClassVar[str] = "data."
@@ -37,7 +40,8 @@ class DataConfig(Section):
     channels: Literal[1, 3] = 3  # greyscale data is replicated to 3 channels unless this is 1
     hflip: bool = False
     subset: int = checked(0, nonnegative)  # use only the first N images (0: all)
-    workers: int = checked(-1, at_least(-1))  # DataLoader workers; -1: chosen from the CPU count
+    # DataLoader workers; auto (or -1): chosen for the CPUs this process may use and the device (data/loader.py)
+    workers: int | Literal["auto"] = checked("auto", lambda v: None if v == "auto" or v >= -1 else _AUTO_OR_COUNT)
     synthetic_size: int = checked(512, positive)  # images in the synthetic dataset (tests)
     # training images from files: ADM's centre crop, or RAE stage 1's short side to crop_resize (bicubic) and a
     # random resolution-sized window (previews, evaluation and statistics still see centre crops)
@@ -208,6 +212,8 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or fully shard (FSDP2)
     compile: bool = False
+    # intra-op CPU threads; auto: OMP_NUM_THREADS if set, else the CPUs left to this process by its loader workers
+    threads: int | Literal["auto"] = checked("auto", lambda v: None if v == "auto" or v > 0 else "must be auto or > 0")
     grad_checkpointing: bool = False
     log_every: int = checked(50, positive)
     ckpt_every: int = checked(1000, nonnegative)  # 0: only at the end (and before step hooks), as sample_every

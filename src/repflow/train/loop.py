@@ -23,9 +23,11 @@ from ..build import (
 )
 from ..config import Config, to_dict, to_yaml
 from ..data import ResumableBatchSampler, build_dataset, build_loader
+from ..data.loader import loader_workers
 from ..errors import CheckpointError, NonFiniteLossError
 from ..methods.base import MethodEnv, TrainBatch
 from ..runtime.checkpoint import clean_stale_temporaries, list_checkpoints, load_checkpoint, save_checkpoint
+from ..runtime.cpus import compute_threads, cpus_per_process
 from ..runtime.distributed import DistInfo, all_reduce_max, all_reduce_mean, barrier, cleanup, setup_distributed
 from ..runtime.images import make_grid, save_grid
 from ..runtime.lock import DirectoryLock
@@ -126,7 +128,11 @@ class Trainer:
         )  # fmt: skip
         with torch.random.fork_rng(devices=[]):  # a DataLoader iterator draws its workers' seed from the global RNG,
             # which a resumed run has just restored for what training draws from it (dropout)
-            self.loader = iter(build_loader(self.dataset, sampler, cfg.data.workers))
+            workers = loader_workers(self.dataset, cfg.data.workers, self.device.type)
+            self.loader = iter(build_loader(self.dataset, sampler, workers))
+        threads, why = compute_threads(cfg.train.threads, workers)
+        torch.set_num_threads(threads)  # process-wide: the default (the host's cores) oversubscribes a shared CPU
+        self.cpus = f"{threads} threads ({why}), {workers} loader workers, of {cpus_per_process()} CPUs available"
         self.state.distribute()
         lines = self.describe()
         generates = type(self.method).generates() and self.codec.can_decode
@@ -172,10 +178,10 @@ class Trainer:
             codec += " without a decoder (codec.decoder unset): no sample previews"
         lines.append(codec + (f"; frozen encoders: {encoders}" if encoders else ""))
         dev = self.device
-        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
         bf16 = "bf16 autocast" if use_bf16(dev, cfg.train.precision) else "fp32"
         par = f", {self.dist.world} processes ({cfg.train.parallel})" if self.dist.enabled else ""
-        lines.append(f"device {dev} {name}, {bf16} (train.precision={cfg.train.precision}){par}")
+        lines.append(f"device {dev} {name}, {bf16} (train.precision={cfg.train.precision}){par}; {self.cpus}")
         if self.last_checkpoint is not None:
             lines.append(f"resumed from {self.last_checkpoint} at step {self.step}, image {self.state.images_seen}")
         else:
