@@ -13,6 +13,7 @@ Train, sample and evaluate diffusion transformers that learn fast from pretraine
 (SiT, REPA, REG, JiT, RAE, DSD), on one GPU, many, or a CPU.
 
 first steps:
+  repflow init photos/ --out photos.yaml         a config for your own images, chosen for this machine
   repflow demo                                   train a small model on Fashion-MNIST and draw samples
   repflow presets                                the shipped configs (ImageNet recipes, demos)
   repflow train demo-fashion-reg train.steps=2000 --out runs/fashion
@@ -31,11 +32,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .commands import bench, cache, convert, encoder, eval, rae, sample, sweep, train
+    from .commands import bench, cache, convert, encoder, eval, init, rae, sample, sweep, train
 
     p = _Parser(prog="repflow", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"repflow {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    init.add_commands(sub)
     train.add_commands(sub)
     sample.add_commands(sub)
     eval.add_commands(sub)  # eval, analyze
