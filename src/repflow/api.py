@@ -166,6 +166,12 @@ def fit(
         cfg = config
     else:
         cfg = load_config(config, list(overrides))
+        if config in presets():  # a shipped preset on one's own folder: the images decide the shapes
+            from .init import fit_preset_to_folder
+
+            cfg, note = fit_preset_to_folder(cfg, list(overrides))
+            if note:
+                print(f"repflow: {note}", flush=True)
     out = Path(out or f"runs/{cfg.name}")
     return run_training(cfg, out, resume=resume, stop_at=stop_at, hooks=training_hooks(cfg))
 

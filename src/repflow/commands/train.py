@@ -10,9 +10,15 @@ from .options import examples
 
 def _train(args) -> int:
     from ..api import fit
-    from ..config import load_config, to_yaml
+    from ..config import list_presets, load_config, to_yaml
 
     cfg = load_config(args.config, args.overrides)
+    if args.config in list_presets():  # a shipped preset on one's own folder: the images decide the shapes
+        from ..init import fit_preset_to_folder
+
+        cfg, note = fit_preset_to_folder(cfg, args.overrides)
+        if note:
+            print(f"repflow: {note}", flush=True)
     if args.dry_run:
         from ..build import resolve_static
 

@@ -158,12 +158,14 @@ class Trainer:
         if cfg.data.crop == "random":
             flips += f", random crops after resizing to {getattr(d, 'crop_resize', 0)} px"
         where = f" at {cfg.data.root}" if cfg.data.root else ""
-        lines = [f"data: {cfg.data.dataset}{where} ({cfg.data.split}): {len(d)} images, {d.num_classes} classes, "
-                 f"{cfg.data.resolution} px, {cfg.data.channels} channel(s){flips}"]  # fmt: skip
+        data = (f"data: {cfg.data.dataset}{where} ({cfg.data.split}): {len(d)} images, {d.num_classes} classes, "
+                f"{cfg.data.resolution} px, {cfg.data.channels} channel(s){flips}")  # fmt: skip
+        lines = [data] if self.method.uses_data else []
         nets = self.method.networks()
         sizes = ", ".join(f"{n} {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M" for n, m in nets.items())
         m = cfg.model
-        model = (f"; model {m.arch} ({m.depth} blocks x {m.hidden_size}, {m.input_size}x{m.input_size}x"
+        arch = f"{m.arch.rsplit('/', 1)[0]}/{m.patch_size}" if "/" in m.arch and m.patch_size else m.arch
+        model = (f"; model {arch} ({m.depth} blocks x {m.hidden_size}, {m.input_size}x{m.input_size}x"
                  f"{m.in_channels} input)" if self.method.uses_model_section else "")  # fmt: skip
         lines.append(f"method {self.method.describe()}{model}; parameters: {sizes}")
         for name, opt in self.state.optimizers.items():  # which tensors Muon takes is worth seeing once
