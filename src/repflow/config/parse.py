@@ -294,28 +294,3 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
     data = load_dict(name_or_path) if name_or_path else {}
     data = _merge(data, parse_overrides(overrides or []))
     return from_dict(Config, data)
-
-
-def replace(cfg: Any, /, **changes: Any) -> Any:
-    """``dataclasses.replace`` that accepts dotted keys and term sections, re-checking every range:
-    ``replace(cfg, **{"train.lr": 1e-3})``."""
-    nested: dict[str, dict] = {}
-    flat: dict[str, Any] = {}
-    for key, value in changes.items():
-        head, _, rest = key.partition(".")
-        if rest:
-            nested.setdefault(head, {})[rest] = value
-        else:
-            flat[key] = value
-    terms = dict(cfg.terms) if isinstance(cfg, Config) else {}
-    for head, sub in nested.items():
-        flat[head] = replace(terms[head] if head in terms else getattr(cfg, head), **sub)
-    if isinstance(cfg, Config):
-        for name in [k for k in flat if k in terms]:
-            terms[name] = flat.pop(name)
-        flat["terms"] = terms
-    names = {f.name for f in dataclasses.fields(cfg)}
-    unknown = set(flat) - names
-    if unknown:
-        raise ConfigError(_unknown_key_message(f"{getattr(cfg, 'PREFIX', '')}{sorted(unknown)[0]}", sorted(names)))
-    return dataclasses.replace(cfg, **flat)

@@ -20,6 +20,7 @@ from .fields import (
     nonnegative,
     positive,
     probability,
+    replace,
     unit,
 )
 
@@ -314,8 +315,6 @@ class Config:
 
     def replace(self, /, **changes: Any) -> Config:
         """A copy with sections (term sections too) or dotted keys changed: ``cfg.replace(**{"repa.depth": 4})``."""
-        from .parse import replace
-
         return replace(self, **changes)
 
 
