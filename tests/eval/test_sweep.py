@@ -115,7 +115,7 @@ def test_bad_sweeps_are_one_line(run, tmp_path, fake_inception_env, capsys):
         (["--cfg", "1", "--interval", "0.7,0.2"], "sample.cfg_interval' needs lo <= hi"),
         (["--cfg", "1", "--metrics", "fid,fdd"], "unknown metric(s) fdd"),
         (["--cfg", "1", "--frobnicate"], "unrecognized arguments: --frobnicate"),
-        (["--cfg", "1", "--steps", "x"], "argument --steps: expected comma-separated integers"),
+        (["--cfg", "1", "--steps", "x"], "argument --steps: expected comma-separated whole numbers >= 0"),
     ]
     for extra, message in cases:
         assert exit_code(["sweep", str(run), *extra, *MEASURE]) == 2
