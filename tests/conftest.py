@@ -13,6 +13,7 @@ import torch  # noqa: E402
 from repflow.config import Config, load_config  # noqa: E402
 
 torch.set_num_threads(1)  # pytest-xdist runs one worker per core
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # and training's train.threads=auto keeps it
 
 TINY = [
     "data.dataset=synthetic",

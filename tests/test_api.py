@@ -50,3 +50,32 @@ def test_evaluate_a_run_and_list_presets(run, fake_inception_env):  # noqa: F811
     assert "demo-fashion-reg" in repflow.presets()
     with pytest.raises(ValueError, match="apply to a run"):
         repflow.evaluate(run / "samples", steps=2)
+
+
+def test_class_names_any_case_or_separator_and_named_sampling_options(run, tmp_path, monkeypatch):
+    from repflow.sample.runs import resolve_classes
+
+    model = repflow.load(run, device="cpu")
+    assert model.class_names == ["class0", "class1", "class2", "class3"]  # the synthetic data's names
+    by_index = model.sample(classes=[3, 1], per_class=2, seed=5, steps=2)
+    assert torch.equal(model.sample(classes=["CLASS_3", "Class-1"], per_class=2, seed=5, steps=2), by_index)
+    names = ["Sneaker", "Ankle boot", "bag", "Bag"]
+    assert resolve_classes("sneaker,ankle_boot,ANKLE-BOOT,Bag", names, 4) == [0, 1, 1, 3]  # exact match first
+    with pytest.raises(ValueError, match="unknown class 'BAG'"):  # two names fold to it: ambiguous
+        resolve_classes("BAG", names, 4)
+    # REG's class-token scale, the time shift and AutoGuidance's scale are named options, checked as the CLI's
+    import repflow.flow.generate as generate
+
+    seen = []
+    real = generate.sample_images
+    monkeypatch.setattr(generate, "sample_images", lambda d, opts, *a, **k: seen.append(opts) or real(d, opts, *a, **k))
+    model.sample(num=2, steps=2, cfg=1.5, cfg_cls=1.0, shift=3.0, guide_scale=2.0)
+    assert (seen[0].cfg_cls, seen[0].shift, seen[0].guide_scale) == (1.0, 3.0, 2.0)
+    with pytest.raises(ValueError, match="'sample.shift' must be -1"):
+        model.sample(num=2, shift=0.0)
+    with pytest.raises(ValueError, match="counts must be >= 0"):
+        model.sample(num=-2)
+    grid = repflow.save_grid(model.sample(num=4, steps=2, as_pil=True), tmp_path / "grid.png", nrow=2)
+    from PIL import Image
+
+    assert Image.open(grid).size == (2 * (8 + 2) + 2,) * 2  # 2 x 2 images of 8 px, 2 px gaps

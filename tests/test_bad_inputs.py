@@ -47,7 +47,7 @@ def run(tmp_path_factory):
         ("train.sample_every=-1", "'train.sample_every' must be >= 0"),
         ("train.batch_size=0", "'train.batch_size' must be positive"),
         ("train.batch_size=-4", "'train.batch_size' must be positive"),
-        ("train.ckpt_every=0", "'train.ckpt_every' must be positive"),
+        ("train.ckpt_every=-1", "'train.ckpt_every' must be >= 0"),
         ("train.log_every=0", "'train.log_every' must be positive"),
         ("train.grad_accum=0", "'train.grad_accum' must be positive"),
         ("train.lr=.nan", "'train.lr' must be a finite number"),

@@ -17,7 +17,7 @@ __version__ = "0.2.0"
 
 install_torchvision_guard()  # timm, transformers and diffusers import in the same process (see _compat)
 
-_API = ("Model", "evaluate", "export", "fit", "load", "load_config", "presets", "sweep")
+_API = ("Model", "evaluate", "export", "fit", "load", "load_config", "presets", "save_grid", "sweep")
 
 
 def __getattr__(name: str):

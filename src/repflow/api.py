@@ -25,7 +25,7 @@ from torch import Tensor
 from .config import Config, load_config, replace
 from .errors import ConfigError
 
-__all__ = ["Model", "evaluate", "fit", "load", "load_config", "presets", "sweep"]
+__all__ = ["Model", "evaluate", "fit", "load", "load_config", "presets", "save_grid", "sweep"]
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -43,6 +43,7 @@ class Model:
     path: Path
     ema: float | str
     guide_model: Model | None = None
+    class_names: list[str] = dataclasses.field(default_factory=list)  # the training data's, by label; [] unknown
 
     @property
     def num_classes(self) -> int:
@@ -52,7 +53,7 @@ class Model:
         self,
         num: int | None = None,
         *,
-        classes: Sequence[int] | None = None,
+        classes: Sequence[int | str] | None = None,
         per_class: int = 1,
         indices: Sequence[int] | None = None,
         seed: int | None = None,
@@ -61,17 +62,22 @@ class Model:
         cfg: float | None = None,
         cfg_interval: tuple[float, float] | None = None,
         batch_size: int | None = None,
+        cfg_cls: float | None = None,
+        shift: float | None = None,
         guide: Model | str | None = None,
+        guide_scale: float | None = None,
         as_pil: bool = False,
         **options: Any,
     ) -> Tensor | list:
         """Generate images: (N, C, H, W) uint8, or a list of PIL images with ``as_pil``.
 
-        ``classes``: labels to generate, ``per_class`` each (in the order given); otherwise ``num`` samples with
-        balanced labels (sample i has class i mod K). ``indices``: which samples of the seed's stream (default
-        0..N-1). Unset sampling options keep the run's ``sample`` section. ``guide``: another model (or its
-        path) for AutoGuidance; without it classifier-free guidance uses this model's null label. ``options``: any
-        other field of the ``sample`` section (``cfg_cls=``, ``shift=``, ``guide_scale=``, ``grid="rae"``,
+        ``classes``: labels or class names (``model.class_names``; case and ``_``/``-``/spaces ignored) to
+        generate, ``per_class`` each (in the order given); otherwise ``num`` samples with balanced labels
+        (sample i has class i mod K). ``indices``: which samples of the seed's stream (default 0..N-1). Unset
+        sampling options keep the run's ``sample`` section. ``cfg_cls``: REG's class-token scale (-1: ``cfg``);
+        ``shift``: the time shift of the sampling grid (-1: the training shift). ``guide``: another model (or
+        its path) for AutoGuidance, at ``guide_scale`` (-1: ``cfg``); without it classifier-free guidance uses
+        this model's null label. ``options``: any other field of the ``sample`` section (``grid="rae"``,
         ``internal_guidance=1.78``, ...).
         """
         fields = {f.name for f in dataclasses.fields(self.cfg.sample)}
@@ -79,16 +85,27 @@ class Model:
         if unknown:
             raise ValueError(f"sample() has no option {unknown[0]!r}; the sample section's fields are "
                              f"{', '.join(sorted(fields))}")  # fmt: skip
-        changes = {k: v for k, v in {"seed": seed, "sampler": sampler, "steps": steps, "cfg": cfg,
-                                     "cfg_interval": cfg_interval, "batch_size": batch_size, **options}.items()
-                   if v is not None}  # fmt: skip
+        named = {
+            "seed": seed,
+            "sampler": sampler,
+            "steps": steps,
+            "cfg": cfg,
+            "cfg_interval": cfg_interval,
+            "batch_size": batch_size,
+            "cfg_cls": cfg_cls,
+            "shift": shift,
+            "guide_scale": guide_scale,
+        }
+        changes = {k: v for k, v in {**named, **options}.items() if v is not None}
         opts = replace(self.cfg.sample, **changes)
         labels = None
+        if num is not None and num < 0 or per_class < 0:
+            raise ValueError(f"counts must be >= 0, got num={num}, per_class={per_class}")
         if classes is not None:
-            bad = [c for c in classes if not 0 <= int(c) < self.num_classes]
-            if bad:
-                raise ValueError(f"classes {bad} do not exist; the model has classes 0..{self.num_classes - 1}")
-            labels = torch.tensor([int(c) for c in classes for _ in range(per_class)], dtype=torch.long)
+            from .sample.runs import resolve_classes
+
+            chosen = resolve_classes(list(classes), self.class_names, self.num_classes) or []
+            labels = torch.tensor([c for c in chosen for _ in range(per_class)], dtype=torch.long)
             num = len(labels)
         if indices is None:
             if num is None or num <= 0:
@@ -128,7 +145,7 @@ def load(
     if run.denoiser is None:
         raise ConfigError(f"{run.ckpt.path} was trained with method {run.cfg.method.kind}, which does not generate")
     cfg = run.cfg.replace(sample=replace(run.cfg.sample, **changes)) if changes else run.cfg
-    return Model(cfg, run.denoiser, run.ckpt.path, run.ema)
+    return Model(cfg, run.denoiser, run.ckpt.path, run.ema, class_names=run.ckpt.class_names())
 
 
 def fit(
@@ -150,6 +167,12 @@ def fit(
         cfg = config
     else:
         cfg = load_config(config, list(overrides))
+        if config in presets():  # a shipped preset on one's own folder: the images decide the shapes
+            from .init import fit_preset_to_folder
+
+            cfg, note = fit_preset_to_folder(cfg, list(overrides))
+            if note:
+                print(f"repflow: {note}", flush=True)
     out = Path(out or f"runs/{cfg.name}")
     return run_training(cfg, out, resume=resume, stop_at=stop_at, hooks=training_hooks(cfg))
 
@@ -246,6 +269,20 @@ def sweep(
     device, want_logits = _device("auto"), "is" in parse_metrics(metrics)[0]
     nets = Extractors(lambda: load_inception(inception, "tf", None, device, want_logits), spec.encoder_paths, device)
     return run_sweep(spec, nets, progress=False)
+
+
+def save_grid(images: Tensor | Sequence, path: str | Path, nrow: int | None = None) -> Path:
+    """Write ``images`` (what :meth:`Model.sample` returns: (N, C, H, W) uint8, or PIL images) as one grid PNG,
+    ``nrow`` images a row (default: a square); returns the path."""
+    from .data.transforms import pil_to_uint8
+    from .runtime.images import save_grid as write
+
+    if not isinstance(images, Tensor):
+        images = torch.stack([pil_to_uint8(im) for im in images])
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"save_grid takes (N, C, H, W) uint8 images or PIL images, got {tuple(images.shape)} "
+                         f"{images.dtype}")  # fmt: skip
+    return write(images, path, nrow)
 
 
 def presets() -> list[str]:

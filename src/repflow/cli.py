@@ -13,6 +13,7 @@ Train, sample and evaluate diffusion transformers that learn fast from pretraine
 (SiT, REPA, REG, JiT, RAE, DSD), on one GPU, many, or a CPU.
 
 first steps:
+  repflow init photos/ --out photos.yaml         a config for your own images, chosen for this machine
   repflow demo                                   train a small model on Fashion-MNIST and draw samples
   repflow presets                                the shipped configs (ImageNet recipes, demos)
   repflow train demo-fashion-reg train.steps=2000 --out runs/fashion
@@ -31,11 +32,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .commands import bench, cache, convert, encoder, eval, hub, rae, sample, sweep, train
+    from .commands import bench, cache, convert, encoder, eval, hub, init, rae, sample, sweep, train
 
     p = _Parser(prog="repflow", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"repflow {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    init.add_commands(sub)
     train.add_commands(sub)
     sample.add_commands(sub)
     eval.add_commands(sub)  # eval, analyze
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .errors import CheckpointError, ConfigError, NonFiniteLossError
 
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     try:
         return args.func(args)
     except BrokenPipeError:  # `repflow train ... --dry-run | head`: the reader left; not an error
@@ -72,8 +74,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"repflow: error: {err.strerror or _one_line(err)}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("repflow: interrupted; the newest checkpoint is intact", file=sys.stderr)
+        print(f"repflow: interrupted; {_KEPT.get(args.command, 'nothing half-written is kept')}", file=sys.stderr)
         return 130
+
+
+_KEPT = {  # what an interrupted command leaves behind, said in its Ctrl-C line
+    "train": "the newest checkpoint is intact",
+    "demo": "the newest checkpoint is intact",
+    "sample": "the images already written are kept; the same command continues from them",
+    "sweep": "finished cells are kept in the sweep's table; the same command continues from them",
+}
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``key=value`` overrides are accepted anywhere on the line, also after ``--out DIR`` (argparse alone
+    takes a positional list only in one place); anything else unknown is a usage error."""
+    args, extra = parser.parse_known_args(argv)
+    dest = next((d for d in ("overrides", "items") if isinstance(getattr(args, d, None), list)), None)
+    loose = [e for e in extra if dest is None or e.startswith("-") or "=" not in e]
+    if loose:
+        parser.error(f"unrecognized arguments: {' '.join(loose)}")
+    if extra:
+        getattr(args, dest).extend(extra)
+    return args
 
 
 def _one_line(err: BaseException) -> str:

@@ -117,7 +117,7 @@ def test_files_needing_unpickling_code_are_refused(tmp_path, capsys):
             return (print, ("this must never run",))
 
     torch.save({"ema": {"x": torch.zeros(1)}, "hook": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointError, match="cannot be read as weights only"):
+    with pytest.raises(CheckpointError, match=r"needs code to be unpickled \(print\) and is refused"):
         import_checkpoint("official-repa", tmp_path / "evil.pt", tmp_path / "run")
     assert "this must never run" not in capsys.readouterr().out
     with pytest.raises(CheckpointError, match="no place in repflow"):

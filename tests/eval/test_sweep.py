@@ -137,7 +137,7 @@ def test_bad_sweeps_are_one_line(run, tmp_path, fake_inception_env, capsys):
         (["--cfg", "1", "--encoder-path", "dinov2"], "expected NAME=PATH"),
         (["--cfg", "1", "--metrics", "kid", "--kid-subset-size", "1"], "KID needs --kid-subsets >= 1"),
         (["--cfg", "1", "--frobnicate"], "unrecognized arguments: --frobnicate"),
-        (["--cfg", "1", "--steps", "x"], "argument --steps: expected comma-separated integers"),
+        (["--cfg", "1", "--steps", "x"], "argument --steps: expected comma-separated whole numbers >= 0"),
     ]
     for extra, message in cases:
         assert exit_code(["sweep", str(run), *extra, *MEASURE]) == 2

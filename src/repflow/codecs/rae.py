@@ -82,11 +82,9 @@ def load_stats(path: str | Path) -> tuple[Tensor, Tensor, dict]:
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {}).get("repflow", "{}"))
     else:
-        try:
-            tensors = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # pickled code, or not a torch file
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ValueError(f"cannot read latent statistics '{path}' as weights only ({first[:150]})") from err
+        from ..runtime.safe_load import load_plain
+
+        tensors = load_plain(path, "latent statistics")
     if not isinstance(tensors, dict) or set(tensors) != {"mean", "var"}:
         what = sorted(map(str, tensors)) if isinstance(tensors, dict) else type(tensors).__name__
         raise ValueError(f"'{path}' holds {what}; latent statistics are a dict of two tensors, 'mean' and 'var'")
@@ -130,6 +128,10 @@ class RAECodec:
         self.cfg, self.device = cfg, torch.device(device)
         self.factor = cfg.decoder_patch
         self.decoder_source = decoder or cfg.decoder
+        if self.decoder_source and Path(self.decoder_source).exists():  # a hub id is resolved when first decoding
+            from ..models.rae_decoder import check_decoder
+
+            check_decoder(self.decoder_source)
         self._encoder = None
         self._decoder = None
         self._resolution = 0

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..config import SAMPLERS
-from .options import examples, int_list
+from .options import count, examples, int_list
 
 
 def _device(name: str):
@@ -72,14 +72,14 @@ def add_commands(bench_sub: argparse._SubParsersAction) -> None:
             default="sit,repa,reg",
             help="comma-separated: sit, repa, reg, meanflow, meanflow_fd (the first is the reference)",
         )
-        p.add_argument("--batch", type=int, default=256 if sampling else 64)
+        p.add_argument("--batch", type=count, default=256 if sampling else 64)
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-        p.add_argument("--repeats", type=int, default=2 if sampling else 10, help="timed iterations (median)")
+        p.add_argument("--repeats", type=count, default=2 if sampling else 10, help="timed iterations (median)")
         p.add_argument("--out", help="write the results as JSON here")
         p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.compile=true train.precision=bf16")
         if sampling:
-            p.add_argument("--steps", type=int, default=50)
+            p.add_argument("--steps", type=count, default=50)
             p.add_argument("--sampler", default="heun", choices=SAMPLERS)
             p.add_argument("--cfg", type=float, default=1.5)
         p.set_defaults(func=lambda a, s=sampling: _run(a, s))
@@ -90,8 +90,8 @@ def add_commands(bench_sub: argparse._SubParsersAction) -> None:
     m.add_argument("--out", required=True, help="folder for the runs, results.csv and manifold.png")
     m.add_argument("--dims", type=int_list, default=[2, 8, 16, 512], help="ambient dimensions D")
     m.add_argument("--predictions", default="x,eps,v", help="what the network predicts (the loss is in v space)")
-    m.add_argument("--steps", type=int, default=2000, help="training steps per run")
-    m.add_argument("--num-samples", type=int, default=2000)
+    m.add_argument("--steps", type=count, default=2000, help="training steps per run")
+    m.add_argument("--num-samples", type=count, default=2000)
     m.add_argument("overrides", nargs="*", help="overrides of the toy-manifold preset, e.g. method.width=128")
     m.set_defaults(func=_manifold)
     lines = ("repflow bench inception", "repflow bench inception --threads 1 --num 96")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import examples
+from .options import count, examples
 
 
 def add_cache_arguments(p: argparse.ArgumentParser, dtype: str = "float32") -> None:
@@ -20,10 +20,10 @@ def add_cache_arguments(p: argparse.ArgumentParser, dtype: str = "float32") -> N
         default=None,
         help="also store every image's mirror image (default: data.hflip); needed to train with data.hflip=true",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="images per encoder call (per process)")
+    p.add_argument("--batch-size", type=count, default=64, help="images per encoder call (per process)")
     p.add_argument("--workers", type=int, default=-1, help="image decoding workers per process (-1: automatic)")
     p.add_argument("--dtype", choices=["float32", "float16"], default=dtype, help=f"storage type (default {dtype})")
-    p.add_argument("--shard-size", type=int, default=0, help="images per shard, the unit of resuming (0: automatic)")
+    p.add_argument("--shard-size", type=count, default=0, help="images per shard, the unit of resuming (0: automatic)")
     p.add_argument("--overwrite", action="store_true", help="replace a cache made with other settings")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -142,7 +142,7 @@ def add_commands(sub) -> None:
         ),
     )
     add_cache_arguments(feat, dtype="float16")
-    feat.add_argument("--encoder", type=int, default=0, help="which entry of 'encoders' to cache (default 0)")
+    feat.add_argument("--encoder", type=count, default=0, help="which entry of 'encoders' to cache (default 0)")
     feat.set_defaults(func=_cache_features)
 
 

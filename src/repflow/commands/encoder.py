@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from .options import examples
+from .options import count, examples
 
 PACKAGED = Path(__file__).resolve().parents[1] / "encoders" / "weights" / "tiny-fashion-mnist.safetensors"
 
@@ -92,9 +92,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", default="tiny-encoder.safetensors", help="the exported encoder file")
     t.add_argument("--run-dir", help="the training run (default: next to --out); rerunning resumes it")
     t.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "mnist"])
-    t.add_argument("--resolution", type=int, default=32)
-    t.add_argument("--steps", type=int, default=500)
-    t.add_argument("--batch-size", type=int, default=192)
+    t.add_argument("--resolution", type=count, default=32)
+    t.add_argument("--steps", type=count, default=500)
+    t.add_argument("--batch-size", type=count, default=192)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("overrides", nargs="*", help="more dotted overrides of the tiny-encoder-simclr preset")

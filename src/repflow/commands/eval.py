@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .options import add_sampling_args, examples, float_list, int_list, sampling_changes
+from .options import add_sampling_args, count, examples, float_list, int_list, sampling_changes
 
 EVAL_SAMPLING = {"steps_flags": ("--sampling-steps",), "batch_flags": ("--sample-batch-size",)}
 
@@ -16,7 +16,9 @@ def add_inception_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inception-fc", help="classifier weights for IS (e.g. torch-fidelity's .pth with fc.weight)")
     p.add_argument("--resize", choices=["tf", "clean"], default="tf",
                    help="tf: TF1 bilinear as ADM / original FID (default); clean: clean-fid's PIL bicubic")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=50, help="feature-extraction batch (results do not depend on it)")
+    p.add_argument(
+        "--batch-size", type=count, default=50, help="feature-extraction batch (results do not depend on it)"
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
 
@@ -197,7 +199,7 @@ def _add_analysis_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", choices=["null", "true"], default="null", help="class input of the model")
     p.add_argument("--ema", type=float, default=-1.0, help="EMA decay to use (-1: first EMA, 0: raw weights)")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-image noise")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=count, default=64)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", help="output folder (default <run>/analysis/<ckpt>)")
 
@@ -234,12 +236,12 @@ def add_commands(sub) -> None:
     ref_help = ("reference: ADM .npz (e.g. VIRTUAL_imagenet256_labeled.npz), image folder, or dataset[:split] "
                 "(fashion_mnist, mnist, synthetic, image_folder); default for a run: its training data")  # fmt: skip
     e.add_argument("--ref", help=ref_help)
-    e.add_argument("--ref-count", type=int, default=50000, help="images of a dataset/folder reference (0: all)")
+    e.add_argument("--ref-count", type=count, default=50000, help="images of a dataset/folder reference (0: all)")
     e.add_argument("--data-root", help="dataset root for a dataset reference (image_folder: the folder)")
     # not --num: torchrun rejects it as an ambiguous abbreviation of its own --numa-binding
-    e.add_argument("--num-samples", dest="num", type=int, default=0, help="samples to evaluate (a run: to generate)")
+    e.add_argument("--num-samples", dest="num", type=count, default=0, help="samples to evaluate (a run: to generate)")
     add_metric_args(e)
-    e.add_argument("--k", type=int, default=3, help="neighbourhood size of precision/recall (ADM: 3)")
+    e.add_argument("--k", type=count, default=3, help="neighbourhood size of precision/recall (ADM: 3)")
     e.add_argument("--samples-dir", help="where a run's samples are cached (default <run>/eval/<ckpt>-...)")
     e.add_argument("--json", help="results file (default: eval.json next to the samples)")
     e.add_argument("--allow-resolution-mismatch", action="store_true")
@@ -269,15 +271,15 @@ def add_commands(sub) -> None:
     c.add_argument("--encoder-path", help="local weights for the encoder (file, directory or hub id)")
     c.add_argument("--encoder-feature", choices=["cls", "patch_mean"], default="patch_mean")
     c.add_argument("--features-npz", help="precomputed features instead of an encoder: .npz with features (N, D)")
-    c.add_argument("--num", type=int, default=1000, help="images (the first N of the split)")
+    c.add_argument("--num", type=count, default=1000, help="images (the first N of the split)")
     c.add_argument("--split", choices=["train", "test"], default="test")
-    c.add_argument("--topk", type=int, default=10, help="mutual nearest neighbours (Platonic/REPA: 10)")
+    c.add_argument("--topk", type=count, default=10, help="mutual nearest neighbours (Platonic/REPA: 10)")
     c.set_defaults(func=_analyze_cknna)
     pr = asub.add_parser("probe", help="linear-probe accuracy of mean-pooled hidden states (per block, per t)",
                          **examples("repflow analyze probe runs/fashion --num-train 2000 --num-test 1000"))  # fmt: skip
     _add_analysis_common(pr)
-    pr.add_argument("--num-train", type=int, default=2000)
-    pr.add_argument("--num-test", type=int, default=1000)
+    pr.add_argument("--num-train", type=count, default=2000)
+    pr.add_argument("--num-test", type=count, default=1000)
     pr.add_argument("--l2", type=float, default=1e-3, help="ridge penalty (times the number of examples)")
     pr.set_defaults(func=_analyze_probe)
 
@@ -291,9 +293,9 @@ def add_bench_commands(bench_sub) -> None:
     )
     b.add_argument("items", nargs="+", help="configs (presets or YAML files) and key=value overrides for all of them")
     b.add_argument("--steps", dest="train_steps", type=int_list, required=True, help="training steps to evaluate at")
-    b.add_argument("--num-samples", type=int, default=5000, help="samples per evaluation")
+    b.add_argument("--num-samples", type=count, default=5000, help="samples per evaluation")
     b.add_argument("--ref", help="reference (default: the first config's training data)")
-    b.add_argument("--ref-count", type=int, default=10000, help="images of a dataset/folder reference (0: all)")
+    b.add_argument("--ref-count", type=count, default=10000, help="images of a dataset/folder reference (0: all)")
     b.add_argument("--train-seed", type=int, default=0, help="seed of every training run")
     b.add_argument("--out", required=True, help="benchmark folder (runs, samples, results.csv, convergence.png)")
     add_inception_args(b)

@@ -15,11 +15,24 @@ def parse_interval(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def int_list(text: str) -> list[int]:
+def count(text: str) -> int:
+    """A number of things (images, steps, a batch): an integer >= 0; a negative one is a usage error, never
+    "all of them"."""
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        value = int(text)
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from err
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    """Comma-separated counts (steps, blocks, dimensions): each >= 0."""
+    try:
+        return [count(x) for x in text.split(",") if x.strip()]
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers >= 0, got {text!r}") from err
 
 
 def float_list(text: str) -> list[float]:
@@ -53,7 +66,7 @@ def add_sampling_args(
     ``--steps`` or ``--batch-size`` for something else pass the longer names only; ``choose`` adds the options
     that pick what to generate (classes, an AutoGuidance guide run)."""
     p.add_argument("--sampler", choices=SAMPLERS)
-    p.add_argument(*steps_flags, dest="steps", type=int, help="solver steps")
+    p.add_argument(*steps_flags, dest="steps", type=count, help="solver steps")
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--cfg-interval", type=parse_interval, help="LO,HI: guide only for t in [LO, HI] (t=1 is noise)")
     p.add_argument("--cfg-rule", choices=CFG_RULES, help="where the interval is decided: step (SiT/REPA/REG: "
@@ -70,7 +83,7 @@ def add_sampling_args(
                    "one by this scale (1 = off)")  # fmt: skip
     p.add_argument("--internal-interval", type=parse_interval, help="LO,HI: internal guidance only for t in [LO, HI]")
     p.add_argument("--seed", type=int, help="sampling seed (sample i uses its own stream of it)")
-    p.add_argument(*batch_flags, dest="sample_batch_size", type=int, help="images generated per batch")
+    p.add_argument(*batch_flags, dest="sample_batch_size", type=count, help="images generated per batch")
     p.add_argument("--ema", type=float, help="EMA decay to use (-1: first EMA, 0: raw weights; default: the one "
                    "`repflow sweep --write` stored in the run, else the first)")  # fmt: skip
     if choose:

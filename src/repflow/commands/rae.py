@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import examples
+from .options import count, examples
 
 
 def _stats(args) -> int:
@@ -71,10 +71,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("config", help="a preset or YAML file with codec.kind=rae and the data")
     s.add_argument("overrides", nargs="*")
     s.add_argument("--out", required=True, help="statistics file (.safetensors)")
-    s.add_argument("--num", type=int, default=0, help="first N images (0: all)")
+    s.add_argument("--num", type=count, default=0, help="first N images (0: all)")
     s.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="add mirror images (default: data.hflip)")  # fmt: skip
-    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--batch-size", type=count, default=64)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.set_defaults(func=_stats)
     e = group.add_parser(

@@ -10,10 +10,16 @@ from .options import examples
 
 def _train(args) -> int:
     from ..api import fit
-    from ..config import load_config, to_yaml
+    from ..config import list_presets, load_config, to_yaml
 
     overrides = [*args.overrides, *([f"train.init_from={args.init_from}"] if args.init_from else [])]
     cfg = load_config(args.config, overrides)
+    if args.config in list_presets():  # a shipped preset on one's own folder: the images decide the shapes
+        from ..init import fit_preset_to_folder
+
+        cfg, note = fit_preset_to_folder(cfg, overrides)
+        if note:
+            print(f"repflow: {note}", flush=True)
     if args.dry_run:
         from ..build import resolve_static
 

@@ -16,7 +16,19 @@ stored with the run and in every checkpoint, so sampling and evaluation rebuild 
 """
 
 from ..errors import ConfigError
-from .fields import Section, Tagged, at_least, checked, default_variant, each, nonnegative, positive, probability, unit
+from .fields import (
+    Section,
+    Tagged,
+    at_least,
+    checked,
+    default_variant,
+    each,
+    nonnegative,
+    positive,
+    probability,
+    replace,
+    unit,
+)
 from .parse import (
     PRESET_DIR,
     from_dict,
@@ -25,7 +37,6 @@ from .parse import (
     load_config,
     load_dict,
     parse_overrides,
-    replace,
     to_dict,
     to_yaml,
 )

@@ -109,3 +109,29 @@ def _unknown_key_message(key: str, valid: list[str]) -> str:
         ]
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return f"unknown config key '{key}'{hint}"
+
+
+def replace(cfg: Any, /, **changes: Any) -> Any:
+    """``dataclasses.replace`` that accepts dotted keys and term sections, re-checking every range:
+    ``replace(cfg, **{"train.lr": 1e-3})``."""
+    nested: dict[str, dict] = {}
+    flat: dict[str, Any] = {}
+    for key, value in changes.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            flat[key] = value
+    whole = any(f.name == "terms" for f in dataclasses.fields(cfg))  # the Config, whose term sections are a dict
+    terms = dict(cfg.terms) if whole else {}
+    for head, sub in nested.items():
+        flat[head] = replace(terms[head] if head in terms else getattr(cfg, head), **sub)
+    if whole:
+        for name in [k for k in flat if k in terms]:
+            terms[name] = flat.pop(name)
+        flat["terms"] = terms
+    names = {f.name for f in dataclasses.fields(cfg)}
+    unknown = set(flat) - names
+    if unknown:
+        raise ConfigError(_unknown_key_message(f"{getattr(cfg, 'PREFIX', '')}{sorted(unknown)[0]}", sorted(names)))
+    return dataclasses.replace(cfg, **flat)

@@ -63,7 +63,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"config key '{key}' has the wrong type: {value!r}")
+        kinds = " or ".join(_type_name(a) for a in typing.get_args(tp))
+        raise ConfigError(f"config key '{key}' expects {kinds}, got {value!r}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):
@@ -200,7 +201,7 @@ def _merge(base: dict, over: dict, prefix: str = "") -> dict:
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value, f"{prefix}{key}.")
         elif isinstance(value, dict) and value and all(_is_index(k) for k in value):
-            out[key] = _merge_indexed(out.get(key) or [], value, f"{prefix}{key}")
+            out[key] = _merge_indexed(out[key] if out.get(key) is not None else [], value, f"{prefix}{key}")
         elif isinstance(value, dict) and isinstance(out.get(key), list):
             raise ConfigError(
                 f"config key '{prefix}{key}' is a list: address one entry by its index, e.g. "
@@ -215,8 +216,11 @@ def _is_index(key: Any) -> bool:
     return isinstance(key, int) or (isinstance(key, str) and key.isdigit())
 
 
-def _merge_indexed(items: list, over: dict, key: str) -> list:
+def _merge_indexed(items: Any, over: dict, key: str) -> list:
     """``encoders.0.cache=DIR`` changes entry 0; the next free index adds an entry."""
+    if not isinstance(items, list):
+        raise ConfigError(f"config key '{key}' holds {items!r}, not a list: '{key}[{next(iter(over))}]' indexes "
+                          f"nothing; set it whole, e.g. {key}=...")  # fmt: skip
     items = list(items)
     for index in sorted(over, key=int):
         i, value = int(index), over[index]
@@ -290,28 +294,3 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
     data = load_dict(name_or_path) if name_or_path else {}
     data = _merge(data, parse_overrides(overrides or []))
     return from_dict(Config, data)
-
-
-def replace(cfg: Any, /, **changes: Any) -> Any:
-    """``dataclasses.replace`` that accepts dotted keys and term sections, re-checking every range:
-    ``replace(cfg, **{"train.lr": 1e-3})``."""
-    nested: dict[str, dict] = {}
-    flat: dict[str, Any] = {}
-    for key, value in changes.items():
-        head, _, rest = key.partition(".")
-        if rest:
-            nested.setdefault(head, {})[rest] = value
-        else:
-            flat[key] = value
-    terms = dict(cfg.terms) if isinstance(cfg, Config) else {}
-    for head, sub in nested.items():
-        flat[head] = replace(terms[head] if head in terms else getattr(cfg, head), **sub)
-    if isinstance(cfg, Config):
-        for name in [k for k in flat if k in terms]:
-            terms[name] = flat.pop(name)
-        flat["terms"] = terms
-    names = {f.name for f in dataclasses.fields(cfg)}
-    unknown = set(flat) - names
-    if unknown:
-        raise ConfigError(_unknown_key_message(f"{getattr(cfg, 'PREFIX', '')}{sorted(unknown)[0]}", sorted(names)))
-    return dataclasses.replace(cfg, **flat)

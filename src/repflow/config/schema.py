@@ -20,11 +20,15 @@ from .fields import (
     nonnegative,
     positive,
     probability,
+    replace,
     unit,
 )
 
 # ----------------------------------------------------------------------------------------------------------
 # Sections.
+
+
+_AUTO_OR_COUNT = "must be auto or >= 0"
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,8 @@ class DataConfig(Section):
     channels: Literal[1, 3] = 3  # greyscale data is replicated to 3 channels unless this is 1
     hflip: bool = False
     subset: int = checked(0, nonnegative)  # use only the first N images (0: all)
-    workers: int = checked(-1, at_least(-1))  # DataLoader workers; -1: chosen from the CPU count
+    # DataLoader workers; auto (or -1): chosen for the CPUs this process may use and the device (data/loader.py)
+    workers: int | Literal["auto"] = checked("auto", lambda v: None if v == "auto" or v >= -1 else _AUTO_OR_COUNT)
     synthetic_size: int = checked(512, positive)  # images in the synthetic dataset (tests)
     # training images from files: ADM's centre crop, or RAE stage 1's short side to crop_resize (bicubic) and a
     # random resolution-sized window (previews, evaluation and statistics still see centre crops)
@@ -233,11 +238,13 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or fully shard (FSDP2)
     compile: bool = False
+    # intra-op CPU threads; auto: OMP_NUM_THREADS if set, else the CPUs left to this process by its loader workers
+    threads: int | Literal["auto"] = checked("auto", lambda v: None if v == "auto" or v > 0 else "must be auto or > 0")
     grad_checkpointing: bool = False
     log_every: int = checked(50, positive)
     # where logged values, preview grids and the config go besides metrics.jsonl: README "Track runs"
     report_to: tuple[str, ...] = checked(("tensorboard",), trackers)
-    ckpt_every: int = checked(1000, positive)
+    ckpt_every: int = checked(1000, nonnegative)  # 0: only at the end (and before step hooks), as sample_every
     keep_ckpts: int = checked(2, nonnegative)  # 0 keeps all
     sample_every: int = checked(0, nonnegative)  # preview every N steps (0: only at the end)
     sample_num: int = checked(64, nonnegative)  # images in a preview (0: no previews)
@@ -340,8 +347,6 @@ class Config:
 
     def replace(self, /, **changes: Any) -> Config:
         """A copy with sections (term sections too) or dotted keys changed: ``cfg.replace(**{"repa.depth": 4})``."""
-        from .parse import replace
-
         return replace(self, **changes)
 
 

@@ -17,8 +17,9 @@ from torch import Tensor
 
 from ..build import WEIGHTS_KEY, weights_record
 from ..config import Config
-from ..errors import CheckpointError
-from ..runtime.checkpoint import ema_name, load_checkpoint, resolve_checkpoint, save_checkpoint
+from ..errors import CheckpointError, ConfigError
+from ..runtime.checkpoint import ema_name, first_nonfinite, load_checkpoint, resolve_checkpoint, save_checkpoint
+from ..runtime.safe_load import load_plain
 from . import official_ddt, official_jit, official_lightningdit, official_rae, official_rae_decoder, official_sit
 
 FORMATS = (
@@ -45,15 +46,10 @@ def read_official(path: str | Path, kind: str = "") -> tuple[dict[float, dict[st
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file '{path}' does not exist")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError and friends: one line, never executed code
-        first = " ".join(str(err).split())[:160]
-        raise CheckpointError(f"{path} cannot be read as weights only (it would need unpickling code, or it is "
-                              f"damaged): {first}") from err  # fmt: skip
+    obj = load_plain(path, "checkpoint file", allowed=(argparse.Namespace,))  # the official scripts store args
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    _refuse_nonfinite(obj, path)
     if kind in official_ddt.KINDS:  # a Lightning checkpoint
         return official_ddt.split_checkpoint(obj)
     decay = getattr(_module(kind), "EMA_DECAY", EMA_DECAY) if kind else EMA_DECAY
@@ -65,9 +61,19 @@ def read_official(path: str | Path, kind: str = "") -> tuple[dict[float, dict[st
     return {decay: obj}, None, 0
 
 
+def _refuse_nonfinite(obj: dict, path: Path, prefix: str = "") -> None:
+    """Every tensor of the file, at any depth (model, EMAs, projectors, optimiser), holds finite values."""
+    bad = first_nonfinite({k: v for k, v in obj.items() if isinstance(v, Tensor)})
+    if bad:
+        raise CheckpointError(f"{path}: tensor {prefix}{bad} holds NaN or infinite values: the file is damaged")
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            _refuse_nonfinite(value, path, f"{prefix}{key}.")
+
+
 def check_fits(cfg: Config, kind: str, weights: dict[str, Tensor], network: str = "model") -> None:
-    """Every imported tensor has the shape the config's network expects and holds finite values, and none is
-    missing; one line naming the first that does not fit (a file of another size, a damaged file)."""
+    """Every imported tensor has the shape the config's network expects (finiteness is checked on reading),
+    and none is missing; one line naming the first that does not fit (a file of another size)."""
     from ..build import method_class
 
     with torch.device("meta"):
@@ -77,8 +83,6 @@ def check_fits(cfg: Config, kind: str, weights: dict[str, Tensor], network: str 
         if key in expected and tuple(value.shape) != tuple(expected[key]):
             raise CheckpointError(f"{kind} tensor for {key} has shape {tuple(value.shape)}; the inferred {what} "
                                   f"expects {tuple(expected[key])}")  # fmt: skip
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise CheckpointError(f"{kind} tensor for {key} holds NaN or infinite values: the file is damaged")
     missing = sorted(set(expected) - set(weights))
     if missing:
         raise CheckpointError(f"the {kind} file lacks {missing[0]} (and {len(missing) - 1} more) that the inferred "
@@ -98,6 +102,7 @@ def _write_run(out: str | Path, step: int, weights: dict, cfg: Config, path: str
 def import_checkpoint(kind: str, path: str | Path, out: str | Path, overrides: list[str] | None = None) -> Path:
     """Write ``out`` as a repflow run holding the official checkpoint ``path``; returns the checkpoint dir."""
     fmt = _module(kind)
+    _refuse_used_folder(out)
     emas, raw, step = read_official(path, kind)
     first = next(iter(emas.values()))
     if kind in official_rae.KINDS and official_rae_decoder.is_decoder(first):
@@ -114,11 +119,25 @@ def import_checkpoint(kind: str, path: str | Path, out: str | Path, overrides: l
         extra.update({f"{ema_name(decay)}.objective.{k}": v for k, v in objective.items()} if raw is not None else {})
     if raw is not None:
         model, objective, extra_raw = fmt.from_official(kind, raw, cfg)
+        check_fits(cfg, kind, model)
         extra.update({f"model.{k}": v for k, v in extra_raw.items()})
     extra = {k: v.clone() for k, v in extra.items()}  # tensors the raw and EMA dicts share are stored once each
     weights.update({"model": model, "objective": objective, "official": extra})
     cfg = cfg.replace(**{"train.ema_decays": tuple(emas)})
     return _write_run(out, step, weights, cfg, path, kind)
+
+
+def _refuse_used_folder(out: str | Path) -> None:
+    """An import writes a new run: into a folder that holds one, its step-0 checkpoint would sit beside the
+    old ones, and ``sample`` would take the newest, old, weights."""
+    out = Path(out)
+    if out.is_file():
+        raise ConfigError(f"--out '{out}' is a file, not a directory")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held:
+        more = " ..." if len(held) > 3 else ""
+        raise ConfigError(f"--out '{out}' is not empty (it holds {', '.join(held[:3])}{more}): convert writes a "
+                          "new run; choose a new or empty folder")  # fmt: skip
 
 
 def _import_decoder(kind: str, ema: dict, raw: dict | None, step: int, path, out, overrides) -> Path:

@@ -48,19 +48,31 @@ _RENAME = {  # official -> repflow (model network), shared by the three formats
     **{f"t_embedder.mlp.{i}.{w}": f"t_embedder.mlp.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")},
 }
 _BACK = {v: k for k, v in _RENAME.items()}
+_NEEDS = {  # the tensors each format's config is read from
+    "official-sit": ("x_embedder.proj.weight", "y_embedder.embedding_table.weight", "blocks.0.attn.qkv.weight"),
+    "official-repa": ("x_embedder.proj.weight", "y_embedder.embedding_table.weight", "blocks.0.attn.qkv.weight",
+                      "projectors.0.0.weight"),
+    "official-reg": ("x_embedder.proj.weight", "y_embedder.embedding_table.weight", "blocks.0.attn.qkv.weight",
+                     "projectors.0.0.weight", "final_layer.linear_cls.weight"),
+}  # fmt: skip
 
 
 def infer_config(kind: str, sd: dict[str, Tensor], overrides: list[str] | None = None) -> Config:
     """The resolved repflow config of an official state dict (architecture read from the shapes)."""
     if kind not in KINDS:
         raise CheckpointError(f"unknown format {kind!r}; choose from {', '.join(KINDS)}")
-    need = "x_embedder.proj.weight"
-    if need not in sd:
-        raise CheckpointError(f"not an official {kind} state dict: it has no {need} (keys: {sorted(sd)[:4]} ...)")
-    hidden, channels, patch, _ = sd[need].shape
+    for need in _NEEDS[kind]:  # noqa: B007 (named in the message)
+        if need not in sd:
+            other = next((k for k in reversed(KINDS) if all(n in sd for n in _NEEDS[k])), "")
+            hint = f": it looks like {other}" if other else f" (keys: {sorted(sd)[:4]} ...)"
+            raise CheckpointError(f"not an official {kind} state dict: it has no {need}{hint}")
+    hidden, channels, patch, _ = sd["x_embedder.proj.weight"].shape
     depth = 1 + max(int(m.group(1)) for k in sd if (m := _BLOCK.match(k)))
     tokens = sd["pos_embed"].shape[1] - (1 if kind == "official-reg" else 0) if "pos_embed" in sd else 256
     grid = math.isqrt(tokens)
+    if grid * grid != tokens:
+        raise CheckpointError(f"official {kind} pos_embed holds {tokens} image tokens, not a square grid: the file "
+                              "is damaged or of another format")  # fmt: skip
     rows = sd["y_embedder.embedding_table.weight"].shape[0]
     size = next((name for name, (d, h, _) in SIZES.items() if (d, h) == (depth, hidden)), "")
     heads = SIZES[size][2] if size else max(1, hidden // 64)
@@ -69,8 +81,8 @@ def infer_config(kind: str, sd: dict[str, Tensor], overrides: list[str] | None =
         "method.kind=flow", "model.family=sit", f"model.arch=SiT-{size or 'XL'}/{patch}", f"model.depth={depth}",
         f"model.hidden_size={hidden}", f"model.num_heads={heads}", f"model.patch_size={patch}",
         f"model.input_size={grid * patch}", f"model.in_channels={channels}", f"model.num_classes={rows - 1}",
-        "model.class_dropout=0.1", f"data.resolution={grid * patch * 8}", "data.dataset=image_folder",
-        "codec.kind=sd_vae", "flow.path=linear", "flow.prediction=v",
+        "model.class_dropout=0.1", "data.dataset=image_folder", "flow.path=linear", "flow.prediction=v",
+        *_space(channels, grid * patch),
         f"model.qk_norm={'layernorm' if 'blocks.0.attn.q_norm.weight' in sd else 'none'}",
     ]  # fmt: skip
     if kind == "official-sit":
@@ -90,6 +102,14 @@ def infer_config(kind: str, sd: dict[str, Tensor], overrides: list[str] | None =
     return load_config(None, [*items, *(overrides or [])])
 
 
+def _space(channels: int, size: int) -> list[str]:
+    """The official models run on SD-VAE latents (4 channels, 8x down); a repflow pixel-space run exported in
+    this layout (1 or 3 channels) comes back in pixel space, not as a VAE run of the wrong size."""
+    if channels == 4:
+        return ["codec.kind=sd_vae", f"data.resolution={size * 8}"]
+    return ["codec.kind=pixel", f"data.resolution={size}", f"data.channels={channels}"]
+
+
 def _front(kind: str) -> int:
     return 1 if kind == "official-reg" else 0
 
@@ -107,6 +127,10 @@ def from_official(kind: str, sd: dict[str, Tensor], cfg: Config) -> tuple[dict, 
     c, p = cfg.model.in_channels, cfg.model.patch_size
     for key, value in sd.items():
         if key == "pos_embed":
+            want = analytic_pos_embed(cfg, kind).shape
+            if value.shape != want:
+                raise CheckpointError(f"official {kind} pos_embed has shape {tuple(value.shape)}; the inferred "
+                                      f"{cfg.model.arch} expects {tuple(want)}")  # fmt: skip
             extra["pos_embed"] = value
         elif key in ("final_layer.linear.weight", "final_layer.linear.bias"):
             name = "out_x." + key.rsplit(".", 1)[1]

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import DataConfig
+from ..runtime.cpus import available_cpus as cpu_count  # a module name tests can replace
 from .datasets import (
     ImageDataset,
     ImageFolderDataset,
@@ -116,15 +117,7 @@ class ResumableBatchSampler:
             step += 1
 
 
-def cpu_count() -> int:
-    """CPUs this process may use (the affinity mask under SLURM/containers, not the whole host)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def default_workers(dataset: ImageDataset) -> int:
+def default_workers(dataset: ImageDataset, device: str = "cuda") -> int:
     """Worker processes for a dataset, sharing the node's CPUs between the processes torchrun started on it.
 
     - in-memory tensors: 0 (one vectorised index per batch; workers would only add IPC);
@@ -132,24 +125,33 @@ def default_workers(dataset: ImageDataset) -> int:
       row; a worker adds a shared-memory hand-over, which on a 2-core machine costs more than it hides
       (benchmarks/loader_throughput.py: 0 workers deliver the most there), while on a server the workers read
       while the main process drives the GPU;
-    - image files: up to 8 (decoding dominates).
+    - image files: up to 8 (decoding dominates) while a GPU computes; when the CPU computes too, the workers
+      take cores from it: none up to 4 CPUs (one decoding pass is a small part of a CPU step), else an eighth
+      of them, at most 4.
     """
     if isinstance(dataset, TensorImageDataset):
         return 0
     from .cached import CachedDataset
 
-    per_process = cpu_count() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    per_process = max(1, cpu_count() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     if isinstance(dataset, CachedDataset) and not dataset.images:
-        return CACHED_WORKERS if per_process > CACHED_WORKERS else 0
+        return CACHED_WORKERS if per_process > CACHED_WORKERS and device != "cpu" else 0
+    if device == "cpu":
+        return 0 if per_process <= 4 else min(4, per_process // 8 or 1)
     return max(1, min(8, per_process))
 
 
 CACHED_WORKERS = 2
 
 
-def build_loader(dataset: ImageDataset, sampler: ResumableBatchSampler, workers: int = -1) -> DataLoader:
+def loader_workers(dataset: ImageDataset, setting: int | str, device: str = "cuda") -> int:
+    """``data.workers``: a number as is; ``auto`` (or the older -1) chosen for the dataset and device."""
+    return default_workers(dataset, device) if setting in ("auto", -1) else int(setting)
+
+
+def build_loader(dataset: ImageDataset, sampler: ResumableBatchSampler, workers: int | str = -1) -> DataLoader:
     """Pinned memory on CUDA, persistent workers that prefetch 4 batches each."""
-    workers = default_workers(dataset) if workers < 0 else workers
+    workers = loader_workers(dataset, workers)
     return DataLoader(
         dataset,
         sampler=sampler,

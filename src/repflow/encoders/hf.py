@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import torch
 from torch import Tensor
 
@@ -21,7 +23,12 @@ def hf_vision_encoder(spec: EncoderSpec, resolution: int, path_or_id: str, sourc
         "mae": transformers.ViTMAEModel,
     }[family]
     kwargs = {"mask_ratio": 0.0} if family == "mae" else {}
-    model = cls.from_pretrained(path_or_id, **kwargs)
+    try:
+        model = cls.from_pretrained(path_or_id, **kwargs)
+    except pickle.UnpicklingError as err:  # a pytorch_model.bin holding code: one line, never run
+        from ..runtime.safe_load import refusal
+
+        raise refusal(path_or_id, "encoder folder", err) from err
     cfg = model.config
     if cfg.model_type not in _MODEL_TYPES[family]:
         raise ValueError(f"'{path_or_id}' is a {cfg.model_type} model, not {family}")

@@ -134,7 +134,9 @@ def load_logits_weight(path: str | Path) -> Tensor:
 
         state = load_file(str(path))
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        from ..runtime.safe_load import load_plain
+
+        state = load_plain(path, "Inception classifier file")
     for key in ("fc.weight", "output.weight", "weight"):
         weight = state.get(key) if isinstance(state, dict) else None
         if isinstance(weight, Tensor) and tuple(weight.shape) == LOGITS_SHAPE:

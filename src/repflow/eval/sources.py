@@ -17,6 +17,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..data.datasets import IMAGE_EXTENSIONS
+from ..data.transforms import upright
 
 
 def to_rgb_uint8(images: Tensor) -> Tensor:
@@ -104,7 +105,7 @@ class FolderSource(ImageSource):
         """The image as (H, W, 3) uint8, or None (and a note in ``skipped``) when it cannot be used."""
         try:
             with Image.open(path) as img:
-                arr = np.asarray(img.convert("RGB"))
+                arr = np.asarray(upright(img).convert("RGB"))
         except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
             self.skipped[str(path)] = f"unreadable ({' '.join(str(err).split())[:80]})"
             return None

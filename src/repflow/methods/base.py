@@ -93,6 +93,7 @@ class Method(nn.Module):
     needs_images: ClassVar[bool] = False
     #: the config's ``model`` section describes one of its networks (the start-up summary shows it)
     uses_model_section: ClassVar[bool] = True
+    uses_data: ClassVar[bool] = True  # False: the method makes its own data (the manifold toy): no data line
 
     def __init__(self, cfg: Config, env: MethodEnv):
         super().__init__()

@@ -185,7 +185,9 @@ class FlowMethod(Method):
     def describe(self) -> str:
         terms = ", ".join(self.objective.terms) or "no terms"
         f = self.cfg.flow
-        return f"flow ({terms}; {f.path} path, {f.prediction}-prediction, loss in {f.loss_space})"
+        shift = f", time shift {f.time.shift:.3g}" if f.time.shift != 1 else ""  # DiT^DH's dimension shift
+        what = f"{f.path} path, {f.prediction}-prediction, loss in {f.loss_space}, t ~ {f.time.kind}{shift}"
+        return f"flow ({terms}; {what})"
 
     def clean_streams(self, batch: TrainBatch) -> tuple[dict[str, Tensor], dict[str, float]]:
         streams, weights = {"x": batch.x}, {"x": 1.0}

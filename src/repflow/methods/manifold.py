@@ -79,6 +79,7 @@ class ToyDenoiser(nn.Module):
 @METHODS.register("manifold", ManifoldConfig)
 class ManifoldMethod(Method):
     uses_model_section: ClassVar[bool] = False
+    uses_data: ClassVar[bool] = False
     ema_networks: ClassVar[tuple[str, ...]] = ("model",)
 
     def __init__(self, cfg: Config, env: MethodEnv):

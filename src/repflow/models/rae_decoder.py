@@ -86,23 +86,35 @@ def decoder_for(cfg) -> RAEImageDecoder:
     return RAEImageDecoder(decoder, m.output, m.positions == "learned")
 
 
+def check_decoder(source: str):
+    """None for a diffusers ``AutoencoderRAE`` directory, else the ``rae_decoder`` checkpoint at ``source`` (its
+    config only is read); anything else is refused in one line, so a run pointed at, say, a flow run stops at
+    start-up rather than when it first decodes."""
+    config = Path(source) / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("_class_name") == "AutoencoderRAE":
+        return None
+    from ..runtime.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(source)
+    if ckpt.config.method.kind != "rae_decoder":
+        raise CheckpointError(f"codec.decoder '{source}' is a {ckpt.config.method.kind} run, not a rae_decoder run "
+                              "(nor a diffusers AutoencoderRAE directory)")  # fmt: skip
+    return ckpt
+
+
 def load_decoder(source: str, device: torch.device | str = "cpu", ema: float = -1.0) -> RAEImageDecoder:
     """A trained decoder: a diffusers ``AutoencoderRAE`` directory, or a repflow ``rae_decoder`` run /
     checkpoint (``ema`` -1: its first EMA weights; 0: the raw weights; else that decay)."""
-    path = Path(source)
-    config = path / "config.json"
-    if config.is_file() and json.loads(config.read_text()).get("_class_name") == "AutoencoderRAE":
+    ckpt = check_decoder(source)
+    if ckpt is None:
         from .._compat import require
 
         diffusers = require("diffusers")
-        rae = diffusers.AutoencoderRAE.from_pretrained(str(path))
+        rae = diffusers.AutoencoderRAE.from_pretrained(str(source))
         return RAEImageDecoder(rae.decoder).to(device).eval()
-    from ..runtime.checkpoint import load_checkpoint, select_weights
+    from ..runtime.checkpoint import select_weights
 
-    ckpt = load_checkpoint(source)
     cfg = ckpt.config
-    if cfg.method.kind != "rae_decoder":
-        raise CheckpointError(f"{ckpt.path} was trained with method {cfg.method.kind}, not rae_decoder")
     dec = decoder_for(cfg)
     file, _ = select_weights(cfg.train.ema_decays, "decoder", ema, ckpt.weight_names())
     dec.load_state_dict(ckpt.weights(file))

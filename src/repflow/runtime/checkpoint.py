@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import shutil
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from torch import Tensor
 
 from ..config import Config, ConfigError, from_yaml, to_yaml
 from ..errors import CheckpointError
+from .safe_load import load_plain
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)$")
 
@@ -60,6 +60,11 @@ def select_weights(
         have = ", ".join(available) or "none"
         raise CheckpointError(f"the checkpoint has no EMA {decay:g} weights for {network} (it has: {have})")
     return name, decay
+
+
+def first_nonfinite(tensors: dict[str, Tensor]) -> str | None:
+    """The name of the first floating tensor holding NaN or inf, or None."""
+    return next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
 
 
 def _fsync(path: Path) -> None:
@@ -201,9 +206,13 @@ class Checkpoint:
             have = ", ".join(self.weight_names()) or "none"
             raise CheckpointError(f"checkpoint {self.path} has no '{name}' weights (it has: {have})")
         try:
-            return load_file(str(f))
+            tensors = load_file(str(f))
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{f} is corrupt or truncated ({err}); use an earlier checkpoint") from err
+        bad = first_nonfinite(tensors)
+        if bad:  # all-black samples, or a resumed run that diverges at once, otherwise
+            raise CheckpointError(f"{f}: tensor {bad} holds NaN or infinite values; use an earlier checkpoint")
+        return tensors
 
     def metadata(self, name: str) -> dict[str, str]:
         """The metadata stored in a weights file (what the weights were trained as); {} for older files."""
@@ -219,14 +228,7 @@ class Checkpoint:
         f = self.path / "state.pt"
         if not f.is_file():
             raise CheckpointError(f"checkpoint {self.path} has no state.pt: it holds weights only, not resumable")
-        try:
-            return torch.load(f, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise CheckpointError(f"{f} needs code to be unpickled (objects beyond tensors and numbers) and is "
-                                  "refused: repflow loads nothing that could run code") from err  # fmt: skip
-        except Exception as err:  # torch raises several types for corrupt archives
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CheckpointError(f"{f} is corrupt or not a repflow state file ({first})") from err
+        return load_plain(f, "training state")
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

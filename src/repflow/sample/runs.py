@@ -9,6 +9,7 @@ with different settings never share a folder; the folder's ``samples.json`` mani
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,20 +24,29 @@ from .sharded import Generated, describe_labels, generate_sharded, sampling_mani
 from .swept import with_swept
 
 
+def class_key(name: str) -> str:
+    """A class name as users type it: "Ankle boot", "ankle_boot" and "ankle-boot" are one name."""
+    return re.sub(r"[\s_\-.]+", "", name).casefold()
+
+
 def resolve_classes(spec: str | list | None, class_names: list[str], num_classes: int) -> list[int] | None:
-    """``"3,7"`` or ``"sneaker,bag"`` (the run's class names) -> label indices; None for all classes."""
+    """``"3,7"`` or ``"sneaker,bag"`` (the run's class names, in any case, with spaces, ``_`` or ``-`` alike) ->
+    label indices; None for all classes."""
     if spec in (None, "", []):
         return None
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     if num_classes <= 0:
         raise ValueError("the model is unconditional: it has no classes to choose from")
     out = []
+    keys = [class_key(n) for n in class_names]
     for item in items:
         text = str(item).strip()
-        if text.lstrip("-").isdigit():
+        if isinstance(item, int) or text.lstrip("-").isdigit():
             out.append(int(text))
-        elif text in class_names:
+        elif text in class_names:  # exact first: names that differ only in case stay apart
             out.append(class_names.index(text))
+        elif keys.count(class_key(text)) == 1:
+            out.append(keys.index(class_key(text)))
         else:
             known = ", ".join(class_names[:12]) + (", ..." if len(class_names) > 12 else "")
             raise ValueError(f"unknown class {text!r}: give indices 0..{num_classes - 1}"

@@ -57,6 +57,7 @@ class RunLogger:
         self.bar = None
         self.trackers: list = []
         self._t0, self._step0 = time.perf_counter(), start_step
+        self._shown_at = 0.0  # when the bar last showed a step's loss
         self.postfix: dict[str, str] = {}  # on the progress bar: the latest loss and speed,
         self.shown: dict[str, str] = {}  # then the latest evaluation
         if not enabled:
@@ -73,9 +74,17 @@ class RunLogger:
         drop_rows_after(self.run_dir / "metrics.jsonl", start_step)
         self.metrics = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
 
-    def step(self, n: int = 1) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
+    def step(self, n: int = 1, loss=None) -> None:
+        """Advance the bar; ``loss`` (this step's, a tensor) is shown as the bar redraws, so it moves between
+        log steps: read at most once per redraw interval, one host sync then, none on the other steps."""
+        if self.bar is None:
+            return
+        now = time.perf_counter()
+        if loss is not None and now - self._shown_at >= self.bar.mininterval:
+            self._shown_at = now
+            self.postfix["loss"] = f"{float(loss):.4f}"
+            self.bar.set_postfix({**self.postfix, **self.shown}, refresh=False)
+        self.bar.update(n)
 
     def log(self, step: int, scalars: dict[str, float], images_per_step: int) -> None:
         if not self.enabled:

@@ -23,9 +23,11 @@ from ..build import (
 )
 from ..config import Config, to_dict, to_yaml
 from ..data import ResumableBatchSampler, build_dataset, build_loader
+from ..data.loader import loader_workers
 from ..errors import CheckpointError, NonFiniteLossError
 from ..methods.base import MethodEnv, TrainBatch
 from ..runtime.checkpoint import clean_stale_temporaries, list_checkpoints, load_checkpoint, save_checkpoint
+from ..runtime.cpus import compute_threads, cpus_per_process
 from ..runtime.distributed import DistInfo, all_reduce_max, all_reduce_mean, barrier, cleanup, setup_distributed
 from ..runtime.images import make_grid, save_grid
 from ..runtime.lock import DirectoryLock
@@ -130,7 +132,11 @@ class Trainer:
         )  # fmt: skip
         with torch.random.fork_rng(devices=[]):  # a DataLoader iterator draws its workers' seed from the global RNG,
             # which a resumed run has just restored for what training draws from it (dropout)
-            self.loader = iter(build_loader(self.dataset, sampler, cfg.data.workers))
+            workers = loader_workers(self.dataset, cfg.data.workers, self.device.type)
+            self.loader = iter(build_loader(self.dataset, sampler, workers))
+        threads, why = compute_threads(cfg.train.threads, workers)
+        torch.set_num_threads(threads)  # process-wide: the default (the host's cores) oversubscribes a shared CPU
+        self.cpus = f"{threads} threads ({why}), {workers} loader workers, of {cpus_per_process()} CPUs available"
         self.state.distribute()
         lines = self.describe() + ([init_note] if init_note else [])
         generates = type(self.method).generates() and self.codec.can_decode
@@ -156,12 +162,14 @@ class Trainer:
         if cfg.data.crop == "random":
             flips += f", random crops after resizing to {getattr(d, 'crop_resize', 0)} px"
         where = f" at {cfg.data.root}" if cfg.data.root else ""
-        lines = [f"data: {cfg.data.dataset}{where} ({cfg.data.split}): {len(d)} images, {d.num_classes} classes, "
-                 f"{cfg.data.resolution} px, {cfg.data.channels} channel(s){flips}"]  # fmt: skip
+        data = (f"data: {cfg.data.dataset}{where} ({cfg.data.split}): {len(d)} images, {d.num_classes} classes, "
+                f"{cfg.data.resolution} px, {cfg.data.channels} channel(s){flips}")  # fmt: skip
+        lines = [data] if self.method.uses_data else []
         nets = self.method.networks()
         sizes = ", ".join(f"{n} {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M" for n, m in nets.items())
         m = cfg.model
-        model = (f"; model {m.arch} ({m.depth} blocks x {m.hidden_size}, {m.input_size}x{m.input_size}x"
+        arch = f"{m.arch.rsplit('/', 1)[0]}/{m.patch_size}" if "/" in m.arch and m.patch_size else m.arch
+        model = (f"; model {arch} ({m.depth} blocks x {m.hidden_size}, {m.input_size}x{m.input_size}x"
                  f"{m.in_channels} input)" if self.method.uses_model_section else "")  # fmt: skip
         lines.append(f"method {self.method.describe()}{model}; parameters: {sizes}")
         for name, opt in self.state.optimizers.items():  # which tensors Muon takes is worth seeing once
@@ -176,10 +184,10 @@ class Trainer:
             codec += " without a decoder (codec.decoder unset): no sample previews"
         lines.append(codec + (f"; frozen encoders: {encoders}" if encoders else ""))
         dev = self.device
-        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
         bf16 = "bf16 autocast" if use_bf16(dev, cfg.train.precision) else "fp32"
         par = f", {self.dist.world} processes ({cfg.train.parallel})" if self.dist.enabled else ""
-        lines.append(f"device {dev} {name}, {bf16} (train.precision={cfg.train.precision}){par}")
+        lines.append(f"device {dev} {name}, {bf16} (train.precision={cfg.train.precision}){par}; {self.cpus}")
         if self.last_checkpoint is not None:
             lines.append(f"resumed from {self.last_checkpoint} at step {self.step}, image {self.state.images_seen}")
         else:
@@ -286,10 +294,10 @@ class Trainer:
                 for k, v in logged.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
-                logger.step()
+                logger.step(loss=logged.get("loss"))
                 hooked = [h for h in self.hooks if h.due(self.step)]
                 # a hooked step is checkpointed first: hooks work from it, and a resumed run finishes them
-                due_ckpt = self.step % t.ckpt_every == 0 or self.step == end or bool(hooked)
+                due_ckpt = bool(t.ckpt_every and self.step % t.ckpt_every == 0) or self.step == end or bool(hooked)
                 if self.step % t.log_every == 0 or due_ckpt or self.step == end:
                     self._check_finite(bad_step)
                     means = {k: all_reduce_mean(v / count, self.dist).item() for k, v in sums.items()}

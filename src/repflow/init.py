@@ -1,0 +1,288 @@
+"""``repflow init FOLDER``: a commented starting config for one's own images, chosen from the folder and machine.
+
+It reads the folder (classes, image count, sizes, whether the images are greyscale) and chooses what a new
+user gets wrong first (issue 22): the channels, a resolution the images have, a patch size whose tokens hold
+at most ~48 values in pixel space (a v-predicting SiT gives noise above that: README, "JiT"), an encoder
+input size giving as many tokens as the model has, and a batch size and step count that fit a time budget on
+this machine, measured with one timed training step of the chosen model. Everything it chose is a line of
+the YAML with the reason beside it, for the user to edit.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+RESOLUTIONS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+MAX_TOKEN_VALUES = 48  # values per pixel-space token for the v-predicting families (SiT, REPA, REG, DSD)
+JIT_TOKEN_VALUES = 768  # JiT predicts x: large patches work (its 16 x 16 x 3), through a narrow bottleneck
+CPU_TOKENS, GPU_TOKENS = 64, 256  # at most 8 x 8 tokens on a CPU (a step near a second), 16 x 16 on a GPU
+SURVEYED = 256  # images opened to learn sizes and colour (spread evenly over the folder)
+# the recipe each method starts from: a demo preset (small, tested on CPU), and its patch rule
+RECIPES = {
+    "sit": ("demo-fashion-sit", MAX_TOKEN_VALUES),
+    "repa": ("demo-fashion-repa", MAX_TOKEN_VALUES),
+    "reg": ("demo-fashion-reg", MAX_TOKEN_VALUES),
+    "jit": ("demo-fashion-jit", JIT_TOKEN_VALUES),
+    "dsd": ("demo-fashion-dsd", MAX_TOKEN_VALUES),
+}
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What a folder of images holds."""
+
+    root: Path
+    count: int
+    classes: tuple[str, ...]  # () for a flat folder (unconditional)
+    channels: int  # 1 when every surveyed image is greyscale, else 3
+    side: int  # the median short side of the surveyed images, in pixels
+    sizes: tuple[tuple[int, int], ...]  # (width, height) of the most common sizes, most common first
+
+
+def survey(root: str | Path) -> Survey:
+    from collections import Counter
+
+    from .data import ImageFolderDataset
+
+    ds = ImageFolderDataset(root, 8)
+    step = max(1, len(ds.files) // SURVEYED)
+    sizes, grey = [], True
+    for f in ds.files[::step][:SURVEYED]:
+        try:
+            with Image.open(f) as img:
+                sizes.append(img.size)
+                grey = grey and _greyscale(img)
+        except (OSError, ValueError, SyntaxError):
+            continue  # training skips unreadable files too, and says so
+    if not sizes:
+        raise ValueError(f"no readable image among the {len(ds.files)} files under '{root}'")
+    sides = sorted(min(s) for s in sizes)
+    common = tuple(s for s, _ in Counter(sizes).most_common(3))
+    return Survey(Path(root).resolve(), len(ds.files), tuple(getattr(ds, "class_names", ())), 1 if grey else 3,
+                  sides[len(sides) // 2], common)  # fmt: skip
+
+
+def _greyscale(img: Image.Image) -> bool:
+    if img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+        return True
+    if img.mode not in ("RGB", "RGBA", "P"):
+        return False
+    small = img.convert("RGB").resize((32, 32))
+    r, g, b = (list(band.getdata()) for band in small.split())
+    return all(abs(x - y) <= 2 and abs(x - z) <= 2 for x, y, z in zip(r, g, b, strict=True))
+
+
+def choose_patch(resolution: int, channels: int, max_values: int, min_tokens: int = 16) -> int:
+    """The largest patch dividing the resolution whose token holds at most ``max_values`` pixel values and that
+    leaves at least ``min_tokens`` tokens."""
+    fits = [p for p in range(1, resolution + 1) if resolution % p == 0 and p * p * channels <= max_values
+            and (resolution // p) ** 2 >= min_tokens]  # fmt: skip
+    return fits[-1] if fits else 1
+
+
+def choose_size(side: int, channels: int, max_values: int, max_tokens: int) -> tuple[int, int]:
+    """(resolution, patch): the largest usual training size the images have (no upsampling) whose patches obey
+    the token rule with at most ``max_tokens`` tokens (compute grows with their number, attention with its
+    square)."""
+    for resolution in sorted((r for r in RESOLUTIONS if r <= side), reverse=True):
+        patch = choose_patch(resolution, channels, max_values)
+        if (resolution // patch) ** 2 <= max_tokens:
+            return resolution, patch
+    return RESOLUTIONS[0], choose_patch(RESOLUTIONS[0], channels, max_values)
+
+
+@dataclass(frozen=True)
+class Plan:
+    method: str
+    preset: str
+    resolution: int
+    patch: int
+    encoder_resolution: int  # 0: the method has no encoder
+    batch: int
+    steps: int
+    seconds_per_step: float
+    cpus: int
+    device: str
+    minutes: float
+
+
+def plan(s: Survey, method: str, minutes: float, device: str = "") -> Plan:
+    import torch
+
+    from .runtime.cpus import cpus_per_process
+
+    if method not in RECIPES:
+        raise ValueError(f"repflow init --method must be one of {', '.join(RECIPES)}, got {method!r}")
+    preset, max_values = RECIPES[method]
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cpu = device == "cpu"
+    resolution, patch = choose_size(s.side, s.channels, max_values, CPU_TOKENS if cpu else GPU_TOKENS)
+    grid = resolution // patch
+    encoder = grid * 4 if method in ("repa", "reg") else 0  # the tiny encoder's patch is 4: as many tokens
+    batch = 32 if cpu else 256
+    draft = Plan(method, preset, resolution, patch, encoder, batch, 0, 0.0, cpus_per_process(), device, minutes)
+    seconds = time_step(s, draft)
+    steps = max(100, int(minutes * 60 / seconds) // 100 * 100)
+    return Plan(**{**draft.__dict__, "steps": steps, "seconds_per_step": seconds})
+
+
+def overrides(s: Survey, p: Plan) -> list[str]:
+    """The plan as dotted overrides of its preset (what the YAML sets)."""
+    items = ["data.dataset=image_folder", f"data.root={s.root}", f"data.resolution={p.resolution}",
+             f"data.channels={s.channels}", f"model.patch_size={p.patch}", f"train.batch_size={p.batch}",
+             f"train.steps={p.steps}", f"model.num_classes={len(s.classes)}"]  # fmt: skip
+    items.append(f"model.arch={arch_name(p.method, p.patch)}")
+    if p.encoder_resolution:
+        items.append(f"encoders.0.resolution={p.encoder_resolution}")
+    return items
+
+
+def arch_name(method: str, patch: int) -> str:
+    """The tiny size of the method's family with this patch, or with another (model.patch_size then decides)."""
+    from .models.dsd_net import DSD_ARCHS
+    from .models.jit import JIT_ARCHS
+    from .models.presets import ARCHS
+
+    prefix, table = {"dsd": ("DSD", DSD_ARCHS), "jit": ("JiT", JIT_ARCHS)}.get(method, ("SiT", ARCHS))
+    name = f"{prefix}-T/{patch}"
+    return name if name in table else next(k for k in table if k.startswith(f"{prefix}-T/"))
+
+
+def time_step(s: Survey, p: Plan, repeats: int = 2) -> float:
+    """Seconds of one training step of the planned config on this machine: the real training loop on
+    synthetic images of the planned shape, in a scratch folder (the first, warm-up, step is not counted)."""
+    import contextlib
+    import io
+    import tempfile
+
+    from .config import load_config
+    from .train.loop import Trainer
+
+    quiet = ["data.dataset=synthetic", "data.root=", f"data.synthetic_size={p.batch}", "train.sample_num=0"]
+    cfg = load_config(p.preset, [*overrides(s, p), *quiet])
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        trainer = Trainer(cfg, Path(tmp) / "timing", resume=False)
+        times = []
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            float(trainer.train_step()["loss"])  # waits for the step (a GPU runs ahead otherwise)
+            times.append(time.perf_counter() - start)
+        trainer._release()
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def render(s: Survey, p: Plan, command: str) -> str:
+    """The commented YAML: the preset it builds on, then each chosen value with its reason."""
+    what = {"sit": "SiT", "repa": "SiT + REPA", "reg": "SiT + REG (+ REPA)", "jit": "JiT (x-prediction)",
+            "dsd": "DSD"}[p.method]  # fmt: skip
+    shown = ", ".join(s.classes[:8]) + (" ..." if len(s.classes) > 8 else "")
+    classes = f"{len(s.classes)} classes ({shown})" if s.classes else "no class folders (unconditional)"
+    sizes = ", ".join(f"{w}x{h}" for w, h in s.sizes)
+    colour = "greyscale" if s.channels == 1 else "colour"
+    tokens = (p.resolution // p.patch) ** 2
+    values = p.patch * p.patch * s.channels
+    rule = ("JiT predicts x, so large patches work" if p.method == "jit" else
+            f"a v-predicting model gives noise above ~{MAX_TOKEN_VALUES} values a token: README, JiT")  # fmt: skip
+    cap = CPU_TOKENS if p.device == "cpu" else GPU_TOKENS
+    lines = [
+        f"# written by `{command}`: {s.count} images, {classes}, {colour}, most common sizes {sizes}",
+        "# Every value below was chosen for this folder and machine; edit any of them. `repflow train THIS.yaml",
+        "# --dry-run` prints the whole resolved config; `repflow train THIS.yaml --out runs/NAME` trains (rerun to",
+        "# resume), then `repflow sample runs/NAME` and `repflow eval runs/NAME --ref FOLDER`.",
+        f"inherit: {p.preset}  # the recipe: {what} (its model, optimiser and sampling settings)",
+        f"name: {s.root.name}",
+        "data:",
+        "  dataset: image_folder",
+        f"  root: {s.root}",
+        f"  resolution: {p.resolution}  # the images' median short side is {s.side} px; the largest usual size <= it "
+        f"with at most {cap} tokens on this {p.device.upper()}",
+        f"  channels: {s.channels}  # {colour} images" + ("" if s.channels == 3 else " (kept as one channel)"),
+        "  workers: auto  # loader processes, chosen for the CPUs this process may use (shown at start-up)",
+        "model:",
+        f"  arch: {arch_name(p.method, p.patch)}",
+        f"  patch_size: {p.patch}  # {p.patch}x{p.patch}x{s.channels} = {values} values a token ({rule}); "
+        f"{tokens} tokens",
+        f"  num_classes: {len(s.classes)}  # the class folders, in sorted order"
+        + ("" if s.classes else " (0: unconditional)"),
+    ]
+    if p.encoder_resolution:
+        grid = p.encoder_resolution // 4
+        lines += [
+            "encoders:",
+            "  - name: tiny  # repflow's packaged offline encoder (SimCLR on Fashion-MNIST); for real photos use",
+            "    # dinov2-vitb14 with path: /weights/dinov2_vitb14.pth (README, REPA and REG)",
+            f"    resolution: {p.encoder_resolution}  # {grid}x{grid} tokens of its 4-pixel patches, as many as the "
+            "model's",
+        ]
+    lines += [
+        "train:",
+        f"  batch_size: {p.batch}",
+        f"  steps: {p.steps}  # ~{p.minutes:g} min: one step of this config took {p.seconds_per_step:.2f} s here "
+        f"({p.cpus} CPUs available to this process, measured by repflow init)",
+        "  threads: auto  # compute threads: OMP_NUM_THREADS if set, else the CPUs left after the loader workers",
+        f"  ckpt_every: {max(100, p.steps // 4 // 100 * 100)}  # rerunning the same command resumes from the newest",
+        f"  log_every: {max(10, p.steps // 40 // 10 * 10)}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_config(folder: str | Path, method: str = "reg", out: str | Path = "", minutes: float = 0.0,
+                 device: str = "", command: str = "repflow init") -> tuple[Path, Plan]:  # fmt: skip
+    """Survey ``folder``, plan for this machine and write the YAML (refusing to replace an existing file)."""
+    import torch
+
+    s = survey(folder)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    p = plan(s, method, minutes or (15.0 if device == "cpu" else 60.0), device)
+    path = Path(out or f"{s.root.name}.yaml")
+    if path.exists():
+        raise FileExistsError(f"'{path}' exists; choose another --out or remove it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(s, p, command))
+    return path, p
+
+
+ADAPTED = ("data.channels", "data.resolution", "model.patch_size")
+
+
+def fit_preset_to_folder(cfg, overrides: list[str]):
+    """A shipped preset pointed at one's own image folder takes the channels, resolution and patch size from the
+    images (a preset's values are for its own data: Fashion-MNIST's one channel would train an RGB folder as
+    greyscale), except those the overrides set. Returns (config, the start-up line saying so, or "")."""
+    from .config import replace
+
+    if cfg.data.dataset != "image_folder" or not cfg.data.root:
+        return cfg, ""
+    given = {item.split("=", 1)[0].strip().replace("[", ".").replace("]", "") for item in overrides}
+    if "model.arch" in given:
+        given.add("model.patch_size")
+    free = [k for k in ADAPTED if k not in given]
+    if not free:
+        return cfg, ""
+    s = survey(cfg.data.root)
+    max_values = JIT_TOKEN_VALUES if cfg.model.family == "jit" else MAX_TOKEN_VALUES
+    import torch
+
+    cap = GPU_TOKENS if torch.cuda.is_available() else CPU_TOKENS
+    channels = cfg.data.channels if "data.channels" in given else s.channels
+    resolution, patch = choose_size(s.side, channels, max_values, cap)
+    if "data.resolution" in given:
+        patch = choose_patch(cfg.data.resolution, channels, max_values)
+    chosen = {"data.channels": channels, "data.resolution": resolution, "model.patch_size": patch}
+    changes = {k: chosen[k] for k in free if _value(cfg, k) != chosen[k]}
+    if not changes:
+        return cfg, ""
+    said = ", ".join(f"{k}={v}" for k, v in changes.items())
+    note = (f"{said} taken from the images in {cfg.data.root} (the preset's are for its own data; set them to "
+            f"keep yours; `repflow init {cfg.data.root}` writes a config with the reasons)")  # fmt: skip
+    return replace(cfg, **changes), note
+
+
+def _value(cfg, key: str):
+    section, field = key.split(".")
+    return getattr(getattr(cfg, section), field)

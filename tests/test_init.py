@@ -1,0 +1,111 @@
+"""``repflow init FOLDER`` and presets pointed at one's own folder (issue 22): the channels, resolution and patch
+size come from the images, the token rule holds, the config trains, and every choice is said."""
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from repflow.cli import main
+from repflow.config import load_config
+from repflow.init import choose_patch, choose_size, survey
+
+
+def write_folder(root, classes=("Circle", "Square", "Ankle boot"), n=4, size=(48, 48), grey=False):
+    g = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            shape = (size[1], size[0]) if grey else (size[1], size[0], 3)
+            Image.fromarray(g.integers(0, 255, shape, dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "side,channels,max_values,max_tokens,expected",
+    [
+        (48, 3, 48, 256, (48, 4)),  # 4x4x3 = 48 values, 144 tokens
+        (48, 3, 48, 64, (32, 4)),  # a CPU: at most 8x8 tokens
+        (28, 1, 48, 64, (24, 6)),  # 6x6x1 = 36 values; 28 is not a usual size: 24
+        (256, 3, 768, 256, (256, 16)),  # JiT: 16x16x3 = 768 values
+        (10, 3, 48, 64, (16, 4)),  # smaller than every usual size: the smallest
+    ],
+)
+def test_size_and_patch_rules(side, channels, max_values, max_tokens, expected):
+    resolution, patch = choose_size(side, channels, max_values, max_tokens)
+    assert (resolution, patch) == expected
+    assert patch * patch * channels <= max_values and (resolution // patch) ** 2 <= max(max_tokens, 16)
+    assert choose_patch(32, 3, 48) == 4 and choose_patch(32, 1, 48) == 4 and choose_patch(48, 1, 48) == 6
+
+
+def test_survey_reads_classes_count_channels_and_sizes(tmp_path):
+    s = survey(write_folder(tmp_path / "rgb", size=(64, 48)))
+    assert s.classes == ("Ankle boot", "Circle", "Square") and s.count == 12 and s.channels == 3 and s.side == 48
+    assert s.sizes == ((64, 48),)
+    assert survey(write_folder(tmp_path / "grey", grey=True)).channels == 1
+    grey_rgb = tmp_path / "grey-rgb" / "a"  # RGB files holding grey pixels
+    grey_rgb.mkdir(parents=True)
+    Image.fromarray(np.repeat(np.arange(64, dtype=np.uint8).reshape(8, 8, 1), 3, axis=2)).save(grey_rgb / "0.png")
+    assert survey(tmp_path / "grey-rgb").channels == 1
+
+
+def test_init_writes_a_commented_config_that_trains(tmp_path, capsys, monkeypatch):
+    import repflow.init as init
+
+    monkeypatch.setattr(init, "time_step", lambda s, p: 0.5)  # timing is measured in the next test
+    folder = write_folder(tmp_path / "shapes")
+    out = tmp_path / "shapes.yaml"
+    assert main(["init", str(folder), "--out", str(out), "--device", "cpu", "--minutes", "10"]) == 0
+    text = out.read_text()
+    assert "4x4x3 = 48 values a token" in text and "3 classes (Ankle boot, Circle, Square)" in text
+    data = yaml.safe_load(text)
+    assert data["inherit"] == "demo-fashion-reg" and data["data"]["root"] == str(folder.resolve())
+    assert data["train"]["steps"] == 1200 and data["data"]["channels"] == 3  # 10 min at 0.5 s a step
+    cfg = load_config(str(out), ["train.steps=2", "train.batch_size=4", "model.depth=1", "model.hidden_size=64",
+                                 "model.num_heads=2", "train.sample_num=2", "sample.steps=2"])  # fmt: skip
+    assert (cfg.data.resolution, cfg.model.patch_size, cfg.encoders[0].resolution) == (32, 4, 32)
+    assert (
+        main(
+            [
+                "train",
+                str(out),
+                "train.steps=2",
+                "train.batch_size=4",
+                "model.depth=1",
+                "model.hidden_size=64",
+                "model.num_heads=2",
+                "train.sample_num=2",
+                "sample.steps=2",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
+    said = capsys.readouterr().out
+    assert "model SiT-T/4 (1 blocks x 64, 32x32x3 input)" in said and "3 classes, 32 px, 3 channel(s)" in said
+    assert main(["init", str(folder), "--out", str(out)]) == 2  # never replaces a file
+    assert "exists" in capsys.readouterr().err
+
+
+def test_init_times_a_real_step(tmp_path):
+    from repflow.init import Plan, time_step
+
+    s = survey(write_folder(tmp_path / "f", n=2, size=(16, 16)))
+    p = Plan("sit", "demo-fashion-sit", 16, 4, 0, 4, 0, 0.0, 1, "cpu", 1.0)
+    seconds = time_step(s, p, repeats=1)
+    assert 0 < seconds < 30
+
+
+def test_a_preset_on_a_folder_takes_its_shapes_from_the_images(tmp_path, capsys):
+    folder = write_folder(tmp_path / "rgb")
+    base = ["data.dataset=image_folder", f"data.root={folder}"]
+    assert main(["train", "demo-fashion-reg", *base, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("repflow: data.channels=3, model.patch_size=4 taken from the images in")
+    dumped = yaml.safe_load(out.split("\n", 1)[1])
+    assert dumped["data"]["channels"] == 3 and dumped["model"]["patch_size"] == 4
+    assert main(["train", "demo-fashion-reg", *base, "data.channels=1", "data.resolution=32", "model.arch=SiT-T/8",
+                 "--dry-run"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert not out.startswith("repflow:") and "channels: 1" in out  # what the user set stays
