@@ -188,8 +188,9 @@ def test_bench_gpu_tiny_runs_end_to_end_without_diffusers(tmp_path):
     compiled = [r for r in rows.values() if r["what"] == "train+compile"]
     assert len(compiled) == 3 and all(r["note"].startswith("skipped: --tiny") for r in compiled)
     samplers = [r for r in rows.values() if r["what"].startswith("sample")]
-    assert [r["what"] for r in samplers] == ["sample heun10 cfg", "sample sde10 cfg"]
+    assert [r["what"] for r in samplers] == ["sample heun10 cfg", "sample sde10 cfg", "sample mean1 (MeanFlow)"]
     assert all(r["images_per_s"] > 0 for r in samplers)
+    assert samplers[2]["tflops"] > 0 and samplers[2]["note"] == "one network call per image"
     assert "MFU" in done.stdout and "written:" in done.stdout
 
 

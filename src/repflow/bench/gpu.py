@@ -27,8 +27,8 @@ import torch
 
 from ..build import build_method
 from ..models.flops import forward_flops
-from .cases import Case, cases, with_train
-from .common import bench_env, peak_matmul_flops
+from .cases import TINY_SIT, Case, cases, with_train
+from .common import bench_config, bench_env, peak_matmul_flops
 from .stages import STAGES
 from .step import Row, largest_batch, measure_step, release
 from .throughput import measure_sampling, train_flops
@@ -172,6 +172,25 @@ class Suite:
                 run = functools.partial(measure_official_sde, self.official, cfg, self.device, self.peak,
                                         s.sample_steps, s.cfg, per_call)  # fmt: skip
                 self.attempt(case.name, "official sde", s.sample_batch, run)
+        self.one_step()
+
+    def one_step(self) -> None:
+        """MeanFlow's one-step path at the same size (its guidance is trained in: one unguided call)."""
+        s, what = self.spec, "sample mean1 (MeanFlow)"
+        arch, extra = ("SiT-T/2", list(TINY_SIT[:3])) if s.tiny else ("SiT-XL/2", [])
+        if not self.due(f"{arch} MeanFlow", what, s.sample_batch):
+            return
+        opts = [*extra, f"train.precision={s.precision}", f"sample.batch_size={s.sample_batch}", "sample.sampler=mean",
+                "sample.steps=1", "sample.cfg=1.0"]  # fmt: skip
+
+        def measure() -> Row:
+            release(self.device)
+            m = measure_sampling(bench_config(arch, "meanflow", s.batch, opts), "meanflow", self.device, self.peak)
+            release(self.device)
+            return Row(f"{arch} MeanFlow", what, m.batch, m.images_per_s, m.step_ms, m.tflops, m.mfu, m.peak_mem_gib,
+                       note="one network call per image")  # fmt: skip
+
+        self.attempt(f"{arch} MeanFlow", what, s.sample_batch, measure)
 
     def run(self) -> list[Row]:
         for part in self.spec.parts:
