@@ -1,4 +1,4 @@
-"""``repflow export --to diffusers``: tiny REG and JiT runs exported, loaded by diffusers from the folder and
+"""``repflow export --to diffusers``: tiny REG, JiT and MeanFlow runs exported, loaded by diffusers from the folder and
 sampled bit for bit as ``repflow sample`` does; the model card; the folder and a Hub id as runs everywhere."""
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ RUNS = {
     "reg": ["demo-fashion-reg", *TINY, "sample.cfg=2.0", "sample.cfg_cls=1.5", "sample.cfg_interval=[0.0,0.7]"],
     # JiT: x-prediction in pixels, guidance decided per evaluation (JiT's rule, from the preset)
     "jit": ["demo-fashion-jit", *TINY, *JIT],
+    # MeanFlow: the interval input, two jumps of the average velocity (guided at sampling too, to test it travels)
+    "meanflow": ["demo-fashion-meanflow", *TINY, "sample.steps=2", "sample.cfg=1.5"],
 }
 
 
