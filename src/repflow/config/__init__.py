@@ -37,6 +37,7 @@ from .parse import (
     load_config,
     load_dict,
     parse_overrides,
+    setting_changes,
     to_dict,
     to_yaml,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "CFG_RULES", "CORE", "PRESET_DIR", "SAMPLERS", "CodecConfig", "Config", "ConfigError", "DataConfig",
     "EncoderConfig", "FlowConfig", "MethodConfig", "ModelConfig", "SampleConfig", "Section", "Tagged", "TimeConfig",
     "TrainConfig", "at_least", "checked", "default_variant", "each", "from_dict", "from_yaml", "list_presets",
-    "load_config", "load_dict", "nonnegative", "parse_overrides", "positive", "probability", "replace", "to_dict",
+    "load_config", "load_dict", "nonnegative", "parse_overrides",
+    "setting_changes", "positive", "probability", "replace", "to_dict",
     "to_yaml", "unit",
 ]  # fmt: skip

@@ -135,6 +135,20 @@ def to_dict(cfg: Any) -> dict:
     return out
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def setting_changes(old: Config, new: Config) -> list[str]:
+    """Every setting that differs between two configs, as ``key: old -> new`` lines (a resumed run says which
+    of its checkpoint's settings it changes; those the weights depend on were refused before)."""
+    a, b = _flat(to_dict(old)), _flat(to_dict(new))
+    return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
 def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 

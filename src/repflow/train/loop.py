@@ -21,7 +21,7 @@ from ..build import (
     resolve_config,
     weights_record,
 )
-from ..config import Config, to_dict, to_yaml
+from ..config import Config, setting_changes, to_yaml
 from ..data import ResumableBatchSampler, build_dataset, build_loader
 from ..data.loader import loader_workers
 from ..errors import CheckpointError, NonFiniteLossError
@@ -48,20 +48,6 @@ class TrainResult:
     final_loss: float
     seconds: float
     preview: Path | None = None  # the preview written at the end
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def resume_notices(old: Config, new: Config) -> list[str]:
-    """Every setting that differs from the checkpoint's (those the weights depend on were refused before):
-    applied from the resume step, and said so."""
-    a, b = _flat(to_dict(old)), _flat(to_dict(new))
-    return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 class Trainer:
@@ -232,7 +218,7 @@ class Trainer:
                 "the checkpoint is damaged or was written by another program"
             ) from err
         self.last_checkpoint = ckpt.path
-        self.notices = resume_notices(ckpt.config, self.cfg)
+        self.notices = setting_changes(ckpt.config, self.cfg)  # applied from the resume step, and said so
         if self.dist.is_main and self.notices:
             (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
 
@@ -401,4 +387,4 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = True, stop_at: int | 
         cleanup(trainer.dist)
 
 
-__all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "resume_notices", "train"]
+__all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "train"]
