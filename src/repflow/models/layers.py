@@ -252,7 +252,8 @@ def rope_2d(head_dim: int, grid: int, theta: float = 10000.0, front: int = 0, ba
     turn with the row, the second half with the column, each as interleaved pairs (2i, 2i+1) with frequencies
     theta^(-k / (head_dim / 4)); ``front`` / ``back`` unrotated rows (cos 1, sin 0) for tokens without a
     position (JiT's in-context tokens before the image, RAEv2's condition tokens after it). Computed in float32
-    in the official order, so the tables equal theirs bit for bit.
+    in the official order, so the tables equal theirs bit for bit, and always on the CPU (also under a
+    ``torch.device`` context such as the meta device a parameter count uses): the module moves them with itself.
 
     ``layout="ddt"``: DDT's ``precompute_freqs_cis_2d``: the same frequencies, the pairs alternating column, row,
     column, ... and positions ``linspace(0, 16, grid)`` instead of 0, 1, ..., grid - 1."""
@@ -262,18 +263,20 @@ def rope_2d(head_dim: int, grid: int, theta: float = 10000.0, front: int = 0, ba
         raise ValueError(f"unknown RoPE layout {layout!r}; choose from eva, ddt")
     half = head_dim // 2
     if layout == "ddt":
-        freqs = 1.0 / theta ** (torch.arange(0, head_dim, 4)[: head_dim // 4].float() / head_dim)  # (hd/4,)
-        pos = torch.linspace(0, 16.0, grid)
+        freqs = 1.0 / theta ** (
+            torch.arange(0, head_dim, 4, device="cpu")[: head_dim // 4].float() / head_dim
+        )  # (hd/4,)
+        pos = torch.linspace(0, 16.0, grid, device="cpu")
         row, col = (p.reshape(-1) for p in torch.meshgrid(pos, pos, indexing="ij"))
         pairs = torch.stack([torch.outer(col, freqs), torch.outer(row, freqs)], dim=-1)  # (N, hd/4, 2)
         full = pairs.reshape(grid * grid, half).repeat_interleave(2, dim=1)  # (N, hd)
     else:
-        freqs = 1.0 / theta ** (torch.arange(0, half, 2, dtype=torch.float32) / half)  # (hd/4,)
-        angles = torch.outer(torch.arange(grid, dtype=torch.float32), freqs).repeat_interleave(2, dim=1)
+        freqs = 1.0 / theta ** (torch.arange(0, half, 2, dtype=torch.float32, device="cpu") / half)  # (hd/4,)
+        angles = torch.outer(torch.arange(grid, dtype=torch.float32, device="cpu"), freqs).repeat_interleave(2, dim=1)
         rows = angles[:, None, :].expand(grid, grid, -1)  # token (h, w) -> the row's angle; (grid, grid, hd/2)
         cols = angles[None, :, :].expand(grid, grid, -1)
         full = torch.cat([rows, cols], dim=-1).reshape(grid * grid, head_dim)
-    full = torch.cat([torch.zeros(front, head_dim), full, torch.zeros(back, head_dim)])
+    full = torch.cat([torch.zeros(front, head_dim, device="cpu"), full, torch.zeros(back, head_dim, device="cpu")])
     return full.cos(), full.sin()
 
 
