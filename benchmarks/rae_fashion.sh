@@ -3,6 +3,7 @@
 # stage 1 (a ViT-T decoder per latent), latent statistics, stage 2 (DiT^DH-T, the same images seen by every run),
 # FID-1000 against 2,000 training images for each sampling setting, one CSV and the sample grids.
 #   bash benchmarks/rae_fashion.sh [OUT_DIR] [STAGE2_STEPS]
+#   SAMPLINGS="none ig1.78" bash benchmarks/rae_fashion.sh ...   # only these sampling settings (default: all three)
 # Finished runs and evaluations are kept, so the script can be rerun after an interruption.
 set -euo pipefail
 OUT=${1:-/tmp/repflow-rae-fashion}
@@ -42,14 +43,14 @@ done
 
 # FID-1000 of each run and sampling setting (Euler 50 on the run's grid, EMA, balanced classes)
 declare -A SETTINGS=(
-    [none]="--cfg 1"
+    [none]="--cfg 1 --internal-guidance 1"  # the RAEv2 preset samples with internal guidance by default
     [cfg1.5]="--cfg 1.5"
     [ig1.78]="--cfg 1 --internal-guidance 1.78 --internal-interval 0.1,1"
 )
 CSV="$OUT/rae-fashion.csv"
 echo "run,latent,recipe,shift,sampling,fid1000" > "$CSV"
 for name in rae rae-noshift raev2; do
-    for setting in none cfg1.5 ig1.78; do
+    for setting in ${SAMPLINGS:-none cfg1.5 ig1.78}; do
         [ "$setting" = ig1.78 ] && [ "$name" != raev2 ] && continue  # internal guidance needs RAEv2's output
         json="$OUT/$name/fid-$setting.json"
         # shellcheck disable=SC2086
