@@ -168,6 +168,13 @@ class RAECodec:
     def sample(self, mean: Tensor, std: Tensor | None = None, eps: Tensor | None = None) -> Tensor:
         return self.normalise(mean)
 
+    # -- latent statistics (`repflow codec stats`): per element of the unnormalised latent ---------------------
+    def stats_rows(self, images: Tensor) -> Tensor:
+        return self.raw(images)
+
+    def stats_of(self, moments) -> tuple[Tensor, Tensor]:
+        return moments.mean, moments.var
+
     # -- the decoder ------------------------------------------------------------------------------------------
     @property
     def can_decode(self) -> bool:

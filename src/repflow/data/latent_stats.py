@@ -86,14 +86,15 @@ def gather_moments(local: Moments, dist: DistInfo) -> Moments:
     return out
 
 
-def save_stats(path: str | Path, moments: Moments, meta: dict) -> Path:
+def save_stats(path: str | Path, mean: Tensor, var: Tensor, count: int, meta: dict) -> Path:
+    """``mean`` and ``var`` (float32) and ``meta`` (JSON, with the count of latents and the time) as .safetensors."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {**meta, "count": moments.count, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    meta = {**meta, "count": count, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     tmp = path.with_name(path.name + ".tmp")
-    save_file({"mean": moments.mean.float().contiguous(), "var": moments.var.float().contiguous()}, str(tmp),
+    save_file({"mean": mean.float().contiguous(), "var": var.float().contiguous()}, str(tmp),
               metadata={"repflow": json.dumps(meta)})  # fmt: skip
     tmp.replace(path)
     return path
