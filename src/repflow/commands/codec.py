@@ -56,8 +56,10 @@ def latent_stats(args, kinds: tuple[str, ...] = tuple(RAW)) -> int:
         cleanup(dist)
 
 
-def add_stats_arguments(s: argparse.ArgumentParser, kinds: str) -> None:
-    s.add_argument("config", help=f"a preset or YAML file with codec.kind={kinds} and the data")
+def add_stats_command(group: argparse._SubParsersAction, kinds: tuple[str, ...], help: str, *usage: str) -> None:
+    """The ``stats`` subcommand of ``group`` for configs with ``codec.kind`` in ``kinds``."""
+    s = group.add_parser("stats", help=help, **examples(*usage))
+    s.add_argument("config", help=f"a preset or YAML file with codec.kind={' or '.join(kinds)} and the data")
     s.add_argument("overrides", nargs="*")
     s.add_argument("--out", required=True, help="statistics file (.safetensors)")
     s.add_argument("--num", type=count, default=0, help="first N images (0: all)")
@@ -65,6 +67,7 @@ def add_stats_arguments(s: argparse.ArgumentParser, kinds: str) -> None:
                    help="add mirror images (default: data.hflip)")  # fmt: skip
     s.add_argument("--batch-size", type=count, default=64)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.set_defaults(func=lambda args: latent_stats(args, kinds))
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -72,13 +75,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "repflow codec stats vae.yaml codec.path=/weights/sd-vae-ft-ema data.root=/data/in/train --out s.safetensors"
     ))  # fmt: skip
     group = codec.add_subparsers(dest="codec_command", required=True)
-    s = group.add_parser(
-        "stats",
-        help="exact per-channel (vae) / per-element (rae) latent mean and variance over a dataset (one pass)",
-        **examples(
-            "repflow codec stats demo-fashion-sit codec.kind=vae codec.path=/weights/va-vae --out s.safetensors",
-            "repflow codec stats rae-ditdh-xl-in256 data.root=/data/in/train --out s.safetensors",
-        ),
-    )
-    add_stats_arguments(s, "vae or rae")
-    s.set_defaults(func=latent_stats)
+    add_stats_command(
+        group, tuple(RAW), "exact per-channel (vae) / per-element (rae) latent mean and variance over a dataset",
+        "repflow codec stats demo-fashion-sit codec.kind=vae codec.path=/weights/va-vae --out s.safetensors",
+        "repflow codec stats rae-ditdh-xl-in256 data.root=/data/in/train --out s.safetensors",
+    )  # fmt: skip

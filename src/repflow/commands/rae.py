@@ -6,14 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .codec import add_stats_arguments
+from .codec import add_stats_command
 from .options import examples
-
-
-def _stats(args) -> int:
-    from .codec import latent_stats
-
-    return latent_stats(args, kinds=("rae",))
 
 
 def _export(args) -> int:
@@ -29,16 +23,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "repflow rae stats rae-decoder-dinov2b-in256 data.root=/data/imagenet/train --out stats.safetensors",
         "repflow rae export runs/rae-decoder --stats stats.safetensors --out rae-diffusers/"))  # fmt: skip
     group = rae.add_subparsers(dest="rae_command", required=True)
-    s = group.add_parser(
-        "stats",
-        help="exact per-element latent mean / variance over a dataset (one pass)",
-        **examples(
-            "repflow rae stats rae-ditdh-xl-in256 data.root=/data/in/train --out s.safetensors",
-            "repflow rae stats demo-fashion-rae-ditdh --num 10000 --out f.safetensors",
-        ),
-    )
-    add_stats_arguments(s, "rae")
-    s.set_defaults(func=_stats)
+    add_stats_command(
+        group, ("rae",), "exact per-element latent mean / variance over a dataset (one pass)",
+        "repflow rae stats rae-ditdh-xl-in256 data.root=/data/in/train --out s.safetensors",
+        "repflow rae stats demo-fashion-rae-ditdh --num 10000 --out f.safetensors",
+    )  # fmt: skip
     e = group.add_parser(
         "export",
         help="a rae_decoder run as a diffusers AutoencoderRAE directory",
