@@ -142,10 +142,11 @@ def supported() -> list[str]:
 
 def autoencoder_class(config: dict, where: str) -> AutoencoderClass:
     """The entry for a config.json's ``_class_name``; anything else is refused in one line naming the choices."""
+    from .._compat import require
+
     name = config.get("_class_name", "AutoencoderKL")
-    choices = supported()
-    if name not in choices:
-        raise ValueError(f"'{where}' holds a {name}; the vae codec drives {', '.join(choices)} "
+    if name not in CLASSES or not hasattr(require("diffusers"), name):  # hasattr imports that class's module only
+        raise ValueError(f"'{where}' holds a {name}; the vae codec drives {', '.join(supported())} "
                          f"(diffusers {_version()})")  # fmt: skip
     return CLASSES[name]
 
