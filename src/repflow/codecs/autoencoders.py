@@ -142,13 +142,16 @@ def supported() -> list[str]:
 
 def autoencoder_class(config: dict, where: str) -> AutoencoderClass:
     """The entry for a config.json's ``_class_name``; anything else is refused in one line naming the choices."""
-    from .._compat import require
-
     name = config.get("_class_name", "AutoencoderKL")
-    if name not in CLASSES or not hasattr(require("diffusers"), name):  # hasattr imports that class's module only
-        raise ValueError(f"'{where}' holds a {name}; the vae codec drives {', '.join(supported())} "
-                         f"(diffusers {_version()})")  # fmt: skip
+    if name not in CLASSES:  # diffusers itself is imported only on refusal (slow): shapes need the config alone
+        refuse(name, where)
     return CLASSES[name]
+
+
+def refuse(name: str, where: str):
+    """One line naming what ``where`` holds and the classes the codec drives with this diffusers."""
+    raise ValueError(f"'{where}' holds a {name}; the vae codec drives {', '.join(supported())} "
+                     f"(diffusers {_version()})")  # fmt: skip
 
 
 def _version() -> str:

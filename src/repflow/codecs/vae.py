@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from ..registry import CODECS
 from ..runtime.fingerprint import json_sha256, weights_sha256
 from ..runtime.precision import autocast_for
-from .autoencoders import Normalisation, autoencoder_class
+from .autoencoders import Normalisation, autoencoder_class, refuse
 
 
 def _auto_or_positive(v) -> str | None:
@@ -190,7 +190,9 @@ class VAECodec:
         if self._vae is None:
             from .._compat import require
 
-            cls = getattr(require("diffusers"), self.autoencoder.name)
+            cls = getattr(require("diffusers"), self.autoencoder.name, None)
+            if cls is None:  # an older diffusers than the class needs
+                refuse(self.autoencoder.name, self.path)
             try:
                 with _quiet_hub():
                     vae = cls.from_pretrained(self.source, subfolder=self.subfolder, torch_dtype=torch.float32)
