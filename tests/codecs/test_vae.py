@@ -257,3 +257,14 @@ def test_bad_vae_directories_are_one_line(tmp_path):
     save_file({"mean": torch.zeros(3, 1, 1), "var": torch.ones(3, 1, 1)}, str(tmp_path / "s3.safetensors"))
     with pytest.raises(ConfigError, match="holds \\(3, 1, 1\\) statistics but the VAE's latent has 4 channels"):
         codec_for(vae_config(tmp_path / "kl", f"codec.stats={tmp_path / 's3.safetensors'}"))
+
+
+def test_a_run_whose_channels_differ_from_the_codec_is_refused_before_any_step(tmp_path):
+    from repflow.build import resolve_config
+
+    save_autoencoder("AutoencoderKLFlux2", tmp_path / "flux2")  # 16 channels (4 x 2x2 patches) at factor 4
+    root = colour_folder(tmp_path / "data", classes=2, per_class=2, size=8)
+    codec = ["codec.kind=vae", f"codec.path={tmp_path}/flux2"]
+    cfg = load_config("demo-fashion-sit", [*data_overrides(root), *codec, "model.in_channels=4"])  # SD-VAE's 4
+    with pytest.raises(ConfigError, match="model.in_channels=4 does not match the data \\(16\\)"):
+        resolve_config(cfg, build_dataset(cfg.data))
