@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .commands import bench, cache, convert, encoder, eval, hub, init, rae, sample, sweep, train
+    from .commands import bench, cache, codec, convert, encoder, eval, hub, init, rae, sample, sweep, train
 
     p = _Parser(prog="repflow", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"repflow {__version__}")
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_commands(sub)
     encoder.add_commands(sub)
     convert.add_commands(sub)
+    codec.add_commands(sub)
     rae.add_commands(sub)
     hub.add_commands(sub)  # export, push
     group = sub.add_parser("bench", help="benchmarks: throughput, sampling speed, convergence (FID vs steps)")

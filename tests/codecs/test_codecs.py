@@ -37,9 +37,9 @@ def test_pixel_codec_is_the_identity():
     assert isinstance(codec, PixelCodec) and not codec.stochastic
     assert torch.equal(codec.encode(x), x) and codec.model_shape(3, 32) == (3, 32, 32)
     assert codec.identity() == {"kind": "pixel"}
-    with pytest.raises(ConfigError, match="unknown codec.kind 'vq'; choose from pixel, rae, sd_vae"):
+    with pytest.raises(ConfigError, match="unknown codec.kind 'vq'; choose from pixel, rae, sd_vae, vae"):
         build_codec(CodecConfig(kind="vq"))
-    with pytest.raises(ConfigError, match="unknown codec.kind 'vq'; choose from pixel, rae, sd_vae"):
+    with pytest.raises(ConfigError, match="unknown codec.kind 'vq'; choose from pixel, rae, sd_vae, vae"):
         load_config(None, ["codec.kind=vq"])
 
 
@@ -129,7 +129,7 @@ def test_vae_loading_errors_are_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="VAE directory '/no/such/vae' does not exist"):
         SDVAECodec("/no/such/vae")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no config.json.*not a diffusers AutoencoderKL"):
+    with pytest.raises(FileNotFoundError, match="no config.json.*not a diffusers autoencoder directory"):
         SDVAECodec(str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="cannot load VAE 'acme/absent'.*codec.path=/local/dir"):
         SDVAECodec("acme/absent")  # offline and not in the cache: fails fast with a hint

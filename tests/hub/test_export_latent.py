@@ -65,3 +65,30 @@ def test_a_run_in_sd_vae_latents_exports_its_vae_as_an_autoencoder_kl(tmp_path, 
     pipe = DiffusionPipeline.from_pretrained(str(out), trust_remote_code=True)
     assert type(pipe.vae).__name__ == "AutoencoderKL"
     assert torch.equal(pipe(num_images=2, seed=4, output_type="pt").images, written)  # bit for bit
+
+
+def test_a_run_in_a_qwen_image_vae_with_statistics_exports_and_samples_identically(tmp_path, capsys):
+    """codec.kind=vae: a video-shaped autoencoder in vae/, the run's per-channel statistics in codec/."""
+    from diffusers import DiffusionPipeline
+
+    from ..codecs.test_vae import save_autoencoder
+
+    save_autoencoder("AutoencoderKLQwenImage", tmp_path / "vae")
+    data = colour_folder(tmp_path / "data")
+    overrides = [*latent_overrides(tmp_path / "vae", data, "train.steps=2", "train.sample_num=0"), "codec.kind=vae"]
+    stats = tmp_path / "stats.safetensors"
+    assert main(["codec", "stats", "demo-fashion-sit", *overrides, "--out", str(stats)]) == 0
+    overrides.append(f"codec.stats={stats}")
+    assert main(["train", "demo-fashion-sit", *overrides, "--out", str(tmp_path / "run")]) == 0
+    perturb(tmp_path / "run" / "checkpoints" / "ckpt-00000002")
+    out = tmp_path / "export"
+    assert main(["export", str(tmp_path / "run"), "--to", "diffusers", str(out)]) == 0
+    assert json.loads((out / "model_index.json").read_text())["vae"] == ["diffusers", "AutoencoderKLQwenImage"]
+    assert (out / "codec" / "stats.safetensors").read_bytes() == stats.read_bytes()
+    args = ["--num-samples", "2", "--seed", "4"]
+    assert main(["sample", str(tmp_path / "run"), *args, "--out", str(tmp_path / "s")]) == 0
+    assert main(["sample", str(out), *args, "--out", str(tmp_path / "e")]) == 0  # the export's vae/ and codec/
+    written = read_samples(tmp_path / "s", range(2))
+    assert torch.equal(read_samples(tmp_path / "e", range(2)), written)
+    pipe = DiffusionPipeline.from_pretrained(str(out), trust_remote_code=True)
+    assert torch.equal(pipe(num_images=2, seed=4, output_type="pt").images, written)  # bit for bit

@@ -20,10 +20,11 @@ from ..registry import CODECS
 from .pixel import PixelCodec, PixelCodecConfig
 from .rae import RAECodecConfig
 from .sd_vae import DEFAULT_VAE, SDVAECodecConfig
+from .vae import VAECodecConfig
 
 
 class Codec(Protocol):
-    name: str  # the kind: "pixel", "sd_vae", ...
+    name: str  # the kind: "pixel", "vae", "sd_vae", "rae"
     stochastic: bool  # True: encode to a posterior (moments / sample), False: encode is the whole story
     cacheable: bool  # worth caching with `repflow cache latents` (False for the identity)
     can_decode: bool  # False while a trained decoder is still missing (RAE before stage 1): no previews
@@ -71,5 +72,6 @@ __all__ = [
     "PixelCodecConfig",
     "RAECodecConfig",
     "SDVAECodecConfig",
+    "VAECodecConfig",
     "build_codec",
 ]

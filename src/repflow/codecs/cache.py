@@ -10,14 +10,12 @@ fingerprint; a run whose settings differ is refused with a one-line message.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..config import Config, to_dict
+from ..config import Config
 from ..data.datasets import ImageDataset
-from ..data.encode import EncodeReport, encode_dataset
+from ..data.encode import EncodeReport, cache_images, cache_meta
 from ..data.loader import build_dataset
 from ..data.store import ArrayStore, Field
 from ..data.transforms import uint8_to_model
@@ -29,13 +27,7 @@ LATENTS = "latents"  # store name: the arrays reach the batch as "latents.mean" 
 
 def latent_meta(cfg: Config, codec: Codec, dataset: ImageDataset) -> dict[str, Any]:
     """What a latent cache must match: checked when it is resumed and when a run opens it."""
-    return {
-        "kind": LATENTS,
-        "codec": codec.identity(),
-        "resolution": cfg.data.resolution,
-        "count": len(dataset),
-        "dataset": dataset.fingerprint(),
-    }
+    return cache_meta(LATENTS, "codec", codec.identity(), cfg.data.resolution, dataset)
 
 
 def rebuild_hint(cfg: Config) -> str:
@@ -48,30 +40,21 @@ def rebuild_hint(cfg: Config) -> str:
 def open_latent_cache(cfg: Config, codec: Codec, dataset: ImageDataset) -> ArrayStore:
     """The run's latent cache, refused if made for another codec, resolution or dataset (or lacking flips)."""
     if not codec.cacheable:
-        raise ValueError(f"codec.cache is set but codec.kind={codec.name} encodes nothing; use codec.kind=sd_vae")
+        raise ValueError(f"codec.cache is set but codec.kind={codec.name} encodes nothing; use codec.kind=vae")
     return ArrayStore.open(
         cfg.codec.cache, expect=latent_meta(cfg, codec, dataset), need_flips=cfg.data.hflip, hint=rebuild_hint(cfg)
     )
 
 
 def cache_latents(
-    cfg: Config,
-    out: str | Path,
-    *,
-    flips: bool,
-    batch_size: int = 64,
-    workers: int = -1,
-    dtype: str = "float32",
-    shard_size: int = 0,
-    overwrite: bool = False,
-    dist: DistInfo | None = None,
-    progress: bool = True,
+    cfg: Config, out: str | Path, *, dtype: str = "float32", dist: DistInfo | None = None, **options: Any
 ) -> EncodeReport:
-    """Encode ``cfg.data`` with ``cfg.codec`` into ``out`` (resuming a cache interrupted there)."""
+    """Encode ``cfg.data`` with ``cfg.codec`` into ``out`` (resuming a cache interrupted there). ``options``: as
+    :func:`repflow.data.encode.encode_dataset` (flips, batch_size, workers, shard_size, overwrite, progress)."""
     dist = dist or DistInfo()
     codec = build_codec(cfg.codec, device=dist.device)
     if not codec.cacheable:
-        raise ValueError(f"codec.kind={cfg.codec.kind} has nothing to cache; set codec.kind=sd_vae (and codec.path)")
+        raise ValueError(f"codec.kind={cfg.codec.kind} has nothing to cache; set codec.kind=vae (and codec.path)")
     dataset = build_dataset(cfg.data, num_classes_hint=max(cfg.model.num_classes, 1))
     shape = codec.model_shape(cfg.data.channels, cfg.data.resolution)
     moments = ("mean", "std") if codec.stochastic else ("mean",)  # deterministic: the latent alone
@@ -81,17 +64,10 @@ def cache_latents(
         mean, std = codec.moments(uint8_to_model(images))
         return {"mean": mean, "std": std} if codec.stochastic else {"mean": mean}
 
-    info = {
-        "codec_path": getattr(codec, "path", ""),
-        "data": to_dict(cfg.data),
-        "repflow": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    return encode_dataset(
-        dataset, out, fields, encode, latent_meta(cfg, codec, dataset),
-        flips=flips, batch_size=batch_size, workers=workers, shard_size=shard_size, overwrite=overwrite,
-        info=info, dist=dist, progress=progress, desc="caching latents",
-    )  # fmt: skip
+    source = {"codec_path": getattr(codec, "path", "")}
+    meta = latent_meta(cfg, codec, dataset)
+    return cache_images(cfg.data, dataset, out, fields, encode, meta, source, dist=dist, desc="caching latents",
+                        **options)  # fmt: skip
 
 
 __all__ = ["LATENTS", "cache_latents", "latent_meta", "open_latent_cache"]

@@ -12,7 +12,6 @@ decoder's patch (256 px / 16 = 16 x 16); the encoder sees grid x its own patch (
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..config import CodecConfig, EncoderConfig, checked, positive
+from ..data.latent_stats import load_stats
 from ..errors import ConfigError
 from ..registry import CODECS
 
@@ -65,40 +65,6 @@ class RAECodecConfig(CodecConfig):
             raise ConfigError(f"config key 'codec.layers' (the last k blocks; now codec.layer_indices) must be a "
                               f"positive integer, got {k!r}")  # fmt: skip
         return {**data, "layer_indices": list(range(-k, 0))}
-
-
-def load_stats(path: str | Path) -> tuple[Tensor, Tensor, dict]:
-    """(mean, var, metadata), per element (C, h, w): a ``repflow rae stats`` file (.safetensors), or the official
-    RAE ``stat.pt`` / RAEv2 ``stats.pt`` (``torch.save({"mean": ..., "var": ...})``, population variance), read
-    without unpickling code. Both normalise ``(z - mean) / sqrt(var + 1e-5)``, so either is used as it is."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path, meta = Path(path), {}
-    if not path.is_file():
-        raise FileNotFoundError(f"latent statistics '{path}' do not exist; make them with `repflow rae stats`")
-    if path.suffix == ".safetensors":
-        tensors: Any = load_file(str(path))
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {}).get("repflow", "{}"))
-    else:
-        from ..runtime.safe_load import load_plain
-
-        tensors = load_plain(path, "latent statistics")
-    if not isinstance(tensors, dict) or set(tensors) != {"mean", "var"}:
-        what = sorted(map(str, tensors)) if isinstance(tensors, dict) else type(tensors).__name__
-        raise ValueError(f"'{path}' holds {what}; latent statistics are a dict of two tensors, 'mean' and 'var'")
-    mean, var = tensors["mean"], tensors["var"]
-    if not (isinstance(mean, Tensor) and isinstance(var, Tensor)) or mean.shape != var.shape:
-        shapes = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in (mean, var)]
-        raise ValueError(f"'{path}': 'mean' {shapes[0]} and 'var' {shapes[1]} must be tensors of one shape")
-    if mean.dim() == 4 and mean.shape[0] == 1:  # a (1, C, h, w) batch axis, as some scripts keep it
-        mean, var = mean[0], var[0]
-    if mean.dim() != 3:
-        raise ValueError(f"'{path}' holds {tuple(mean.shape)} statistics; expected one per latent element (C, h, w)")
-    if not (torch.isfinite(mean).all() and torch.isfinite(var).all() and (var >= 0).all()):
-        raise ValueError(f"'{path}' holds non-finite statistics or a negative variance")
-    return mean, var, meta
 
 
 def decoder_path(source: str) -> str:
@@ -201,6 +167,13 @@ class RAECodec:
 
     def sample(self, mean: Tensor, std: Tensor | None = None, eps: Tensor | None = None) -> Tensor:
         return self.normalise(mean)
+
+    # -- latent statistics (`repflow codec stats`): per element of the unnormalised latent ---------------------
+    def stats_rows(self, images: Tensor) -> Tensor:
+        return self.raw(images)
+
+    def stats_of(self, moments) -> tuple[Tensor, Tensor]:
+        return moments.mean, moments.var
 
     # -- the decoder ------------------------------------------------------------------------------------------
     @property

@@ -63,6 +63,26 @@ def with_flips(images: Tensor) -> Tensor:
     return torch.stack([images, images.flip(-1)], dim=1).flatten(0, 1)
 
 
+def cache_meta(kind: str, key: str, identity: Mapping[str, Any], resolution: int, dataset: ImageDataset) -> dict:
+    """What a per-image cache must match, checked when it is resumed and when a run opens it: the identity of
+    what encoded it (``key``: a codec's or an encoder's), the resolution, the image count and the dataset."""
+    return {"kind": kind, key: dict(identity), "resolution": resolution, "count": len(dataset),
+            "dataset": dataset.fingerprint()}  # fmt: skip
+
+
+def cache_images(
+    data: Any, dataset: ImageDataset, out: str | Path, fields: Mapping[str, Field], encode: EncodeFn,
+    meta: Mapping[str, Any], source: Mapping[str, Any], **options: Any,
+) -> EncodeReport:  # fmt: skip
+    """:func:`encode_dataset` with the store's ``info`` filled in: ``source`` (where the encoder's weights came
+    from), the data section ``data``, the repflow version and the time. ``options``: encode_dataset's."""
+    from .. import __version__
+    from ..config import to_dict
+
+    info = {**source, "data": to_dict(data), "repflow": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return encode_dataset(dataset, out, fields, encode, meta, info=info, **options)
+
+
 def encode_dataset(
     dataset: ImageDataset,
     out: str | Path,

@@ -1,5 +1,5 @@
-"""``repflow rae stats``: per-element mean and variance of a codec's latents over a dataset, in one streaming
-pass, exactly.
+"""``repflow codec stats``: per-element (RAE) or per-channel (VAE) mean and variance of a codec's latents over a
+dataset, in one streaming pass, exactly.
 
 The official RAE code estimates them with a momentum running average (so the result depends on the batch
 order and is not the dataset's statistics). Here every batch contributes its count, mean and sum of squared
@@ -14,6 +14,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -85,14 +86,50 @@ def gather_moments(local: Moments, dist: DistInfo) -> Moments:
     return out
 
 
-def save_stats(path: str | Path, moments: Moments, meta: dict) -> Path:
+def save_stats(path: str | Path, mean: Tensor, var: Tensor, count: int, meta: dict) -> Path:
+    """``mean`` and ``var`` (float32) and ``meta`` (JSON, with the count of latents and the time) as .safetensors."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {**meta, "count": moments.count, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    meta = {**meta, "count": count, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     tmp = path.with_name(path.name + ".tmp")
-    save_file({"mean": moments.mean.float().contiguous(), "var": moments.var.float().contiguous()}, str(tmp),
+    save_file({"mean": mean.float().contiguous(), "var": var.float().contiguous()}, str(tmp),
               metadata={"repflow": json.dumps(meta)})  # fmt: skip
     tmp.replace(path)
     return path
+
+
+def load_stats(path: str | Path) -> tuple[Tensor, Tensor, dict]:
+    """(mean, var, metadata), per element (C, h, w) or per channel (C, 1, 1): a ``repflow codec stats`` file
+    (.safetensors), or the official RAE ``stat.pt`` / RAEv2 ``stats.pt`` (``torch.save({"mean": ..., "var":
+    ...})``, population variance), read without unpickling code. Both normalise ``(z - mean) / sqrt(var +
+    1e-5)``, so either is used as it is."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path, meta = Path(path), {}
+    if not path.is_file():
+        raise FileNotFoundError(f"latent statistics '{path}' do not exist; make them with `repflow codec stats`")
+    if path.suffix == ".safetensors":
+        tensors: Any = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("repflow", "{}"))
+    else:
+        from ..runtime.safe_load import load_plain
+
+        tensors = load_plain(path, "latent statistics")
+    if not isinstance(tensors, dict) or set(tensors) != {"mean", "var"}:
+        what = sorted(map(str, tensors)) if isinstance(tensors, dict) else type(tensors).__name__
+        raise ValueError(f"'{path}' holds {what}; latent statistics are a dict of two tensors, 'mean' and 'var'")
+    mean, var = tensors["mean"], tensors["var"]
+    if not (isinstance(mean, Tensor) and isinstance(var, Tensor)) or mean.shape != var.shape:
+        shapes = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in (mean, var)]
+        raise ValueError(f"'{path}': 'mean' {shapes[0]} and 'var' {shapes[1]} must be tensors of one shape")
+    if mean.dim() == 4 and mean.shape[0] == 1:  # a (1, C, h, w) batch axis, as some scripts keep it
+        mean, var = mean[0], var[0]
+    if mean.dim() != 3:
+        raise ValueError(f"'{path}' holds {tuple(mean.shape)} statistics; expected one per latent element (C, h, w)")
+    if not (torch.isfinite(mean).all() and torch.isfinite(var).all() and (var >= 0).all()):
+        raise ValueError(f"'{path}' holds non-finite statistics or a negative variance")
+    return mean, var, meta

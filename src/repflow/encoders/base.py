@@ -9,7 +9,6 @@ codec asks for (fp32 by default, as the official code).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..runtime.fingerprint import weights_sha256
 from ..runtime.precision import autocast_for
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -84,11 +84,7 @@ class FrozenEncoder(nn.Module):
         """What a feature cache made with this encoder must match: its weights (hashed, so a local copy of the
         same weights matches), input size and width; not the path it was loaded from."""
         if self._sha256 is None:
-            h = hashlib.sha256()
-            for key, value in sorted(self.network.state_dict().items()):
-                h.update(key.encode())
-                h.update(value.detach().float().cpu().contiguous().numpy().tobytes())
-            self._sha256 = h.hexdigest()[:16]
+            self._sha256 = weights_sha256(self.network.state_dict())
         return {"encoder": self.name, "weights_sha256": self._sha256, "resolution": self.resolution,
                 "dim": self.embed_dim}  # fmt: skip
 

@@ -10,19 +10,16 @@ whose encoder or data differ is refused with a one-line message.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .. import __version__
-from ..config import Config, to_dict
+from ..config import Config
 from ..data.datasets import ImageDataset
-from ..data.encode import EncodeReport, encode_dataset
+from ..data.encode import EncodeReport, cache_images, cache_meta
 from ..data.store import ArrayStore, Field
 from ..data.transforms import uint8_to_model
-from ..runtime.distributed import DistInfo
 from .base import FrozenEncoder
 
 
@@ -32,13 +29,7 @@ def store_name(i: int) -> str:
 
 
 def feature_meta(cfg: Config, encoder: FrozenEncoder, dataset: ImageDataset) -> dict[str, Any]:
-    return {
-        "kind": "features",
-        "encoder": encoder.identity(),
-        "resolution": cfg.data.resolution,
-        "count": len(dataset),
-        "dataset": dataset.fingerprint(),
-    }
+    return cache_meta("features", "encoder", encoder.identity(), cfg.data.resolution, dataset)
 
 
 def open_feature_cache(cfg: Config, i: int, encoder: FrozenEncoder, dataset: ImageDataset) -> ArrayStore:
@@ -52,22 +43,11 @@ def open_feature_cache(cfg: Config, i: int, encoder: FrozenEncoder, dataset: Ima
 
 
 def cache_features(
-    cfg: Config,
-    encoder: FrozenEncoder,
-    dataset: ImageDataset,
-    out: str | Path,
-    *,
-    flips: bool,
-    batch_size: int = 64,
-    workers: int = -1,
-    dtype: str = "float16",
-    shard_size: int = 0,
-    overwrite: bool = False,
-    dist: DistInfo | None = None,
-    progress: bool = True,
-) -> EncodeReport:
-    """Encode ``dataset`` with a frozen ``encoder`` into ``out`` (resuming an interrupted cache there)."""
-    dist = dist or DistInfo()
+    cfg: Config, encoder: FrozenEncoder, dataset: ImageDataset, out: str | Path, *, dtype: str = "float16",
+    **options: Any,
+) -> EncodeReport:  # fmt: skip
+    """Encode ``dataset`` with a frozen ``encoder`` into ``out`` (resuming an interrupted cache there).
+    ``options``: as :func:`repflow.data.encode.encode_dataset` (flips, batch_size, workers, dist, ...)."""
     device = next(encoder.buffers()).device
     dim = encoder.embed_dim
     fields = {"patch": Field((encoder.num_patches, dim), dtype), "cls": Field((dim,), dtype)}
@@ -77,13 +57,8 @@ def cache_features(
         out = encoder(uint8_to_model(images.to(device)))
         return {"patch": out.patch, "cls": out.cls}
 
-    info = {"source": encoder.source, "data": to_dict(cfg.data), "repflow": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
-    return encode_dataset(
-        dataset, out, fields, encode, feature_meta(cfg, encoder, dataset),
-        flips=flips, batch_size=batch_size, workers=workers, shard_size=shard_size, overwrite=overwrite,
-        info=info, dist=dist, progress=progress, desc=f"caching {encoder.name} features",
-    )  # fmt: skip
+    return cache_images(cfg.data, dataset, out, fields, encode, feature_meta(cfg, encoder, dataset),
+                        {"source": encoder.source}, desc=f"caching {encoder.name} features", **options)  # fmt: skip
 
 
 __all__ = ["cache_features", "feature_meta", "open_feature_cache", "store_name"]

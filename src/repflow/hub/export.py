@@ -66,7 +66,8 @@ def export_diffusers(run: str | Path, out: str | Path, ema: float | None = None,
     own = {f"{PREFIX}{name}.{k}": v for name, net in loaded.networks.items() for k, v in net.state_dict().items()}
     transformer.load_state_dict(own, strict=True)
     out.mkdir(parents=True, exist_ok=True)
-    vae = {"sd_vae": lambda: loaded.codec.vae, "rae": lambda: _export_rae_codec(cfg, out)}.get(cfg.codec.kind)
+    vae = {"sd_vae": lambda: loaded.codec.vae, "vae": lambda: _export_vae_codec(cfg, loaded.codec, out),
+           "rae": lambda: _export_rae_codec(cfg, out)}.get(cfg.codec.kind)  # fmt: skip
     pipeline = RepflowPipeline(transformer=transformer, vae=vae() if vae else None)
     with torch.no_grad():
         pipeline.save_pretrained(str(out), safe_serialization=True)
@@ -90,6 +91,19 @@ def images_seen(ckpt, step: int) -> int:
     return step * ckpt.config.train.batch_size
 
 
+def _copy_stats(cfg, out: Path) -> None:
+    """The run's latent statistics (codec.stats) into ``codec/``, where the export's codec reads them."""
+    if cfg.codec.stats:
+        (out / "codec").mkdir()
+        shutil.copy2(cfg.codec.stats, out / "codec" / f"stats{Path(cfg.codec.stats).suffix}")
+
+
+def _export_vae_codec(cfg, codec, out: Path):
+    """A diffusers autoencoder: the module itself (written to ``vae/`` by the pipeline), its statistics."""
+    _copy_stats(cfg, out)
+    return codec.vae
+
+
 def _export_rae_codec(cfg, out: Path):
     """RAE: the decoder as a diffusers AutoencoderRAE in ``vae/`` (``repflow rae export``'s conversion for a
     rae_decoder run, a copy for an AutoencoderRAE folder), returned loaded; the latent statistics in ``codec/``."""
@@ -104,7 +118,5 @@ def _export_rae_codec(cfg, out: Path):
         shutil.copytree(source, out / "vae")
     else:
         export_autoencoder_rae(source, out / "vae", stats=cfg.codec.stats)
-    if cfg.codec.stats:
-        (out / "codec").mkdir()
-        shutil.copy2(cfg.codec.stats, out / "codec" / f"stats{Path(cfg.codec.stats).suffix}")
+    _copy_stats(cfg, out)
     return require("diffusers").AutoencoderRAE.from_pretrained(str(out / "vae"))

@@ -116,10 +116,22 @@ def codec_around(cfg, vae, device: torch.device, transformer_dir: str = ""):
 
         c = cfg.codec
         return SDVAECodec(c.path, c.scale, c.shift, device=device, precision=c.precision, chunk=c.chunk, vae=vae)
-    if kind == "rae":
-        from ..runtime.exported import with_codec_files
+    if kind == "vae":
+        from ..codecs.vae import VAECodec, auto
 
-        if not transformer_dir:  # the codec reads its encoder's normalisation and statistics from the folder
-            raise ValueError("an RAE-latent pipeline samples once loaded from its folder (from_pretrained)")
-        return build_codec(with_codec_files(cfg, Path(transformer_dir).parent).codec, device)
+        c = cfg.codec
+        stats = c.stats and _with_export_files(cfg, transformer_dir).codec.stats  # codec/stats.* of the folder
+        return VAECodec(c.path, auto(c.scale), auto(c.shift), stats, device=device, precision=c.precision,
+                        chunk=c.chunk, vae=vae)  # fmt: skip
+    if kind == "rae":
+        return build_codec(_with_export_files(cfg, transformer_dir).codec, device)
     raise ValueError(f"no diffusers component holds a {kind} codec")
+
+
+def _with_export_files(cfg, transformer_dir: str):
+    from ..runtime.exported import with_codec_files
+
+    if not transformer_dir:  # the codec reads its normalisation or statistics from the folder
+        raise ValueError(f"a pipeline in {cfg.codec.kind} latents with statistics samples once loaded from its "
+                         "folder (from_pretrained)")  # fmt: skip
+    return with_codec_files(cfg, Path(transformer_dir).parent)

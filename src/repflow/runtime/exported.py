@@ -141,9 +141,11 @@ def load_exported(export_dir: Path) -> ExportedCheckpoint:
 def with_codec_files(cfg: Config, export_dir: Path) -> Config:
     """The config with the codec's weights read from the export (``vae/``, ``codec/``), wherever it lies."""
     codec = cfg.codec
+    stats = [p for p in (export_dir / "codec").glob("stats.*")] if (export_dir / "codec").is_dir() else []
     if codec.kind == "sd_vae":
         codec = replace(codec, path=str(export_dir / "vae"))
+    elif codec.kind == "vae":
+        codec = replace(codec, path=str(export_dir / "vae"), stats=str(stats[0]) if stats else "")
     elif codec.kind == "rae":
-        stats = [p for p in (export_dir / "codec").glob("stats.*")] if (export_dir / "codec").is_dir() else []
         codec = replace(codec, decoder=str(export_dir / "vae"), stats=str(stats[0]) if stats else "")
     return cfg.replace(codec=codec)

@@ -1,0 +1,82 @@
+"""``repflow codec stats``: exact latent statistics of a codec over a dataset, in one streaming pass.
+
+A ``vae`` codec gets one mean and variance per channel, (C, 1, 1), of a posterior draw (what training sees);
+an ``rae`` codec one per latent element, (C, h, w) (``repflow rae stats`` is this command for RAE configs).
+Either is written as .safetensors and used with ``codec.stats=FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .options import count, examples
+
+# the raw latents, whatever normalisation the config sets: a VAE without scaling in its config needs none here
+RAW = {"vae": {"codec.stats": "", "codec.scale": 1.0, "codec.shift": 0.0}, "rae": {"codec.stats": ""}}
+
+
+def latent_stats(args, kinds: tuple[str, ...] = tuple(RAW)) -> int:
+    from ..build import codec_for
+    from ..config import load_config
+    from ..data import build_dataset
+    from ..data.latent_stats import gather_moments, latent_moments, save_stats
+    from ..runtime.distributed import cleanup, setup_distributed
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.codec.kind not in kinds:
+        raise ValueError(f"{args.config} has codec.kind={cfg.codec.kind}; latent statistics are for codec.kind="
+                         f"{' or '.join(kinds)}")  # fmt: skip
+    cfg = cfg.replace(**RAW[cfg.codec.kind])
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if Path(args.out).suffix != ".safetensors":
+        raise ValueError(f"--out {args.out}: latent statistics are written as .safetensors (codec.stats also reads "
+                         "the official stat.pt / stats.pt)")  # fmt: skip
+    dist = setup_distributed(args.device)
+    try:
+        dataset = build_dataset(cfg.data, num_classes_hint=max(cfg.model.num_classes, 1))
+        codec = codec_for(cfg, dist.device)
+        codec.model_shape(cfg.data.channels, cfg.data.resolution)
+        n = len(dataset) if args.num <= 0 else min(args.num, len(dataset))
+        per = -(-n // dist.world)
+        indices = list(range(dist.rank * per, min(n, (dist.rank + 1) * per)))  # disjoint ranges, merged in order
+        flips = cfg.data.hflip if args.flip is None else args.flip
+        local = latent_moments(codec.stats_rows, dataset, indices, flips, args.batch_size, progress=dist.is_main)
+        moments = gather_moments(local, dist)
+        if dist.is_main:
+            mean, var = codec.stats_of(moments)
+            meta = {"codec": codec.identity(), "resolution": cfg.data.resolution, "flips": flips,
+                    "dataset": dataset.fingerprint(), "images": n}  # fmt: skip
+            path = save_stats(args.out, mean, var, moments.count, meta)
+            print(f"latent statistics of {moments.count} latents {tuple(mean.shape)}: {path}; train with "
+                  f"codec.stats={path}")  # fmt: skip
+        return 0
+    finally:
+        cleanup(dist)
+
+
+def add_stats_command(group: argparse._SubParsersAction, kinds: tuple[str, ...], help: str, *usage: str) -> None:
+    """The ``stats`` subcommand of ``group`` for configs with ``codec.kind`` in ``kinds``."""
+    s = group.add_parser("stats", help=help, **examples(*usage))
+    s.add_argument("config", help=f"a preset or YAML file with codec.kind={' or '.join(kinds)} and the data")
+    s.add_argument("overrides", nargs="*")
+    s.add_argument("--out", required=True, help="statistics file (.safetensors)")
+    s.add_argument("--num", type=count, default=0, help="first N images (0: all)")
+    s.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="add mirror images (default: data.hflip)")  # fmt: skip
+    s.add_argument("--batch-size", type=count, default=64)
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.set_defaults(func=lambda args: latent_stats(args, kinds))
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    codec = sub.add_parser("codec", help="codecs: latent statistics", **examples(
+        "repflow codec stats vae.yaml codec.path=/weights/sd-vae-ft-ema data.root=/data/in/train --out s.safetensors"
+    ))  # fmt: skip
+    group = codec.add_subparsers(dest="codec_command", required=True)
+    add_stats_command(
+        group, tuple(RAW), "exact per-channel (vae) / per-element (rae) latent mean and variance over a dataset",
+        "repflow codec stats demo-fashion-sit codec.kind=vae codec.path=/weights/va-vae --out s.safetensors",
+        "repflow codec stats rae-ditdh-xl-in256 data.root=/data/in/train --out s.safetensors",
+    )  # fmt: skip
