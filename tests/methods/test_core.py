@@ -12,7 +12,7 @@ import torch
 
 from repflow.config import ConfigError, load_config
 from repflow.data import ResumableBatchSampler
-from repflow.runtime.checkpoint import load_checkpoint
+from repflow.runtime.lookup import load_checkpoint
 from repflow.train.loop import Trainer
 
 from ..conftest import tiny_config

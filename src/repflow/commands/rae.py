@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import count, examples
+from .options import command, command_group, count
 
 
 def _stats(args) -> int:
@@ -56,17 +56,15 @@ def _export(args) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    rae = sub.add_parser("rae", help="RAE: latent statistics, decoder export", **examples(
+    group = command_group(sub, "rae", "RAE: latent statistics, decoder export",
         "repflow rae stats rae-decoder-dinov2b-in256 data.root=/data/imagenet/train --out stats.safetensors",
-        "repflow rae export runs/rae-decoder --stats stats.safetensors --out rae-diffusers/"))  # fmt: skip
-    group = rae.add_subparsers(dest="rae_command", required=True)
-    s = group.add_parser(
+        "repflow rae export runs/rae-decoder --stats stats.safetensors --out rae-diffusers/")  # fmt: skip
+    s = command(
+        group,
         "stats",
-        help="exact per-element latent mean / variance over a dataset (one pass)",
-        **examples(
-            "repflow rae stats rae-ditdh-xl-in256 data.root=/data/in/train --out s.safetensors",
-            "repflow rae stats demo-fashion-rae-ditdh --num 10000 --out f.safetensors",
-        ),
+        "exact per-element latent mean / variance over a dataset (one pass)",
+        "repflow rae stats rae-ditdh-xl-in256 data.root=/data/in/train --out s.safetensors",
+        "repflow rae stats demo-fashion-rae-ditdh --num 10000 --out f.safetensors",
     )
     s.add_argument("config", help="a preset or YAML file with codec.kind=rae and the data")
     s.add_argument("overrides", nargs="*")
@@ -77,10 +75,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--batch-size", type=count, default=64)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.set_defaults(func=_stats)
-    e = group.add_parser(
+    e = command(
+        group,
         "export",
-        help="a rae_decoder run as a diffusers AutoencoderRAE directory",
-        **examples("repflow rae export runs/rae-decoder --stats s.safetensors --out rae-hf/"),
+        "a rae_decoder run as a diffusers AutoencoderRAE directory",
+        "repflow rae export runs/rae-decoder --stats s.safetensors --out rae-hf/",
     )
     e.add_argument("run", help="a rae_decoder run or checkpoint")
     e.add_argument("--stats", default="", help="latent statistics to store with it (repflow rae stats)")
