@@ -162,14 +162,10 @@ class FlowTransformer(nn.Module):
             c = c + self.y_embedder(y)
         return c
 
-    def forward(
-        self,
-        states: dict[str, Tensor],
-        t: Tensor,
-        y: Tensor | None = None,
-        return_hidden: Sequence[int] = (),
-        h: Tensor | None = None,  # the interval t - r of a MeanFlow network (model.interval_input)
-    ) -> ModelOutput:
+    def forward(self, states: dict[str, Tensor], t: Tensor, y: Tensor | None = None,
+                return_hidden: Sequence[int] = (), h: Tensor | None = None) -> ModelOutput:  # fmt: skip
+        """The network's call (every family's): ``h`` is the interval t - r of a MeanFlow network
+        (``model.interval_input``)."""
         x = states["x"]
         interval = h
         b, _, h, w = x.shape

@@ -261,14 +261,10 @@ class DiTDH(nn.Module):
     num_front_tokens = 0
     blocks = property(lambda self: self.backbone.blocks)  # FSDP shards these; REPA reads their hidden states
 
-    def forward(
-        self,
-        states: dict[str, Tensor],
-        t: Tensor,
-        y: Tensor | None = None,
-        return_hidden: Sequence[int] = (),
-        h: Tensor | None = None,  # the interval t - r of a MeanFlow network (model.interval_input)
-    ) -> ModelOutput:
+    def forward(self, states: dict[str, Tensor], t: Tensor, y: Tensor | None = None,
+                return_hidden: Sequence[int] = (), h: Tensor | None = None) -> ModelOutput:  # fmt: skip
+        """The network's call (every family's): ``h`` is the interval t - r of a MeanFlow network
+        (``model.interval_input``)."""
         x = states["x"]
         gh, gw = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         internal = self.cfg.internal_depth if self.internal is not None else 0

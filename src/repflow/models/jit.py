@@ -163,14 +163,10 @@ class JiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(
-        self,
-        states: dict[str, Tensor],
-        t: Tensor,
-        y: Tensor | None = None,
-        return_hidden: Sequence[int] = (),
-        h: Tensor | None = None,  # the interval t - r of a MeanFlow network (model.interval_input)
-    ) -> ModelOutput:
+    def forward(self, states: dict[str, Tensor], t: Tensor, y: Tensor | None = None,
+                return_hidden: Sequence[int] = (), h: Tensor | None = None) -> ModelOutput:  # fmt: skip
+        """The network's call (every family's): ``h`` is the interval t - r of a MeanFlow network
+        (``model.interval_input``)."""
         x = states["x"]
         if x.shape[-1] != self.grid * self.patch_size or x.shape[-2] != x.shape[-1]:
             raise ValueError(f"JiT was built for {self.grid * self.patch_size}px inputs, got {tuple(x.shape[-2:])}")
