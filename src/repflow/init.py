@@ -217,7 +217,7 @@ def render(s: Survey, p: Plan, command: str, path: Path) -> str | tuple[str, str
         *header,
         "# `repflow train THIS.yaml --dry-run` prints the whole resolved config; `repflow train THIS.yaml --out",
         "# runs/NAME` trains (rerun to resume), then `repflow sample runs/NAME` and `repflow eval runs/NAME --ref",
-        "# FOLDER`.",
+        f"# image_folder --data-root {s.root}` (the images prepared at the run's size, as training saw them).",
         f"inherit: {p.preset}  # the recipe: {what} (its model, optimiser and sampling settings)",
         f"name: {s.root.name}",
         "data:",
