@@ -155,17 +155,8 @@ def _imports(path: Path, package: str) -> set[str]:
     return found
 
 
-def test_packages_import_each_other_without_cycles():
-    src = ROOT / "src" / "repflow"
-    graph: dict[str, set[str]] = {}
-    for path in src.rglob("*.py"):
-        rel = path.relative_to(src).parts
-        unit = rel[0].removesuffix(".py")
-        if unit == "__init__":
-            continue
-        graph.setdefault(unit, set()).update(_imports(path, "repflow") - {unit, "__version__"})
-    assert graph["train"].isdisjoint({"sample"}) and graph["sample"].isdisjoint({"train"})
-    assert "commands" not in set().union(*(v for k, v in graph.items() if k not in ("cli", "commands")))
+def assert_acyclic(graph: dict[str, set[str]]) -> None:
+    """Depth-first search; a cycle fails naming its path."""
     state: dict[str, int] = {}
 
     def visit(node: str, trail: list[str]) -> None:
@@ -180,6 +171,20 @@ def test_packages_import_each_other_without_cycles():
     for node in sorted(graph):
         if node not in state:
             visit(node, [])
+
+
+def test_packages_import_each_other_without_cycles():
+    src = ROOT / "src" / "repflow"
+    graph: dict[str, set[str]] = {}
+    for path in src.rglob("*.py"):
+        rel = path.relative_to(src).parts
+        unit = rel[0].removesuffix(".py")
+        if unit == "__init__":
+            continue
+        graph.setdefault(unit, set()).update(_imports(path, "repflow") - {unit, "__version__"})
+    assert graph["train"].isdisjoint({"sample"}) and graph["sample"].isdisjoint({"train"})
+    assert "commands" not in set().union(*(v for k, v in graph.items() if k not in ("cli", "commands")))
+    assert_acyclic(graph)
 
 
 def test_modules_inside_a_package_import_each_other_without_cycles():
@@ -200,20 +205,7 @@ def test_modules_inside_a_package_import_each_other_without_cycles():
             elif isinstance(node, ast.Import):
                 deps.update(a.name for a in node.names if a.name in files)
         graph[name] = deps - {name, "repflow"}
-    state: dict[str, int] = {}
-
-    def visit(node: str, trail: list[str]) -> None:
-        state[node] = 1
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1:
-                raise AssertionError(f"import cycle: {' -> '.join([*trail, node, nxt])}")
-            if nxt not in state:
-                visit(nxt, [*trail, node])
-        state[node] = 2
-
-    for node in sorted(graph):
-        if node not in state:
-            visit(node, [])
+    assert_acyclic(graph)
 
 
 def test_generation_imports_without_the_training_stack():
