@@ -109,3 +109,59 @@ def test_a_preset_on_a_folder_takes_its_shapes_from_the_images(tmp_path, capsys)
                  "--dry-run"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert not out.startswith("repflow:") and "channels: 1" in out  # what the user set stays
+
+
+@pytest.mark.parametrize(
+    "argv,kept",
+    [
+        (["sit-b2-reg-in256"], ("resolution: 256", "patch_size: 2")),  # an ImageNet preset: the recipe stays
+        (["jit-b16-in256"], ("resolution: 256", "patch_size: 16")),
+        (["demo-fashion-rae-ditdh", "data.dataset=image_folder"], ("resolution: 32", "patch_size: 1")),  # latents
+    ],
+)
+def test_presets_for_a_folder_or_a_latent_space_keep_their_shapes(tmp_path, capsys, argv, kept):
+    folder = write_folder(tmp_path / "big", size=(400, 300), n=1)
+    assert main(["train", *argv, f"data.root={folder}", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert not out.startswith("repflow:") and all(k in out for k in kept)
+
+
+def test_init_rae_writes_both_stages_that_train_in_order(tmp_path, capsys, monkeypatch):
+    """--method rae: stage 1 (the decoder) and stage 2 (DiT^DH) configs at the same size and decoder patch, the
+    second naming the first's run and the statistics file that `repflow rae stats` writes from it."""
+    import repflow.init as init
+
+    monkeypatch.setattr(init, "time_step", lambda s, p, stage="": 0.5 if stage else 0.25)
+    folder = write_folder(tmp_path / "shapes", n=2)
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", str(folder), "--method", "rae", "--device", "cpu", "--minutes", "10"]) == 0
+    said = capsys.readouterr().out
+    assert "next: repflow train shapes-decoder.yaml --out runs/shapes-decoder" in said
+    stage2, stage1 = (yaml.safe_load((tmp_path / f).read_text()) for f in ("shapes.yaml", "shapes-decoder.yaml"))
+    assert stage1["inherit"] == "demo-fashion-rae-decoder" and stage2["inherit"] == "demo-fashion-rae-ditdh"
+    # 48 px on a CPU: patches of 6 give the largest latent of at most 8 x 8 tokens; the tiny encoder sees 32 px
+    for cfg in (stage1, stage2):
+        assert (cfg["data"]["resolution"], cfg["data"]["channels"], cfg["codec"]["decoder_patch"]) == (48, 3, 6)
+    assert stage1["train"]["steps"] == 600 and stage2["train"]["steps"] == 1200  # 5 min each at 0.5 / 0.25 s
+    assert (stage1["method"]["disc_start"], stage1["method"]["gan_start"]) == (300, 400)
+    assert (
+        stage2["codec"]["decoder"] == "runs/shapes-decoder" and stage2["codec"]["stats"] == "shapes-stats.safetensors"
+    )
+    assert main(["init", str(folder), "--method", "rae"]) == 2  # never replaces either file
+    for config in ("shapes-decoder.yaml", "shapes.yaml"):  # both resolve (stage 1 is the tested demo decoder)
+        assert main(["train", config, "--dry-run"]) == 0
+    tiny = ["data.resolution=16", "codec.decoder_patch=2", "data.workers=0"]  # 8 x 8 latent tokens, small images
+    assert main(["rae", "stats", "shapes.yaml", *tiny, "--num", "4", "--batch-size", "2", "--out",
+                 "shapes-stats.safetensors"]) == 0  # fmt: skip
+    small = ["model.depth=1", "model.hidden_size=32", "model.num_heads=2", "model.head_width=192",
+             "model.head_heads=2", "model.head_depth=1", "train.steps=1", "train.batch_size=2", "train.sample_num=0",
+             "codec.decoder="]  # fmt: skip
+    assert main(["train", "shapes.yaml", *tiny, *small, "--out", "runs/shapes"]) == 0  # stage 2 on the statistics
+
+
+def test_rae_latent_size_rule():
+    from repflow.init import choose_latent_size
+
+    assert choose_latent_size(48, 64) == (48, 6)  # 8 x 8 latent tokens
+    assert choose_latent_size(256, 256) == (256, 16)  # RAE's 16 x 16 at 256 px on a GPU
+    assert choose_latent_size(28, 64) == (24, 3)

@@ -134,7 +134,7 @@ def load(
     weights, else that decay. ``vae``: decode with other VAE weights than training used. The setting ``repflow
     sweep --write`` stored in the run (``sampling.json``) is the default of ``sample()`` (and of ``ema``), said
     on stdout."""
-    from .runtime.checkpoint import resolve_checkpoint
+    from .runtime.lookup import resolve_checkpoint
     from .sample.load import load_run
     from .sample.swept import with_swept
 
@@ -168,7 +168,7 @@ def fit(
     else:
         cfg = load_config(config, list(overrides))
         if config in presets():  # a shipped preset on one's own folder: the images decide the shapes
-            from .init import fit_preset_to_folder
+            from .init_preset import fit_preset_to_folder
 
             cfg, note = fit_preset_to_folder(cfg, list(overrides))
             if note:

@@ -28,6 +28,7 @@ RECIPES = {
     "reg": ("demo-fashion-reg", MAX_TOKEN_VALUES),
     "jit": ("demo-fashion-jit", JIT_TOKEN_VALUES),
     "dsd": ("demo-fashion-dsd", MAX_TOKEN_VALUES),
+    "rae": ("demo-fashion-rae-ditdh", 0),  # and stage 1, RAE_DECODER: two configs (the RAE section below)
 }
 
 
@@ -108,6 +109,8 @@ class Plan:
     cpus: int
     device: str
     minutes: float
+    decoder_steps: int = 0  # RAE's stage 1 (its patch: ``patch``, the decoder's)
+    decoder_seconds: float = 0.0
 
 
 def plan(s: Survey, method: str, minutes: float, device: str = "") -> Plan:
@@ -120,18 +123,31 @@ def plan(s: Survey, method: str, minutes: float, device: str = "") -> Plan:
     preset, max_values = RECIPES[method]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cpu = device == "cpu"
-    resolution, patch = choose_size(s.side, s.channels, max_values, CPU_TOKENS if cpu else GPU_TOKENS)
+    cap = CPU_TOKENS if cpu else GPU_TOKENS
+    if method == "rae":
+        resolution, patch = choose_latent_size(s.side, cap)
+    else:
+        resolution, patch = choose_size(s.side, s.channels, max_values, cap)
     grid = resolution // patch
     encoder = grid * 4 if method in ("repa", "reg") else 0  # the tiny encoder's patch is 4: as many tokens
     batch = 32 if cpu else 256
     draft = Plan(method, preset, resolution, patch, encoder, batch, 0, 0.0, cpus_per_process(), device, minutes)
+    if method == "rae":  # two stages share the time
+        minutes /= 2
+        seconds = time_step(s, draft, stage="decoder")
+        draft = Plan(**{**draft.__dict__, "decoder_seconds": seconds, "decoder_steps": _steps(minutes, seconds)})
     seconds = time_step(s, draft)
-    steps = max(100, int(minutes * 60 / seconds) // 100 * 100)
-    return Plan(**{**draft.__dict__, "steps": steps, "seconds_per_step": seconds})
+    return Plan(**{**draft.__dict__, "steps": _steps(minutes, seconds), "seconds_per_step": seconds})
 
 
-def overrides(s: Survey, p: Plan) -> list[str]:
-    """The plan as dotted overrides of its preset (what the YAML sets)."""
+def _steps(minutes: float, seconds: float) -> int:
+    return max(100, int(minutes * 60 / seconds) // 100 * 100)
+
+
+def overrides(s: Survey, p: Plan, stage: str = "") -> list[str]:
+    """The plan as dotted overrides of its preset (what the YAML sets; RAE's ``stage`` "decoder": stage 1)."""
+    if p.method == "rae":
+        return rae_overrides(s, p, stage)
     items = ["data.dataset=image_folder", f"data.root={s.root}", f"data.resolution={p.resolution}",
              f"data.channels={s.channels}", f"model.patch_size={p.patch}", f"train.batch_size={p.batch}",
              f"train.steps={p.steps}", f"model.num_classes={len(s.classes)}"]  # fmt: skip
@@ -152,9 +168,10 @@ def arch_name(method: str, patch: int) -> str:
     return name if name in table else next(k for k in table if k.startswith(f"{prefix}-T/"))
 
 
-def time_step(s: Survey, p: Plan, repeats: int = 2) -> float:
+def time_step(s: Survey, p: Plan, repeats: int = 2, stage: str = "") -> float:
     """Seconds of one training step of the planned config on this machine: the real training loop on
-    synthetic images of the planned shape, in a scratch folder (the first, warm-up, step is not counted)."""
+    synthetic images of the planned shape, in a scratch folder (the first, warm-up, step is not counted).
+    RAE's decoder (``stage`` "decoder") is timed with its discriminator and GAN term on, as its last steps."""
     import contextlib
     import io
     import tempfile
@@ -163,7 +180,9 @@ def time_step(s: Survey, p: Plan, repeats: int = 2) -> float:
     from .train.loop import Trainer
 
     quiet = ["data.dataset=synthetic", "data.root=", f"data.synthetic_size={p.batch}", "train.sample_num=0"]
-    cfg = load_config(p.preset, [*overrides(s, p), *quiet])
+    if stage == "decoder":
+        quiet += ["method.disc_start=0", "method.gan_start=0"]
+    cfg = load_config(RAE_DECODER if stage == "decoder" else p.preset, [*overrides(s, p, stage), *quiet])
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         trainer = Trainer(cfg, Path(tmp) / "timing", resume=False)
         times = []
@@ -175,10 +194,10 @@ def time_step(s: Survey, p: Plan, repeats: int = 2) -> float:
     return sorted(times[1:])[len(times[1:]) // 2]
 
 
-def render(s: Survey, p: Plan, command: str) -> str:
+def render(s: Survey, p: Plan, command: str, path: Path) -> str | tuple[str, str]:
     """The commented YAML: the preset it builds on, then each chosen value with its reason."""
     what = {"sit": "SiT", "repa": "SiT + REPA", "reg": "SiT + REG (+ REPA)", "jit": "JiT (x-prediction)",
-            "dsd": "DSD"}[p.method]  # fmt: skip
+            "dsd": "DSD", "rae": "RAE"}[p.method]  # fmt: skip
     shown = ", ".join(s.classes[:8]) + (" ..." if len(s.classes) > 8 else "")
     classes = f"{len(s.classes)} classes ({shown})" if s.classes else "no class folders (unconditional)"
     sizes = ", ".join(f"{w}x{h}" for w, h in s.sizes)
@@ -188,11 +207,17 @@ def render(s: Survey, p: Plan, command: str) -> str:
     rule = ("JiT predicts x, so large patches work" if p.method == "jit" else
             f"a v-predicting model gives noise above ~{MAX_TOKEN_VALUES} values a token: README, JiT")  # fmt: skip
     cap = CPU_TOKENS if p.device == "cpu" else GPU_TOKENS
-    lines = [
+    header = [
         f"# written by `{command}`: {s.count} images, {classes}, {colour}, most common sizes {sizes}",
-        "# Every value below was chosen for this folder and machine; edit any of them. `repflow train THIS.yaml",
-        "# --dry-run` prints the whole resolved config; `repflow train THIS.yaml --out runs/NAME` trains (rerun to",
-        "# resume), then `repflow sample runs/NAME` and `repflow eval runs/NAME --ref FOLDER`.",
+        "# Every value below was chosen for this folder and machine; edit any of them.",
+    ]
+    if p.method == "rae":
+        return render_rae(s, p, header, cap, path)
+    lines = [
+        *header,
+        "# `repflow train THIS.yaml --dry-run` prints the whole resolved config; `repflow train THIS.yaml --out",
+        "# runs/NAME` trains (rerun to resume), then `repflow sample runs/NAME` and `repflow eval runs/NAME --ref",
+        f"# image_folder --data-root {s.root}` (the images prepared at the run's size, as training saw them).",
         f"inherit: {p.preset}  # the recipe: {what} (its model, optimiser and sampling settings)",
         f"name: {s.root.name}",
         "data:",
@@ -218,17 +243,114 @@ def render(s: Survey, p: Plan, command: str) -> str:
             f"    resolution: {p.encoder_resolution}  # {grid}x{grid} tokens of its 4-pixel patches, as many as the "
             "model's",
         ]
-    lines += [
+    lines += train_lines(p.batch, p.steps, p.seconds_per_step, p.minutes, p.cpus)
+    return "\n".join(lines)
+
+
+def train_lines(batch: int, steps: int, seconds: float, minutes: float, cpus: int) -> list[str]:
+    return [
         "train:",
-        f"  batch_size: {p.batch}",
-        f"  steps: {p.steps}  # ~{p.minutes:g} min: one step of this config took {p.seconds_per_step:.2f} s here "
-        f"({p.cpus} CPUs available to this process, measured by repflow init)",
+        f"  batch_size: {batch}",
+        f"  steps: {steps}  # ~{minutes:g} min: one step of this config took {seconds:.2f} s here "
+        f"({cpus} CPUs available to this process, measured by repflow init)",
         "  threads: auto  # compute threads: OMP_NUM_THREADS if set, else the CPUs left after the loader workers",
-        f"  ckpt_every: {max(100, p.steps // 4 // 100 * 100)}  # rerunning the same command resumes from the newest",
-        f"  log_every: {max(10, p.steps // 40 // 10 * 10)}",
+        f"  ckpt_every: {max(100, steps // 4 // 100 * 100)}  # rerunning the same command resumes from the newest",
+        f"  log_every: {max(10, steps // 40 // 10 * 10)}",
         "",
     ]
-    return "\n".join(lines)
+
+
+# -- RAE: two stages, two configs -----------------------------------------------------------------------------
+# ``repflow init FOLDER --method rae``: RAE's two stages as two configs (``init`` does the survey, timing and
+# writing). Stage 1 trains a decoder from a frozen encoder's patch tokens back to pixels; ``repflow rae stats``
+# measures the latent's statistics; stage 2 trains DiT^DH in that latent. Both configs read the same images at
+# the same size: one latent token per ``codec.decoder_patch`` pixels, whose count is what the token cap bounds
+# (the pixel-space token rule does not apply: a token is the encoder's 128 values whatever its pixels).
+RAE_DECODER = "demo-fashion-rae-decoder"
+ENCODER_PATCH = 4  # the packaged tiny encoder's patch: it sees the latent grid x 4 pixels
+
+
+def choose_latent_size(side: int, max_tokens: int, min_tokens: int = 16) -> tuple[int, int]:
+    """(resolution, decoder patch): the largest usual size the images have (no upsampling) with a latent grid
+    of ``min_tokens``..``max_tokens`` tokens, at the smallest such patch (the most tokens: RAE's 16 x 16 at 256 px
+    on a GPU)."""
+    for resolution in sorted((r for r in RESOLUTIONS if r <= side), reverse=True):
+        fits = [p for p in range(1, resolution + 1) if resolution % p == 0
+                and min_tokens <= (resolution // p) ** 2 <= max_tokens]  # fmt: skip
+        if fits:
+            return resolution, fits[0]
+    return RESOLUTIONS[0], RESOLUTIONS[0] // 4
+
+
+def rae_files(path: Path) -> tuple[Path, Path, str, str]:
+    """(stage-2 YAML, stage-1 YAML, the decoder's run, the statistics file) for the config path ``path``."""
+    decoder = path.with_name(f"{path.stem}-decoder.yaml")
+    return path, decoder, f"runs/{decoder.stem}", f"{path.stem}-stats.safetensors"
+
+
+def gan_starts(steps: int) -> tuple[int, int]:
+    """(discriminator start, GAN-term start): the demo's proportions, 600 and 800 of 1200 steps (RAE: epochs 6
+    and 8 of 16)."""
+    return steps // 2, steps * 2 // 3
+
+
+def rae_overrides(s: Survey, p: Plan, stage: str) -> list[str]:
+    """The plan as dotted overrides of the stage's preset (``decoder``: stage 1; else stage 2)."""
+    items = ["data.dataset=image_folder", f"data.root={s.root}", f"data.resolution={p.resolution}",
+             "data.channels=3", f"codec.decoder_patch={p.patch}", f"train.batch_size={p.batch}"]  # fmt: skip
+    if stage == "decoder":
+        disc, gan = gan_starts(p.decoder_steps)
+        return [*items, f"train.steps={p.decoder_steps}", f"method.disc_start={disc}", f"method.gan_start={gan}"]
+    return [*items, f"train.steps={p.steps}", f"model.num_classes={len(s.classes)}"]
+
+
+def render_rae(s: Survey, p: Plan, header: list[str], cap: int, path: Path) -> tuple[str, str]:
+    """(stage-2 YAML, stage-1 YAML), commented."""
+    _, decoder_yaml, decoder_run, stats = rae_files(path)
+    grid = p.resolution // p.patch
+    data = [
+        "data:",
+        "  dataset: image_folder",
+        f"  root: {s.root}",
+        f"  resolution: {p.resolution}  # the images' median short side is {s.side} px; the largest usual size <= it "
+        f"whose latent has at most {cap} tokens on this {p.device.upper()}",
+        "  channels: 3  # the frozen encoder reads RGB"
+        + (" (greyscale images are replicated)" if s.channels == 1 else ""),
+        "  workers: auto  # loader processes, chosen for the CPUs this process may use (shown at start-up)",
+        "codec:",
+        f"  decoder_patch: {p.patch}  # {p.resolution}/{p.patch}: a {grid}x{grid} latent of the tiny encoder's "
+        f"128-d tokens (it sees {grid * ENCODER_PATCH} px)",
+    ]
+    order = [f"#   1. repflow train {decoder_yaml} --out {decoder_run}     # stage 1: the decoder",
+             f"#   2. repflow rae stats {path} --out {stats}     # the latent's statistics, one pass",
+             f"#   3. repflow train {path} --out runs/{path.stem}     # stage 2: DiT^DH in the latent"]  # fmt: skip
+    stage2 = [
+        *header,
+        "# RAE trains in two stages; run, in order:",
+        *order,
+        f"inherit: {p.preset}  # the recipe: RAE stage 2, DiT^DH with the dimension-dependent time shift",
+        f"name: {s.root.name}",
+        *data,
+        f"  decoder: {decoder_run}  # stage 1's run (step 1)",
+        f"  stats: {stats}  # written by step 2",
+        "model:",
+        f"  num_classes: {len(s.classes)}  # the class folders, in sorted order"
+        + ("" if s.classes else " (0: unconditional)"),
+        *train_lines(p.batch, p.steps, p.seconds_per_step, p.minutes / 2, p.cpus),
+    ]
+    disc, gan = gan_starts(p.decoder_steps)
+    stage1 = [
+        f"# stage 1 of RAE for {s.root} (the decoder), written with {path.name}: train it first",
+        *order,
+        f"inherit: {RAE_DECODER}  # the recipe: a ViT decoder, L1 + LPIPS (when its weights are set) + GAN",
+        f"name: {s.root.name}-decoder",
+        *data,
+        "method:",
+        f"  disc_start: {disc}  # the discriminator from half of training, the GAN term from two thirds (the demo's",
+        f"  gan_start: {gan}  # proportions, RAE's epochs 6 and 8 of 16)",
+        *train_lines(p.batch, p.decoder_steps, p.decoder_seconds, p.minutes / 2, p.cpus),
+    ]
+    return "\n".join(stage2), "\n".join(stage1)
 
 
 def write_config(folder: str | Path, method: str = "reg", out: str | Path = "", minutes: float = 0.0,
@@ -240,49 +362,12 @@ def write_config(folder: str | Path, method: str = "reg", out: str | Path = "", 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     p = plan(s, method, minutes or (15.0 if device == "cpu" else 60.0), device)
     path = Path(out or f"{s.root.name}.yaml")
-    if path.exists():
-        raise FileExistsError(f"'{path}' exists; choose another --out or remove it")
+    paths = rae_files(path)[:2] if method == "rae" else (path,)  # RAE: stage 2's, then stage 1's
+    for f in paths:
+        if f.exists():
+            raise FileExistsError(f"'{f}' exists; choose another --out or remove it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(s, p, command))
+    texts = render(s, p, command, path)
+    for f, text in zip(paths, (texts,) if isinstance(texts, str) else texts, strict=True):
+        f.write_text(text)
     return path, p
-
-
-ADAPTED = ("data.channels", "data.resolution", "model.patch_size")
-
-
-def fit_preset_to_folder(cfg, overrides: list[str]):
-    """A shipped preset pointed at one's own image folder takes the channels, resolution and patch size from the
-    images (a preset's values are for its own data: Fashion-MNIST's one channel would train an RGB folder as
-    greyscale), except those the overrides set. Returns (config, the start-up line saying so, or "")."""
-    from .config import replace
-
-    if cfg.data.dataset != "image_folder" or not cfg.data.root:
-        return cfg, ""
-    given = {item.split("=", 1)[0].strip().replace("[", ".").replace("]", "") for item in overrides}
-    if "model.arch" in given:
-        given.add("model.patch_size")
-    free = [k for k in ADAPTED if k not in given]
-    if not free:
-        return cfg, ""
-    s = survey(cfg.data.root)
-    max_values = JIT_TOKEN_VALUES if cfg.model.family == "jit" else MAX_TOKEN_VALUES
-    import torch
-
-    cap = GPU_TOKENS if torch.cuda.is_available() else CPU_TOKENS
-    channels = cfg.data.channels if "data.channels" in given else s.channels
-    resolution, patch = choose_size(s.side, channels, max_values, cap)
-    if "data.resolution" in given:
-        patch = choose_patch(cfg.data.resolution, channels, max_values)
-    chosen = {"data.channels": channels, "data.resolution": resolution, "model.patch_size": patch}
-    changes = {k: chosen[k] for k in free if _value(cfg, k) != chosen[k]}
-    if not changes:
-        return cfg, ""
-    said = ", ".join(f"{k}={v}" for k, v in changes.items())
-    note = (f"{said} taken from the images in {cfg.data.root} (the preset's are for its own data; set them to "
-            f"keep yours; `repflow init {cfg.data.root}` writes a config with the reasons)")  # fmt: skip
-    return replace(cfg, **changes), note
-
-
-def _value(cfg, key: str):
-    section, field = key.split(".")
-    return getattr(getattr(cfg, section), field)

@@ -14,7 +14,7 @@ from repflow.convert import export_checkpoint, import_checkpoint, official_sit
 from repflow.errors import CheckpointError
 from repflow.methods import FlowMethod, MethodEnv
 from repflow.models.layers import sincos_pos_embed_2d
-from repflow.runtime.checkpoint import load_checkpoint
+from repflow.runtime.lookup import load_checkpoint
 from repflow.sample.load import load_run
 
 XL = {"depth": 28, "hidden": 1152, "patch": 2, "channels": 4, "classes": 1000, "grid": 16, "z": 768, "proj": 2048}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from repflow.methods.dispersive import dispersive_loss
-from repflow.runtime.checkpoint import load_checkpoint
+from repflow.runtime.lookup import load_checkpoint
 from repflow.train.loop import Trainer
 
 from ..conftest import tiny_config

@@ -125,6 +125,21 @@ def test_erank_is_logged_plotted_and_warned_about(tmp_path, capsys):
     assert (tmp_path / "loss.png").is_file()
 
 
+def test_the_trunk_total_leaves_out_the_detached_velocity_head_and_gets_the_second_panel(tmp_path):
+    from repflow.train.logging import loss_panels
+
+    for weight in (2.0, 0.0):
+        tr = trainer(tmp_path / str(weight), f"method.velocity_weight={weight}", "train.steps=2", trained=True)
+        out = one_step(tr)
+        assert out.terms["loss_trunk"].item() == pytest.approx((out.total - weight * out.terms["velocity"]).item())
+        assert not out.terms["loss_trunk"].requires_grad  # logged only: the loop optimises the total
+        if weight == 0:
+            assert out.terms["loss_trunk"].item() == pytest.approx(out.total.item())
+    tr.fit()
+    rows = [json.loads(line) for line in (tmp_path / "0.0" / "metrics.jsonl").read_text().splitlines()]
+    assert list(loss_panels(rows))[:3] == ["loss", "loss_trunk", "erank"]  # the totals first, then the monitor
+
+
 def test_dsd_samples_through_the_samplers_and_reconstructs_through_eval(tmp_path, capsys):
     from repflow.cli import main
     from repflow.sample.load import load_run

@@ -15,7 +15,7 @@ from repflow.models.dit import SiTConfig
 from repflow.models.dit_dh import DiTDHConfig
 from repflow.models.jit import JiTConfig
 from repflow.models.lightningdit import LightningDiTConfig
-from repflow.runtime.checkpoint import load_checkpoint
+from repflow.runtime.lookup import load_checkpoint
 from repflow.sample.load import load_run
 from repflow.train.loop import Trainer
 

@@ -66,11 +66,12 @@ def test_any_input_size_and_channel_count(size, channels, patch):
 
 
 def test_unpatchify_inverts_patch_order():
-    model = tiny_model(input_size=8, in_channels=3, patch_size=2)
+    from repflow.models.layers import unpatchify
+
     x = torch.randn(2, 3, 8, 8)
     p = 2
     tokens = x.reshape(2, 3, 4, p, 4, p).permute(0, 2, 4, 3, 5, 1).reshape(2, 16, p * p * 3)  # (n, h, w, p, q, c)
-    assert torch.equal(model.unpatchify(tokens, 4, 4), x)
+    assert torch.equal(unpatchify(tokens, 4, 4, p, 3), x)
 
 
 def test_hidden_states_and_extra_front_token():

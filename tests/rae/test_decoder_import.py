@@ -10,7 +10,7 @@ from repflow.cli import main
 from repflow.codecs.rae_export import export_autoencoder_rae
 from repflow.config import ConfigError
 from repflow.models.rae_decoder import load_decoder
-from repflow.runtime.checkpoint import load_checkpoint
+from repflow.runtime.lookup import load_checkpoint
 
 WIDTH, DEPTH, MLP, LATENT, GRID, PATCH = 128, 4, 512, 24, 4, 4  # repflow's decoder size T
 

@@ -23,7 +23,7 @@ from repflow.models import build_model
 from repflow.models.dit_dh import DiTDHConfig, count_parameters
 from repflow.models.flops import forward_flops
 from repflow.models.layers import rope_2d
-from repflow.runtime.checkpoint import load_checkpoint
+from repflow.runtime.lookup import load_checkpoint
 
 XL = {"enc": 1152, "dec": 2048, "depth": 28, "head": 2, "heads": 16, "head_heads": 16, "channels": 768, "grid": 16}
 S = {**XL, "enc": 384, "depth": 12, "heads": 6}

@@ -18,8 +18,8 @@ from repflow.flow.timesteps import dimension_shift, shift_time
 from repflow.methods.decoder_losses import adaptive_weight
 from repflow.models import build_model
 from repflow.models.dit_dh import DiTDHConfig, count_parameters
-from repflow.runtime.checkpoint import load_checkpoint
 from repflow.runtime.distributed import DistInfo
+from repflow.runtime.lookup import load_checkpoint
 from repflow.train.loop import Trainer
 
 from .conftest import DECODER, rae_overrides

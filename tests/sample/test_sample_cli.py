@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from repflow.cli import main
-from repflow.runtime.checkpoint import load_checkpoint
+from repflow.runtime.lookup import load_checkpoint
 from repflow.sample.runs import folder_name
 
 from ..conftest import TINY

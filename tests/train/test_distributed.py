@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from repflow.cli import main as cli_main
-from repflow.runtime.checkpoint import load_checkpoint
+from repflow.runtime.lookup import load_checkpoint
 from repflow.train.loop import Trainer
 
 from ..conftest import tiny_config

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from repflow.config import Config, ConfigError, TrainConfig
-from repflow.runtime.checkpoint import list_checkpoints, load_checkpoint
+from repflow.runtime.checkpoint import list_checkpoints
+from repflow.runtime.lookup import load_checkpoint
 from repflow.train.loop import Trainer
 from repflow.train.optim import MuonAdamW, build_optimizer, fused_adamw, parts
 

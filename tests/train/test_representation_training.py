@@ -5,7 +5,7 @@ import torch
 
 from repflow.encoders.tiny import TinyViT, TinyViTConfig, save_tiny
 from repflow.flow.generate import sample_images
-from repflow.runtime.checkpoint import load_checkpoint
+from repflow.runtime.lookup import load_checkpoint
 from repflow.sample.load import load_run
 from repflow.train.loop import Trainer
 

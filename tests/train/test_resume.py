@@ -6,7 +6,8 @@ import textwrap
 import pytest
 import torch
 
-from repflow.runtime.checkpoint import list_checkpoints, load_checkpoint
+from repflow.runtime.checkpoint import list_checkpoints
+from repflow.runtime.lookup import load_checkpoint
 from repflow.train.loop import NonFiniteLossError, Trainer
 
 from ..conftest import sigkill_when_flagged, tiny_config

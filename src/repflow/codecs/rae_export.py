@@ -16,7 +16,7 @@ import torch
 
 from .._compat import require
 from ..errors import ConfigError
-from ..runtime.checkpoint import load_checkpoint
+from ..runtime.lookup import load_checkpoint
 from . import build_codec
 from .rae import load_stats
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import count, examples
+from .options import command_group, count, examples
 
 
 def add_cache_arguments(p: argparse.ArgumentParser, dtype: str = "float32") -> None:
@@ -110,15 +110,13 @@ def summary(report, out, what: str) -> str:
 
 def add_commands(sub) -> None:
     """Register the ``cache`` command group on the main parser's subparsers."""
-    cache = sub.add_parser(
+    group = command_group(
+        sub,
         "cache",
-        help="encode a dataset once: VAE latents, frozen-encoder features",
-        **examples(
-            "repflow cache latents sit-xl2-in256 data.root=/data/imagenet/train --out /fast/in256-latents",
-            "repflow cache features sit-xl2-reg-in256 data.root=/data/imagenet/train --out /fast/in256-dinov2",
-        ),
+        "encode a dataset once: VAE latents, frozen-encoder features",
+        "repflow cache latents sit-xl2-in256 data.root=/data/imagenet/train --out /fast/in256-latents",
+        "repflow cache features sit-xl2-reg-in256 data.root=/data/imagenet/train --out /fast/in256-dinov2",
     )
-    group = cache.add_subparsers(dest="cache_command", required=True)
     lat = group.add_parser(
         "latents",
         help="VAE posterior mean/std of every image (sharded under torchrun, resumable)",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import count, examples
+from .options import command, command_group, count
 
 # the raw latents, whatever normalisation the config sets: a VAE without scaling in its config needs none here
 RAW = {"vae": {"codec.stats": "", "codec.scale": 1.0, "codec.shift": 0.0}, "rae": {"codec.stats": ""}}
@@ -58,7 +58,7 @@ def latent_stats(args, kinds: tuple[str, ...] = tuple(RAW)) -> int:
 
 def add_stats_command(group: argparse._SubParsersAction, kinds: tuple[str, ...], help: str, *usage: str) -> None:
     """The ``stats`` subcommand of ``group`` for configs with ``codec.kind`` in ``kinds``."""
-    s = group.add_parser("stats", help=help, **examples(*usage))
+    s = command(group, "stats", help, *usage)
     s.add_argument("config", help=f"a preset or YAML file with codec.kind={' or '.join(kinds)} and the data")
     s.add_argument("overrides", nargs="*")
     s.add_argument("--out", required=True, help="statistics file (.safetensors)")
@@ -71,10 +71,10 @@ def add_stats_command(group: argparse._SubParsersAction, kinds: tuple[str, ...],
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    codec = sub.add_parser("codec", help="codecs: latent statistics", **examples(
-        "repflow codec stats vae.yaml codec.path=/weights/sd-vae-ft-ema data.root=/data/in/train --out s.safetensors"
-    ))  # fmt: skip
-    group = codec.add_subparsers(dest="codec_command", required=True)
+    group = command_group(
+        sub, "codec", "codecs: latent statistics",
+        "repflow codec stats vae.yaml codec.path=/weights/sd-vae-ft-ema data.root=/data/in/train --out s.safetensors",
+    )  # fmt: skip
     add_stats_command(
         group, tuple(RAW), "exact per-channel (vae) / per-element (rae) latent mean and variance over a dataset",
         "repflow codec stats demo-fashion-sit codec.kind=vae codec.path=/weights/va-vae --out s.safetensors",

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from .options import count, examples
+from .options import command, command_group, count
 
 PACKAGED = Path(__file__).resolve().parents[1] / "encoders" / "weights" / "tiny-fashion-mnist.safetensors"
 
@@ -75,20 +75,11 @@ def _info(args) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    enc = sub.add_parser(
-        "encoder",
-        help="the tiny offline representation encoder",
-        **examples("repflow encoder info", "repflow encoder train --steps 500 --out tiny.safetensors"),
-    )
-    esub = enc.add_subparsers(dest="encoder_command", required=True)
-    t = esub.add_parser(
-        "train",
-        help="train the tiny ViT self-supervised (SimCLR) on a dataset",
-        **examples(
-            "repflow encoder train --steps 500 --out tiny.safetensors",
-            "repflow encoder train --dataset mnist --steps 2000 --out mnist.safetensors",
-        ),
-    )
+    esub = command_group(sub, "encoder", "the tiny offline representation encoder", "repflow encoder info",
+                         "repflow encoder train --steps 500 --out tiny.safetensors")  # fmt: skip
+    t = command(esub, "train", "train the tiny ViT self-supervised (SimCLR) on a dataset",
+                "repflow encoder train --steps 500 --out tiny.safetensors",
+                "repflow encoder train --dataset mnist --steps 2000 --out mnist.safetensors")  # fmt: skip
     t.add_argument("--out", default="tiny-encoder.safetensors", help="the exported encoder file")
     t.add_argument("--run-dir", help="the training run (default: next to --out); rerunning resumes it")
     t.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "mnist"])
@@ -99,7 +90,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("overrides", nargs="*", help="more dotted overrides of the tiny-encoder-simclr preset")
     t.set_defaults(func=_train)
-    i = esub.add_parser("info", help="print a tiny-encoder file's architecture, recipe and probe accuracy",
-                        **examples("repflow encoder info", "repflow encoder info tiny.safetensors"))  # fmt: skip
+    i = command(
+        esub,
+        "info",
+        "print a tiny-encoder file's architecture, recipe and probe accuracy",
+        "repflow encoder info",
+        "repflow encoder info tiny.safetensors",
+    )
     i.add_argument("path", nargs="?", default=str(PACKAGED))
     i.set_defaults(func=_info)

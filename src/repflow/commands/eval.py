@@ -6,7 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from .options import add_sampling_args, count, examples, float_list, int_list, sampling_changes
+from .options import (
+    add_run_argument,
+    add_sampling_args,
+    command_group,
+    count,
+    examples,
+    float_list,
+    int_list,
+    sampling_changes,
+)
 
 EVAL_SAMPLING = {"steps_flags": ("--sampling-steps",), "batch_flags": ("--sample-batch-size",)}
 
@@ -193,7 +202,7 @@ def _analyze_probe(args) -> int:
 
 
 def _add_analysis_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run directory (newest checkpoint) or checkpoint directory")
+    add_run_argument(p)
     p.add_argument("--blocks", type=int_list, help="1-indexed blocks, e.g. 2,4,6 (default: all)")
     p.add_argument("--t", type=float_list, default=[0.0, 0.25, 0.5, 0.75], help="noise levels (0 clean, 1 noise)")
     p.add_argument("--labels", choices=["null", "true"], default="null", help="class input of the model")
@@ -252,12 +261,9 @@ def add_commands(sub) -> None:
     add_sampling_args(e, **EVAL_SAMPLING)
     e.set_defaults(func=_eval)
 
-    a = sub.add_parser(
-        "analyze",
-        help="representation analysis of a model: CKNNA, linear probe",
-        **examples("repflow analyze cknna runs/fashion --encoder tiny --t 0,0.5", "repflow analyze probe runs/fashion"),
-    )
-    asub = a.add_subparsers(dest="analysis", required=True)
+    asub = command_group(sub, "analyze", "representation analysis of a model: CKNNA, linear probe",
+                         "repflow analyze cknna runs/fashion --encoder tiny --t 0,0.5",
+                         "repflow analyze probe runs/fashion", dest="analysis")  # fmt: skip
     c = asub.add_parser(
         "cknna",
         help="CKNNA between hidden states (per block, per t) and a frozen encoder",

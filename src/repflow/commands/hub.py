@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import examples
+from .options import add_run_argument, examples
 
 
 def _export(args) -> int:
@@ -34,7 +34,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export", help="a run as a diffusers pipeline folder with a model card", **examples(
         "repflow export runs/reg-xl2 --to diffusers hf/reg-xl2",
         "repflow export runs/jit-b16 --to diffusers hf/jit-b16 --ema 0.9999 --license mit"))  # fmt: skip
-    e.add_argument("run", help="run directory (newest checkpoint) or checkpoint directory")
+    add_run_argument(e)
     e.add_argument("--to", required=True, choices=["diffusers"], help="the format (diffusers)")
     e.add_argument("out", help="the folder to write (new or empty)")
     _common(e)

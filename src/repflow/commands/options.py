@@ -48,6 +48,24 @@ def examples(*lines: str) -> dict:
     return {"epilog": text, "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
+def command(sub: argparse._SubParsersAction, name: str, help: str, *example_lines: str,
+            **kw) -> argparse.ArgumentParser:  # fmt: skip
+    """A command's parser; its ``--help`` ends with the examples (every command has some: a test checks)."""
+    return sub.add_parser(name, help=help, **kw, **examples(*example_lines))
+
+
+def command_group(sub: argparse._SubParsersAction, name: str, help: str, *example_lines: str,
+                  dest: str = "") -> argparse._SubParsersAction:  # fmt: skip
+    """A command made of sub-commands (``repflow cache latents``): the list its sub-commands are added to, one
+    of which must be given."""
+    return command(sub, name, help, *example_lines).add_subparsers(dest=dest or f"{name}_command", required=True)
+
+
+def add_run_argument(p: argparse.ArgumentParser) -> None:
+    """The run a command reads: its newest checkpoint, or one checkpoint."""
+    p.add_argument("run", help="run directory (newest checkpoint) or checkpoint directory")
+
+
 # option -> field of the config's `sample` section
 _FIELDS = {"sampler": "sampler", "steps": "steps", "cfg": "cfg", "cfg_interval": "cfg_interval",
            "cfg_cls": "cfg_cls", "seed": "seed", "sample_batch_size": "batch_size", "shift": "shift",

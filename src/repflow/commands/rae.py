@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from .codec import add_stats_command
-from .options import examples
+from .options import command, command_group
 
 
 def _export(args) -> int:
@@ -19,19 +19,19 @@ def _export(args) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    rae = sub.add_parser("rae", help="RAE: latent statistics, decoder export", **examples(
+    group = command_group(sub, "rae", "RAE: latent statistics, decoder export",
         "repflow rae stats rae-decoder-dinov2b-in256 data.root=/data/imagenet/train --out stats.safetensors",
-        "repflow rae export runs/rae-decoder --stats stats.safetensors --out rae-diffusers/"))  # fmt: skip
-    group = rae.add_subparsers(dest="rae_command", required=True)
+        "repflow rae export runs/rae-decoder --stats stats.safetensors --out rae-diffusers/")  # fmt: skip
     add_stats_command(
         group, ("rae",), "exact per-element latent mean / variance over a dataset (one pass)",
         "repflow rae stats rae-ditdh-xl-in256 data.root=/data/in/train --out s.safetensors",
         "repflow rae stats demo-fashion-rae-ditdh --num 10000 --out f.safetensors",
     )  # fmt: skip
-    e = group.add_parser(
+    e = command(
+        group,
         "export",
-        help="a rae_decoder run as a diffusers AutoencoderRAE directory",
-        **examples("repflow rae export runs/rae-decoder --stats s.safetensors --out rae-hf/"),
+        "a rae_decoder run as a diffusers AutoencoderRAE directory",
+        "repflow rae export runs/rae-decoder --stats s.safetensors --out rae-hf/",
     )
     e.add_argument("run", help="a rae_decoder run or checkpoint")
     e.add_argument("--stats", default="", help="latent statistics to store with it (repflow rae stats)")

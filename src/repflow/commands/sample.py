@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_sampling_args, count, examples, sampling_changes
+from .options import add_run_argument, add_sampling_args, command, count, sampling_changes
 
 
 def _sample(args) -> int:
@@ -35,16 +35,15 @@ def _sample(args) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser(
+    s = command(
+        sub,
         "sample",
-        help="generate images from a run or checkpoint",
-        **examples(
-            "repflow sample runs/fashion --num-samples 100 --sampler heun --steps 50 --cfg 1.5 --cfg-interval 0,0.7",
-            "repflow sample runs/fashion --classes sneaker,bag --num-samples 16 --npz",
-            "torchrun --nproc_per_node 8 $(which repflow) sample runs/xl --num-samples 50000 --sampler sde --steps 250",
-        ),
+        "generate images from a run or checkpoint",
+        "repflow sample runs/fashion --num-samples 100 --sampler heun --steps 50 --cfg 1.5 --cfg-interval 0,0.7",
+        "repflow sample runs/fashion --classes sneaker,bag --num-samples 16 --npz",
+        "torchrun --nproc_per_node 8 $(which repflow) sample runs/xl --num-samples 50000 --sampler sde --steps 250",
     )
-    s.add_argument("run", help="run directory (newest checkpoint) or checkpoint directory")
+    add_run_argument(s)
     # --num alone would stop torchrun: it rejects it as an ambiguous abbreviation of its own --numa-binding
     s.add_argument("--num-samples", "--num", dest="num", type=count, default=64, help="samples 0..N-1")
     add_sampling_args(s)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from .eval import add_inception_args, add_metric_settings
-from .options import count, examples, float_list, int_list, parse_interval
+from .options import add_run_argument, command, count, float_list, int_list, parse_interval
 
 
 def interval_list(text: str) -> list[tuple[float, float]]:
@@ -57,17 +57,16 @@ def _sweep(args) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser(
+    s = command(
+        sub,
         "sweep",
-        help="measure sampling settings of a checkpoint over a grid (guidance, interval, steps, sampler, EMA)",
+        "measure sampling settings of a checkpoint over a grid (guidance, interval, steps, sampler, EMA)",
+        "repflow sweep runs/fashion --cfg 1,1.5,2,3 --interval 0,1:0,0.7 --steps 25,50 --num-samples 500",
+        "repflow sweep runs/jit --cfg 2.4,2.9 --ema 0.9999,0.9996 --write   # the best becomes the run's default",
         description="Every cell draws the same seeds with balanced labels and is measured against one cached "
         "reference; finished cells are kept when a sweep is interrupted and rerun.",
-        **examples(
-            "repflow sweep runs/fashion --cfg 1,1.5,2,3 --interval 0,1:0,0.7 --steps 25,50 --num-samples 500",
-            "repflow sweep runs/jit --cfg 2.4,2.9 --ema 0.9999,0.9996 --write   # the best becomes the run's default",
-        ),
     )
-    s.add_argument("run", help="run directory (newest checkpoint) or checkpoint directory")
+    add_run_argument(s)
     s.add_argument("--cfg", type=float_list, help="guidance scales, e.g. 1,1.5,2,3 (default: the run's)")
     s.add_argument("--interval", type=interval_list, help="guidance intervals LO,HI separated by ':', e.g. 0,1:0,0.7")
     s.add_argument("--steps", type=int_list, help="solver steps, e.g. 25,50")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import examples
+from .options import command
 
 
 def _train(args) -> int:
@@ -15,7 +15,7 @@ def _train(args) -> int:
     overrides = [*args.overrides, *([f"train.init_from={args.init_from}"] if args.init_from else [])]
     cfg = load_config(args.config, overrides)
     if args.config in list_presets():  # a shipped preset on one's own folder: the images decide the shapes
-        from ..init import fit_preset_to_folder
+        from ..init_preset import fit_preset_to_folder
 
         cfg, note = fit_preset_to_folder(cfg, overrides)
         if note:
@@ -50,16 +50,15 @@ def _demo(args) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser(
+    t = command(
+        sub,
         "train",
-        help="train a model from a preset or YAML file",
-        **examples(
-            "repflow train demo-fashion-reg --out runs/fashion            # rerun the same line to resume",
-            "repflow train sit-b2-reg-in256 data.root=/data/imagenet/train --dry-run",
-            "repflow train my.yaml train.lr=3e-4 encoders.0.path=/weights/dinov2_vitb14.pth --out runs/mine",
-            "repflow train demo-fashion-meanflow --init-from runs/fashion --out runs/fashion-mf  # flow -> MeanFlow",
-            "torchrun --nproc_per_node 8 $(which repflow) train sit-xl2-reg-in256 data.root=... --out runs/xl",
-        ),
+        "train a model from a preset or YAML file",
+        "repflow train demo-fashion-reg --out runs/fashion            # rerun the same line to resume",
+        "repflow train sit-b2-reg-in256 data.root=/data/imagenet/train --dry-run",
+        "repflow train my.yaml train.lr=3e-4 encoders.0.path=/weights/dinov2_vitb14.pth --out runs/mine",
+        "repflow train demo-fashion-meanflow --init-from runs/fashion --out runs/fashion-mf  # flow -> MeanFlow",
+        "torchrun --nproc_per_node 8 $(which repflow) train sit-xl2-reg-in256 data.root=... --out runs/xl",
     )
     t.add_argument("config", help="preset name (see `repflow presets`) or path to a YAML file")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 model.arch=SiT-B/2")
@@ -74,14 +73,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     t.set_defaults(func=_train)
 
-    pr = sub.add_parser("presets", help="list the shipped presets", **examples("repflow presets"))
+    pr = command(sub, "presets", "list the shipped presets", "repflow presets")
     pr.set_defaults(func=_presets)
 
-    d = sub.add_parser(
-        "demo",
-        help="train a small class-conditional model on Fashion-MNIST and sample it",
-        **examples("repflow demo --out demo_out", "repflow demo train.steps=300"),
-    )
+    d = command(sub, "demo", "train a small class-conditional model on Fashion-MNIST and sample it",
+                "repflow demo --out demo_out", "repflow demo train.steps=300")  # fmt: skip
     d.add_argument("--out", default="demo_out")
     d.add_argument("overrides", nargs="*", help="dotted overrides for the demo preset")
     d.set_defaults(func=_demo)

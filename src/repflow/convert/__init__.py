@@ -18,7 +18,8 @@ from torch import Tensor
 from ..build import WEIGHTS_KEY, weights_record
 from ..config import Config
 from ..errors import CheckpointError, ConfigError
-from ..runtime.checkpoint import ema_name, first_nonfinite, load_checkpoint, resolve_checkpoint, save_checkpoint
+from ..runtime.checkpoint import ema_name, first_nonfinite, save_checkpoint
+from ..runtime.lookup import load_checkpoint, resolve_checkpoint
 from ..runtime.safe_load import load_plain
 from . import official_ddt, official_jit, official_lightningdit, official_rae, official_rae_decoder, official_sit
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import CheckpointError
-from ..runtime.checkpoint import load_checkpoint, resolve_checkpoint
+from ..runtime.lookup import load_checkpoint, resolve_checkpoint
 from ..sample.sharded import sample_path
 from .sources import FolderSource
 

@@ -19,8 +19,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..runtime.checkpoint import CKPT_RE, load_checkpoint, select_weights
+from ..runtime.checkpoint import CKPT_RE, select_weights
 from ..runtime.distributed import DistInfo, barrier, broadcast_object
+from ..runtime.lookup import load_checkpoint
 from ..sample.runs import sample_run
 from ..sample.swept import checked_setting, run_of, write_swept
 from .evaluate import EvalOptions, parse_metrics, prepare_references, resolve_metric

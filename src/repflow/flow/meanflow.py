@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..runtime.precision import full_precision
-from .loss import FlowSample, LossOutput
+from .loss import FlowSample, LossOutput, draw_noise, drop_labels, step_draw
 from .path import Path, expand_t
 from .timesteps import TimeSampler
 
@@ -103,9 +103,7 @@ class MeanFlowLoss:
         t = self.time_sampler.sample(n, self.path, generator, device=device)
         r = self.time_sampler.sample(n, self.path, generator, device=device)
         t, r = torch.maximum(t, r), torch.minimum(t, r)
-        eps = {k: torch.randn((n, *shapes[k]), generator=generator, device=device) for k in sorted(shapes)}
-        if self.noise_scale != 1.0 and "x" in eps:
-            eps["x"] = eps["x"] * self.noise_scale
+        eps = draw_noise(shapes, n, generator, device, self.noise_scale)
         # official: the first int(n * data_proportion) samples get r = t and the first num_drop (a binomial count)
         # lose their label; a random order places both, so a process's slice is not all of one kind
         order = torch.randperm(n, generator=generator, device=device)
@@ -166,27 +164,18 @@ class MeanFlowLoss:
         return u, du_dt, hidden
 
     # -- the loss --------------------------------------------------------------------------------------------
-    def __call__(
-        self,
-        model: ModelFn,
-        clean: Mapping[str, Tensor],
-        y: Tensor | None,
-        weights: Mapping[str, float] | None = None,
-        draw: MeanFlowDraw | None = None,
-        generator: torch.Generator | None = None,
-        return_hidden: Sequence[int] = (),
-    ) -> tuple[LossOutput, FlowSample]:
+    def __call__(self, model: ModelFn, clean: Mapping[str, Tensor], y: Tensor | None,
+                 weights: Mapping[str, float] | None = None, draw: MeanFlowDraw | None = None,
+                 generator: torch.Generator | None = None,
+                 return_hidden: Sequence[int] = ()) -> tuple[LossOutput, FlowSample]:  # fmt: skip
         weights = weights or {}
-        x = clean["x"]
-        if draw is None:
-            draw = self.draw({k: v.shape[1:] for k, v in clean.items()}, x.shape[0], generator, x.device)
+        draw = step_draw(self, clean, draw, generator)
         t, r = draw.t, draw.r
         clean = {k: full_precision(v) for k, v in clean.items()}
         z_t = {k: self.path.interpolate(v, draw.eps[k], t) for k, v in clean.items()}
         v = {k: self.path.velocity(c, draw.eps[k], t) for k, c in clean.items()}
         v_g = self.guided_velocity(model, z_t, v, t, y, draw.drop)
-        if y is not None and self.class_dropout > 0:
-            y = torch.where(draw.drop, torch.full_like(y, self.null_label), y)
+        y = drop_labels(y, draw.drop, self.class_dropout, self.null_label)
         u, du_dt, hidden = self.average_velocity(model, z_t, t, r, y, v_g, return_hidden)
         terms: dict[str, Tensor] = {}
         total = 0.0

@@ -24,8 +24,9 @@ import torch
 from .._compat import require
 from ..build import method_class
 from ..config import ConfigError, replace, to_dict
-from ..runtime.checkpoint import CKPT_RE, load_checkpoint
+from ..runtime.checkpoint import CKPT_RE
 from ..runtime.exported import PREFIX, ExportedCheckpoint
+from ..runtime.lookup import load_checkpoint
 
 
 def export_diffusers(run: str | Path, out: str | Path, ema: float | None = None, license: str = "other") -> Path:

@@ -84,7 +84,21 @@ class MethodEnv:
     codec: Any = None  # the run's codec (pixels <-> model space), for previews
 
 
-class Method(nn.Module):
+class ResolvesConfig:
+    """The two config-filling hooks a method and a flow method's term both have (``Method``, ``Term``)."""
+
+    @classmethod
+    def resolve_static(cls, cfg: Config) -> Config:
+        """What can be filled without data or weights (``--dry-run``), e.g. a term's block from the architecture."""
+        return cfg
+
+    @classmethod
+    def resolve(cls, cfg: Config, env: MethodEnv) -> Config:
+        """What depends on the data or the encoders (called once, when training starts); default: the static part."""
+        return cls.resolve_static(cfg)
+
+
+class Method(ResolvesConfig, nn.Module):
     """Base class. Subclasses register with ``@METHODS.register(kind, ConfigClass)``."""
 
     #: networks with EMA copies (``train.ema_decays``); "model" is the one sampled from
@@ -163,16 +177,6 @@ class Method(nn.Module):
     preview_needs_data: ClassVar[bool] = False
 
     # -- what the config decides ------------------------------------------------------------------------------
-    @classmethod
-    def resolve_static(cls, cfg: Config) -> Config:
-        """What can be filled without data or weights (``--dry-run``)."""
-        return cfg
-
-    @classmethod
-    def resolve(cls, cfg: Config, env: MethodEnv) -> Config:
-        """Fill fields that depend on the data or the encoders (called once, when training starts)."""
-        return cls.resolve_static(cfg)
-
     @classmethod
     def needs_encoders(cls, cfg: Config) -> bool:
         return False

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from ..config import Config, ConfigError, MethodConfig, checked, nonnegative, positive, replace, to_dict, unit
 from ..flow.denoiser import NetworkDenoiser
-from ..flow.loss import LossOutput
+from ..flow.loss import LossOutput, drop_labels
 from ..flow.path import build_path, expand_t
 from ..flow.timesteps import TimeSampler
 from ..models import build_model
@@ -176,9 +176,7 @@ class DSDMethod(Method):
             z2 = z2.detach()
         t, eps = draw["t"], draw["eps"]
         z_t = self.path.interpolate(z1, eps, t)
-        y = batch.y
-        if y is not None and self.class_dropout > 0:
-            y = torch.where(draw["drop"], torch.full_like(y, net.null_label), y)
+        y = drop_labels(batch.y, draw["drop"], self.class_dropout, net.null_label)
         out = net.denoise(z_t, t, y)
         if m.predict_clean:
             target = z2
@@ -204,6 +202,10 @@ class DSDMethod(Method):
         for name, value, weight in self.auxiliary(batch, hidden, hidden_s, hidden_t, align):
             terms[name] = value
             total = total + weight * value
+        # a total for loss.png that shows the trunk's training: the velocity head reads the trunk detached, so its
+        # loss (a v-space regression, the largest term) trains only that head, yet it dominates the total; what
+        # trains the trunk and its latent, diffusion and image heads is the total without it
+        terms["loss_trunk"] = (total - m.velocity_weight * terms["velocity"]).detach()
         return LossOutput(total=total, terms=terms)
 
     def decode_noised(self, z: Tensor, draw: Draw) -> Tensor:

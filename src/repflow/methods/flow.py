@@ -24,10 +24,10 @@ from ..flow.path import build_path
 from ..flow.timesteps import TimeSampler
 from ..models import build_model, network_class
 from ..registry import ARCHITECTURES, METHODS, TERMS
-from .base import Method, MethodEnv, TrainBatch
+from .base import Method, MethodEnv, ResolvesConfig, TrainBatch
 
 
-class Term(nn.Module):
+class Term(ResolvesConfig, nn.Module):
     """A piece of the flow objective; subclasses register with ``@TERMS.register(section, ConfigClass)``."""
 
     section: ClassVar[str] = ""
@@ -66,16 +66,6 @@ class Term(nn.Module):
     def guidance(cls, cfg: Config, opts: SampleConfig, scales: dict[str, float]) -> dict[str, float]:
         """Adjust the per-stream guidance scales (REG: its class token's own scale)."""
         return scales
-
-    @classmethod
-    def resolve_static(cls, cfg: Config) -> Config:
-        """Fill what the term derives from the architecture (e.g. its block)."""
-        return cfg
-
-    @classmethod
-    def resolve(cls, cfg: Config, env: MethodEnv) -> Config:
-        """Fill what the term derives from the data and the encoders (default: only the static part)."""
-        return cls.resolve_static(cfg)
 
     @classmethod
     def resume_key(cls, cfg: Config) -> dict[str, Any]:

@@ -27,7 +27,16 @@ from torch import Tensor, nn
 from ..config import ConfigError, ModelConfig, checked, nonnegative, positive
 from ..registry import ARCHITECTURES
 from .dit import ModelOutput
-from .layers import FinalNorm, LabelEmbedder, RoPEBlock, TimestepEmbedder, rope_2d, run_block, vector_stream_layers
+from .layers import (
+    FinalNorm,
+    LabelEmbedder,
+    RoPEBlock,
+    TimestepEmbedder,
+    rope_2d,
+    run_block,
+    unpatchify,
+    vector_stream_layers,
+)
 from .presets import fill_from_arch
 
 # (depth, hidden, heads, encoder blocks): XL 22 + 6 is the released model (its config); the B (8 + 4) and L
@@ -150,9 +159,8 @@ class DDT(nn.Module):
         tokens = self._run(self.blocks[self.encoder_depth :], tokens, s, self.encoder_depth + 1, set(taps),
                            {} if hidden is None else hidden)  # fmt: skip
         tokens = self.final_norm(tokens, s)
-        b, p, c = x.shape[0], self.patch_size, self.in_channels
-        patches = self.out_x(tokens[:, self.num_front_tokens :]).reshape(b, gh, gw, p, p, c)
-        pred = {"x": torch.einsum("nhwpqc->nchpwq", patches).reshape(b, c, gh * p, gw * p)}
+        patches = self.out_x(tokens[:, self.num_front_tokens :])  # (B, N, p*p*C)
+        pred = {"x": unpatchify(patches, gh, gw, self.patch_size, self.in_channels)}
         for j, k in enumerate(self.vector_streams):
             pred[k] = self.stream_out[k](tokens[:, j])
         return pred

@@ -29,6 +29,7 @@ from .layers import (
     TimestepEmbedder,
     run_block,
     sincos_pos_embed_2d,
+    unpatchify,
     vector_stream_layers,
 )
 from .presets import ARCHS, fill_from_arch
@@ -153,12 +154,6 @@ class FlowTransformer(nn.Module):
             return self.pos_embed
         return sincos_pos_embed_2d(self.cfg.hidden_size, grid_h, grid_w).to(self.pos_embed.device)
 
-    def unpatchify(self, tokens: Tensor, grid_h: int, grid_w: int) -> Tensor:
-        """(B, N, p*p*C) -> (B, C, H, W), DiT's (h, w, p, q, c) token layout."""
-        b, p, c = tokens.shape[0], self.patch_size, self.in_channels
-        x = tokens.reshape(b, grid_h, grid_w, p, p, c)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(b, c, grid_h * p, grid_w * p)
-
     def condition(self, t: Tensor, y: Tensor | None, h: Tensor | None = None) -> Tensor:
         c = self.t_embedder(t, h)  # (B, D)
         if self.y_embedder is not None:
@@ -167,14 +162,10 @@ class FlowTransformer(nn.Module):
             c = c + self.y_embedder(y)
         return c
 
-    def forward(
-        self,
-        states: dict[str, Tensor],
-        t: Tensor,
-        y: Tensor | None = None,
-        return_hidden: Sequence[int] = (),
-        h: Tensor | None = None,  # the interval t - r of a MeanFlow network (model.interval_input)
-    ) -> ModelOutput:
+    def forward(self, states: dict[str, Tensor], t: Tensor, y: Tensor | None = None,
+                return_hidden: Sequence[int] = (), h: Tensor | None = None) -> ModelOutput:  # fmt: skip
+        """The network's call (every family's): ``h`` is the interval t - r of a MeanFlow network
+        (``model.interval_input``)."""
         x = states["x"]
         interval = h
         b, _, h, w = x.shape
@@ -203,7 +194,7 @@ class FlowTransformer(nn.Module):
             raise ValueError(f"hidden states requested after blocks {sorted(missing)}, model has {len(self.blocks)}")
 
         tokens = self.final_norm(tokens, c)
-        pred = {"x": self.unpatchify(self.out_x(tokens[:, self.num_front_tokens :]), gh, gw)}
+        pred = {"x": unpatchify(self.out_x(tokens[:, self.num_front_tokens :]), gh, gw, p, self.in_channels)}
         for j, k in enumerate(self.vector_streams):
             pred[k] = self.stream_out[k](tokens[:, j])
         return ModelOutput(pred=pred, hidden=hidden)

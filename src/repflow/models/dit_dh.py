@@ -42,6 +42,7 @@ from .layers import (
     rope_2d,
     run_block,
     sincos_pos_embed_2d,
+    unpatchify,
 )
 from .presets import SIZES, fill_from_arch, size_table
 
@@ -260,20 +261,10 @@ class DiTDH(nn.Module):
     num_front_tokens = 0
     blocks = property(lambda self: self.backbone.blocks)  # FSDP shards these; REPA reads their hidden states
 
-    def unpatchify(self, tokens: Tensor, grid_h: int, grid_w: int) -> Tensor:
-        """(B, N, p*p*C) -> (B, C, H, W), the (h, w, p, q, c) token layout."""
-        b, p, c = tokens.shape[0], self.patch_size, self.in_channels
-        x = tokens.reshape(b, grid_h, grid_w, p, p, c)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(b, c, grid_h * p, grid_w * p)
-
-    def forward(
-        self,
-        states: dict[str, Tensor],
-        t: Tensor,
-        y: Tensor | None = None,
-        return_hidden: Sequence[int] = (),
-        h: Tensor | None = None,  # the interval t - r of a MeanFlow network (model.interval_input)
-    ) -> ModelOutput:
+    def forward(self, states: dict[str, Tensor], t: Tensor, y: Tensor | None = None,
+                return_hidden: Sequence[int] = (), h: Tensor | None = None) -> ModelOutput:  # fmt: skip
+        """The network's call (every family's): ``h`` is the interval t - r of a MeanFlow network
+        (``model.interval_input``)."""
         x = states["x"]
         gh, gw = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         internal = self.cfg.internal_depth if self.internal is not None else 0
@@ -288,11 +279,11 @@ class DiTDH(nn.Module):
         for block in self.head:
             head = run_block(block, self.grad_checkpointing and self.training, head, s, self.rope_cos,
                              self.rope_sin)  # fmt: skip
-        pred = {"x": self.unpatchify(self.final(head, s), gh, gw)}
+        pred = {"x": unpatchify(self.final(head, s), gh, gw, self.patch_size, self.in_channels)}
         shallow = {}
         if internal:
             base = F.silu(t_emb + hidden[internal])  # (B, N, D)
-            shallow["x"] = self.unpatchify(self.internal(base, base), gh, gw)
+            shallow["x"] = unpatchify(self.internal(base, base), gh, gw, self.patch_size, self.in_channels)
         return ModelOutput(pred=pred, hidden={i: hidden[i] for i in return_hidden}, shallow=shallow)
 
     def forward_flops(self, batch: int = 1) -> int:

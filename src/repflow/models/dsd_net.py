@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..config import checked, positive
 from ..registry import ARCHITECTURES
 from .dit import SiTConfig
-from .layers import DiTBlock, FinalNorm, LabelEmbedder, TimestepEmbedder, sincos_pos_embed_2d
+from .layers import DiTBlock, FinalNorm, LabelEmbedder, TimestepEmbedder, sincos_pos_embed_2d, unpatchify
 from .presets import fill_from_arch, size_table
 
 # (depth of the trunk, width, heads). The paper reports 42M / 118M / 205M parameters without sizes; these are
@@ -149,9 +149,7 @@ class DSDNet(nn.Module):
         c = self.mode("decode", z.shape[0])
         tokens, _ = self.trunk(self.latent_embed(z) + self.pos_embed.to(z.dtype), c)
         patches = self.image_head(self.image_norm(tokens, c))  # (B, N, p*p*C_img)
-        b, g, p = z.shape[0], self.grid, self.patch_size
-        x = patches.reshape(b, g, g, p, p, self.in_channels)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(b, self.in_channels, g * p, g * p)
+        return unpatchify(patches, self.grid, self.grid, self.patch_size, self.in_channels)
 
     def condition(self, t: Tensor, y: Tensor | None) -> Tensor:
         c = self.mode("denoise", t.shape[0]) + self.t_embedder(t)

@@ -37,6 +37,7 @@ from .layers import (
     run_block,
     sincos_pos_embed_2d,
     swiglu_hidden,
+    unpatchify,
     vector_stream_layers,
 )
 from .presets import fill_from_arch, size_table
@@ -162,20 +163,10 @@ class JiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def unpatchify(self, tokens: Tensor) -> Tensor:
-        """(B, N, p*p*C) -> (B, C, H, W), the (h, w, p, q, c) token layout."""
-        b, g, p, c = tokens.shape[0], self.grid, self.patch_size, self.in_channels
-        x = tokens.reshape(b, g, g, p, p, c)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(b, c, g * p, g * p)
-
-    def forward(
-        self,
-        states: dict[str, Tensor],
-        t: Tensor,
-        y: Tensor | None = None,
-        return_hidden: Sequence[int] = (),
-        h: Tensor | None = None,  # the interval t - r of a MeanFlow network (model.interval_input)
-    ) -> ModelOutput:
+    def forward(self, states: dict[str, Tensor], t: Tensor, y: Tensor | None = None,
+                return_hidden: Sequence[int] = (), h: Tensor | None = None) -> ModelOutput:  # fmt: skip
+        """The network's call (every family's): ``h`` is the interval t - r of a MeanFlow network
+        (``model.interval_input``)."""
         x = states["x"]
         if x.shape[-1] != self.grid * self.patch_size or x.shape[-2] != x.shape[-1]:
             raise ValueError(f"JiT was built for {self.grid * self.patch_size}px inputs, got {tuple(x.shape[-2:])}")
@@ -206,7 +197,7 @@ class JiT(nn.Module):
             raise ValueError(f"hidden states requested after blocks {sorted(missing)}, model has {len(self.blocks)}")
         shift, scale = self.final_modulation(c).chunk(2, dim=-1)
         final = modulate(self.norm_final(tokens), shift, scale)
-        pred = {"x": self.unpatchify(self.out_x(final[:, front:]))}
+        pred = {"x": unpatchify(self.out_x(final[:, front:]), self.grid, self.grid, self.patch_size, self.in_channels)}
         for j, k in enumerate(self.vector_streams):
             pred[k] = self.stream_out[k](final[:, j])
         return ModelOutput(pred=pred, hidden=hidden)

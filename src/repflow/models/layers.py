@@ -25,6 +25,12 @@ def run_block(block: nn.Module, checkpointing: bool, *args: Tensor | None) -> Te
     return checkpoint(block, *args, use_reentrant=False) if checkpointing else block(*args)
 
 
+def unpatchify(tokens: Tensor, grid_h: int, grid_w: int, patch: int, channels: int) -> Tensor:
+    """(B, N, p*p*C) -> (B, C, H, W): the patches put back in place, DiT's (h, w, p, q, c) token layout."""
+    x = tokens.reshape(tokens.shape[0], grid_h, grid_w, patch, patch, channels)
+    return torch.einsum("nhwpqc->nchpwq", x).reshape(tokens.shape[0], channels, grid_h * patch, grid_w * patch)
+
+
 def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> Tensor:
     """Fixed 2-D sin-cos position embedding (MAE/DiT layout), returned as (grid_h * grid_w, dim)."""
     if dim % 4:

@@ -93,7 +93,7 @@ def check_decoder(source: str):
     config = Path(source) / "config.json"
     if config.is_file() and json.loads(config.read_text()).get("_class_name") == "AutoencoderRAE":
         return None
-    from ..runtime.checkpoint import load_checkpoint
+    from ..runtime.lookup import load_checkpoint
 
     ckpt = load_checkpoint(source)
     if ckpt.config.method.kind != "rae_decoder":

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..config import Config, ConfigError, from_yaml, to_yaml
+from ..config import Config, to_yaml
 from ..errors import CheckpointError
 from .safe_load import load_plain
 
@@ -157,27 +157,6 @@ def clean_stale_temporaries(run_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or the newest checkpoint of a run directory; an exported folder's
-    ``transformer/`` (a Hub id: its cached snapshot's)."""
-    from .exported import WEIGHTS, is_exported, locate
-
-    path = locate(path)
-    if not path.exists():
-        raise CheckpointError(f"'{path}' does not exist; pass a run directory, a checkpoint directory, an exported "
-                              "folder or a Hub id (org/name)")  # fmt: skip
-    if is_exported(path):
-        return path / "transformer"
-    if (path / "state.pt").is_file() or (path / "model.safetensors").is_file():
-        return path
-    if (path / WEIGHTS).is_file() and is_exported(path.parent):
-        return path
-    ckpts = list_checkpoints(path)
-    if not ckpts:
-        raise CheckpointError(f"'{path}' holds no checkpoint (expected {path}/checkpoints/ckpt-<step>/)")
-    return ckpts[-1]
-
-
 @dataclass
 class Checkpoint:
     path: Path
@@ -229,19 +208,3 @@ class Checkpoint:
         if not f.is_file():
             raise CheckpointError(f"checkpoint {self.path} has no state.pt: it holds weights only, not resumable")
         return load_plain(f, "training state")
-
-
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    from .exported import is_exported, load_exported
-
-    ckpt = resolve_checkpoint(path)
-    if is_exported(ckpt.parent) and ckpt.name == "transformer":
-        return load_exported(ckpt.parent)
-    cfg_file = ckpt / "config.yaml"
-    if not cfg_file.is_file():
-        raise CheckpointError(f"checkpoint {ckpt} has no config.yaml; it was not written by repflow")
-    try:
-        cfg = from_yaml(cfg_file.read_text())
-    except (ConfigError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{cfg_file} is not a valid repflow config: {str(err).splitlines()[0]}") from err
-    return Checkpoint(ckpt, cfg)

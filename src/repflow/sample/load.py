@@ -13,7 +13,8 @@ from torch import nn
 from ..build import check_weights_record, codec_for, method_class
 from ..config import Config
 from ..errors import CheckpointError
-from ..runtime.checkpoint import CKPT_RE, Checkpoint, load_checkpoint, select_weights
+from ..runtime.checkpoint import CKPT_RE, Checkpoint, select_weights
+from ..runtime.lookup import load_checkpoint
 
 
 @dataclass

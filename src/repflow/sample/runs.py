@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from ..config import Config, SampleConfig, replace
-from ..runtime.checkpoint import CKPT_RE, ema_name, resolve_checkpoint
+from ..runtime.checkpoint import CKPT_RE, ema_name
 from ..runtime.distributed import DistInfo
+from ..runtime.lookup import resolve_checkpoint
 from .load import load_run
 from .sharded import Generated, describe_labels, generate_sharded, sampling_manifest
 from .swept import with_swept

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..runtime.checkpoint import load_checkpoint, select_weights
+from ..runtime.checkpoint import select_weights
+from ..runtime.lookup import load_checkpoint
 
 
 def init_from(networks: dict[str, nn.Module], source: str) -> str:

@@ -26,11 +26,12 @@ from ..data import ResumableBatchSampler, build_dataset, build_loader
 from ..data.loader import loader_workers
 from ..errors import CheckpointError, NonFiniteLossError
 from ..methods.base import MethodEnv, TrainBatch
-from ..runtime.checkpoint import clean_stale_temporaries, list_checkpoints, load_checkpoint, save_checkpoint
+from ..runtime.checkpoint import clean_stale_temporaries, list_checkpoints, save_checkpoint
 from ..runtime.cpus import compute_threads, cpus_per_process
 from ..runtime.distributed import DistInfo, all_reduce_max, all_reduce_mean, barrier, cleanup, setup_distributed
 from ..runtime.images import make_grid, save_grid
 from ..runtime.lock import DirectoryLock
+from ..runtime.lookup import load_checkpoint
 from ..runtime.precision import autocast_for, use_bf16
 from .batching import BatchPreparer
 from .hooks import HookRun, StepHook, run_hooks
