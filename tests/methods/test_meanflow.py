@@ -58,6 +58,18 @@ def test_meanflow_composes_with_repa_and_reg(tmp_path, encoder_file):  # noqa: F
     assert images.shape == (4, 3, 8, 8) and nfe == 1
 
 
+def test_imf_options_train_through_the_loop_and_sample_in_one_jump(tmp_path):
+    cfg = tiny_config(*MF, "method.tangent=model", "method.velocity_weight=1.0", "train.steps=2")
+    trainer = Trainer(cfg, tmp_path)
+    assert "tangent u(z, t, t | c) (iMF); velocity loss x1 (iMF)" in trainer.method.describe()
+    trainer.fit()
+    last = rows(tmp_path)[-1]
+    assert last["loss"] == pytest.approx(last["meanflow_x"] + last["meanflow_x_v"], rel=1e-5)
+    loaded = load_run(str(tmp_path))
+    images, nfe = sample_images(loaded.denoiser, loaded.cfg.sample, range(2))
+    assert nfe == 1 and torch.isfinite(images).all()
+
+
 @pytest.mark.parametrize(
     "cfg",
     [
