@@ -246,3 +246,71 @@ def test_imf_velocity_loss_is_the_networks_h_zero_output_against_the_guided_velo
     assert out.terms["meanflow_x_v"].item() == pytest.approx(want.item(), rel=1e-12)
     assert out.total.item() == pytest.approx(out.terms["meanflow_x"].item() + 0.5 * want.item(), rel=1e-12)
     assert out.terms["meanflow_x_v"].requires_grad
+
+
+class XField(nn.Module):
+    """pMF's field x(z_t, r, t) = z_t - t u(z_t, r, t) of a network whose u is exact (t >= min_denominator)."""
+
+    def __init__(self, truth: nn.Module):
+        super().__init__()
+        self.truth = truth
+
+    def forward(self, states, t, y=None, return_hidden=(), h=None):
+        u = self.truth(states, t, y, h=h).pred["x"]
+        x = states["x"] - t.view(-1, 1, 1, 1).clamp_min(0.05) * u
+        return type("Out", (), {"pred": {"x": x}, "hidden": {}, "shallow": {}})()
+
+
+class PointMassX(nn.Module):
+    """Data at mu: every path is straight, so x(z_t, r, t) = z_t - t (eps - mu) = mu for every (r, t)."""
+
+    def __init__(self, mu: float):
+        super().__init__()
+        self.mu = mu
+
+    def forward(self, states, t, y=None, return_hidden=(), h=None):
+        return type("Out", (), {"pred": {"x": torch.full_like(states["x"], self.mu)}, "hidden": {}})()
+
+
+def test_pmf_x_prediction_true_field_is_a_fixed_point_and_one_step_is_exact():
+    truth, mf = XField(GaussianAverageVelocity(mu=0.7, s=0.5)), loss_fn(prediction="x")
+    g = torch.Generator().manual_seed(7)
+    t = torch.rand(8, generator=g, dtype=torch.float64) * 0.85 + 0.1
+    r = t * torch.rand(8, generator=g, dtype=torch.float64)
+    z = {"x": torch.randn(8, 1, 2, 2, generator=g, dtype=torch.float64)}
+    v = truth.truth(z, t).pred  # the marginal velocity
+    # the JVP runs through u = (z - x) / t, whose own t- and z-dependence the total derivative must carry
+    u, du_dt, _ = mf.average_velocity(truth, z, t, r, None, v)
+    assert (u["x"] - truth.truth(z, t, h=t - r).pred["x"]).abs().max().item() < 1e-12
+    target = v["x"] - (t - r).view(-1, 1, 1, 1) * du_dt["x"]
+    assert (target - u["x"]).abs().max().item() < 1e-12
+    # a point mass at mu: the true x-field is mu itself; the loss is 0 there (also on r = t pairs with t below
+    # 0.05, where pMF divides by 0.05 both the network's and the true velocity), and not at a wrong mu
+    x = {"x": torch.full((8, 1, 2, 2), 0.7, dtype=torch.float64)}
+    draw = MeanFlowDraw(t, r, {"x": torch.randn(8, 1, 2, 2, generator=g, dtype=torch.float64)}, torch.zeros(8) > 0)
+    low = MeanFlowDraw(torch.full((4,), 0.02, dtype=torch.float64), torch.full((4,), 0.02, dtype=torch.float64),
+                       {"x": torch.randn(4, 1, 2, 2, generator=g, dtype=torch.float64)}, torch.zeros(4) > 0)  # fmt: skip
+    for mu, d, n in ((0.7, draw, 8), (0.7, low, 4)):
+        for kw in ({}, {"tangent": "model", "velocity_weight": 1.0}):
+            out, _ = loss_fn(prediction="x", norm_p=0.0, **kw)(PointMassX(mu), {"x": x["x"][:n]}, None, draw=d)
+            assert out.total.item() < 1e-24
+    wrong, _ = loss_fn(prediction="x", norm_p=0.0)(PointMassX(0.6), x, None, draw=draw)
+    assert wrong.total.item() > 1e-3
+    # at t < 0.05 the velocity is pMF's (z_t - x) / 0.05, not eps - x
+    z_low = (1 - 0.02) * x["x"][:4] + 0.02 * low.eps["x"]
+    got = mf.as_average_velocity({"x": x["x"][:4]}, {"x": z_low}, low.t)["x"]
+    assert torch.allclose(got, (z_low - 0.7) / 0.05, rtol=0, atol=1e-14)
+    # sampling converts the same way: 1 and 2 jumps of an x-predicting network map eps to mu + s eps exactly
+    den = NetworkDenoiser(network=truth, path=LinearPath(), prediction="x", shapes={"x": (1, 2, 2)},
+                          decoder=lambda s: s["x"], interval_input=True, min_denominator=0.05)  # fmt: skip
+    eps = torch.randn(5, 1, 2, 2, generator=g, dtype=torch.float64)
+    for steps in (1, 2):
+        sol = mean_jumps(lambda s, t_, r_: den.average_velocity(s, t_, r_, None), {"x": eps}, time_grid(steps))
+        assert sol.nfe == steps and (sol.state["x"] - (0.7 + 0.5 * eps)).abs().max().item() < 1e-12
+
+
+def test_pmf_needs_the_linear_path():
+    from repflow.flow.path import build_path
+
+    with pytest.raises(ValueError, match="x on the linear path"):
+        MeanFlowLoss(path=build_path("cosine"), time_sampler=TimeSampler(), prediction="x")

@@ -64,6 +64,8 @@ def build_meanflow_loss(cfg: Config, null_label: int) -> MeanFlowLoss:
         noise_scale=cfg.flow.noise_scale,
         tangent=m.tangent,
         velocity_weight=m.velocity_weight,
+        prediction=cfg.flow.prediction,
+        min_denominator=cfg.flow.min_denominator,
     )
 
 
@@ -84,15 +86,19 @@ class MeanFlowMethod(FlowMethod):
         lo, hi = m.guidance_interval
         guidance = f"guidance in the target omega {m.omega:g} kappa {m.kappa:g} on t in [{lo:g}, {hi:g}]"
         guidance = guidance if self.flow.guides else "no guidance"
-        imf = "; tangent u(z, t, t | c) (iMF)" if m.tangent == "model" else ""
+        imf = "; x-prediction, u = (z - x) / t (pMF)" if self.cfg.flow.prediction == "x" else ""
+        imf += "; tangent u(z, t, t | c) (iMF)" if m.tangent == "model" else ""
         imf += f"; velocity loss x{m.velocity_weight:g} (iMF)" if m.velocity_weight else ""
         return f"meanflow ({terms}; {how}; r = t on {m.r_equals_t:g} of each batch; {guidance}{imf})"
 
     @classmethod
     def resolve_static(cls, cfg: Config) -> Config:
-        if cfg.flow.prediction != "v":
-            raise ConfigError(f"method.kind=meanflow trains the output as the average velocity: it needs "
-                              f"flow.prediction=v, got {cfg.flow.prediction}")  # fmt: skip
+        f = cfg.flow
+        if f.prediction == "eps" or f.loss_space != "v" or (f.prediction == "x" and f.path != "linear"):
+            raise ConfigError(f"method.kind=meanflow predicts the average velocity (flow.prediction=v) or pMF's "
+                              f"x = z_t - t u on the linear path (flow.prediction=x), with its loss in velocity "
+                              f"space (flow.loss_space=v); got prediction {f.prediction}, loss_space {f.loss_space}, "
+                              f"path {f.path}")  # fmt: skip
         if getattr(cfg.model, "internal_depth", 0):
             raise ConfigError("method.kind=meanflow does not train an internal output: set model.internal_depth=0")
         if cfg.train.grad_checkpointing and cfg.method.derivative == "jvp":
