@@ -288,8 +288,9 @@ def test_pmf_x_prediction_true_field_is_a_fixed_point_and_one_step_is_exact():
     # 0.05, where pMF divides by 0.05 both the network's and the true velocity), and not at a wrong mu
     x = {"x": torch.full((8, 1, 2, 2), 0.7, dtype=torch.float64)}
     draw = MeanFlowDraw(t, r, {"x": torch.randn(8, 1, 2, 2, generator=g, dtype=torch.float64)}, torch.zeros(8) > 0)
-    low = MeanFlowDraw(torch.full((4,), 0.02, dtype=torch.float64), torch.full((4,), 0.02, dtype=torch.float64),
-                       {"x": torch.randn(4, 1, 2, 2, generator=g, dtype=torch.float64)}, torch.zeros(4) > 0)  # fmt: skip
+    t_low = torch.full((4,), 0.02, dtype=torch.float64)
+    low = MeanFlowDraw(t_low, t_low.clone(), {"x": torch.randn(4, 1, 2, 2, generator=g, dtype=torch.float64)},
+                       torch.zeros(4) > 0)  # fmt: skip
     for mu, d, n in ((0.7, draw, 8), (0.7, low, 4)):
         for kw in ({}, {"tangent": "model", "velocity_weight": 1.0}):
             out, _ = loss_fn(prediction="x", norm_p=0.0, **kw)(PointMassX(mu), {"x": x["x"][:n]}, None, draw=d)
