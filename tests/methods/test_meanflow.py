@@ -3,6 +3,7 @@
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -56,6 +57,31 @@ def test_meanflow_composes_with_repa_and_reg(tmp_path, encoder_file):  # noqa: F
     loaded = load_run(str(tmp_path))
     images, nfe = sample_images(loaded.denoiser, loaded.cfg.sample, range(4))
     assert images.shape == (4, 3, 8, 8) and nfe == 1
+
+
+def test_imf_options_train_through_the_loop_and_sample_in_one_jump(tmp_path):
+    cfg = tiny_config(*MF, "method.tangent=model", "method.velocity_weight=1.0", "train.steps=2")
+    trainer = Trainer(cfg, tmp_path)
+    assert "tangent u(z, t, t | c) (iMF); velocity loss x1 (iMF)" in trainer.method.describe()
+    trainer.fit()
+    last = rows(tmp_path)[-1]
+    assert last["loss"] == pytest.approx(last["meanflow_x"] + last["meanflow_x_v"], rel=1e-5)
+    loaded = load_run(str(tmp_path))
+    images, nfe = sample_images(loaded.denoiser, loaded.cfg.sample, range(2))
+    assert nfe == 1 and torch.isfinite(images).all()
+
+
+def test_pmf_x_prediction_on_a_jit_network_trains_and_samples_in_one_jump(tmp_path):
+    jit = ("model.family=jit", "model.arch=JiT-B/16", "model.patch_size=2", "model.bottleneck=8",
+           "model.context_start=1", "flow.prediction=x")  # fmt: skip
+    trainer = Trainer(tiny_config(*MF, *jit, "method.tangent=model", "train.steps=2"), tmp_path)
+    assert "x-prediction, u = (z - x) / t (pMF)" in trainer.method.describe()
+    trainer.fit()
+    assert all(math.isfinite(r["loss"]) for r in rows(tmp_path))
+    loaded = load_run(str(tmp_path))
+    assert loaded.denoiser.prediction == "x"
+    images, nfe = sample_images(loaded.denoiser, loaded.cfg.sample, range(2))
+    assert nfe == 1 and torch.isfinite(images).all()
 
 
 @pytest.mark.parametrize(
@@ -117,7 +143,9 @@ def test_one_step_on_a_flow_run_warns_and_still_runs_the_mean_sampler_is_refused
     "overrides,needle",
     [
         (("model.num_classes=0",), "fold classifier-free guidance into the target: that needs a class-conditional"),
-        (("flow.prediction=x",), "needs flow.prediction=v"),
+        (("flow.prediction=eps",), "predicts the average velocity (flow.prediction=v) or pMF's x"),
+        (("flow.prediction=x", "flow.path=cosine"), "on the linear path (flow.prediction=x)"),
+        (("flow.loss_space=x",), "with its loss in velocity space (flow.loss_space=v)"),
         (("method.kappa=1.0",), "'method.kappa' must lie in [0, 1)"),
         (("method.guidance_interval=[0.8,0.2]",), "needs lo <= hi"),
         (("method.derivative=fd",), "method.derivative"),

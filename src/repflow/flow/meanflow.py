@@ -13,6 +13,18 @@ matching. ``v_g`` is the velocity with guidance folded in (the paper's appendix,
 ``omega v + kappa u(z_t, t, t | c) + (1 - omega - kappa) u(z_t, t, t | null)`` for t in the guidance interval,
 from the network itself without gradient. One step from noise: ``x = eps - u(eps, 0, 1)``.
 
+iMF (Geng, Lu et al. 2025, arXiv 2512.02012; Lyy-iiis/imeanflow ``imf.py``) recasts the loss as one on the
+instantaneous velocity, ``||u + (t - r) sg(du/dt) - sg(v_g)||^2``: the same value and gradient as the loss on
+``u - sg(v_g - (t - r) du/dt)`` (tested), so what changes is the JVP's tangent (``tangent="model"``: the network's
+own conditional velocity ``u(z_t, t, t | c)`` instead of the noisy ``v_g``) and an auxiliary loss on a velocity
+prediction (``velocity_weight``; here the network's ``u(z_t, t, t)``, iMF a second head). iMF's guided velocity
+``v + (1 - 1/w)(v_c - v_u)`` is the form above with omega = 1, kappa = 1 - 1/w.
+
+pMF (Lu et al. 2026, arXiv 2601.22158; Lyy-iiis/pMF ``pmf.py``, ``pmfDiT``) lets the network predict the field
+``x(z_t, r, t) = z_t - t u(z_t, r, t)`` (``prediction="x"``, on the linear path): ``u = (z_t - x) / max(t, 0.05)``
+inside every call, so the JVP, the guidance and the sampler all see u; the true velocity is ``(z_t - x) /
+max(t, 0.05)`` as well. Its perceptual losses (LPIPS, ConvNeXt) are not here.
+
 The reductions follow the official code (Gsunshine/meanflow, ``meanflow.py``): the squared error is *summed*
 over a sample's values, divided by ``sg((loss + c)^p)`` (the adaptive weight) and averaged over the batch. The
 pairs with r = t are an exact share of the batch (``int(n * r_equals_t)``), and the dropped labels are drawn as
@@ -34,6 +46,7 @@ from .path import Path, expand_t
 from .timesteps import TimeSampler
 
 DERIVATIVES = ("jvp", "finite_difference")
+TANGENTS = ("target", "model")  # the JVP's z-tangent: v_g (MeanFlow) or the network's own velocity (iMF)
 
 
 @dataclass
@@ -87,10 +100,19 @@ class MeanFlowLoss:
     derivative: str = "jvp"  # or finite_difference (MF-RAE)
     fd_step: float = 5e-3  # MF-RAE's delta_t
     noise_scale: float = 1.0
+    tangent: str = "target"  # iMF: "model"
+    prediction: str = "v"  # what the network outputs: the average velocity u, or pMF's x = z_t - t u
+    min_denominator: float = 0.05  # pMF: u = (z_t - x) / max(t, 0.05)
+    velocity_weight: float = 0.0  # iMF's auxiliary velocity loss (iMF: 1)
 
     def __post_init__(self) -> None:
         if self.derivative not in DERIVATIVES:
             raise ValueError(f"unknown derivative {self.derivative!r}; choose from {', '.join(DERIVATIVES)}")
+        if self.prediction not in ("v", "x") or (self.prediction == "x" and self.path.name != "linear"):
+            raise ValueError(f"MeanFlow predicts v, or x on the linear path (pMF); got {self.prediction!r} on "
+                             f"the {self.path.name} path")  # fmt: skip
+        if self.tangent not in TANGENTS:
+            raise ValueError(f"unknown tangent {self.tangent!r}; choose from {', '.join(TANGENTS)}")
 
     @property
     def guides(self) -> bool:
@@ -121,24 +143,37 @@ class MeanFlowLoss:
                         y: Tensor | None, drop: Tensor) -> dict[str, Tensor]:  # fmt: skip
         """``v_g``: the true velocity with the model's guidance folded in, on samples that keep their label and
         whose t lies in the interval (official ``guidance_fn`` then ``cond_drop``)."""
-        if not self.guides or y is None:
-            return v
+        return self.target_velocities(model, z_t, v, t, y, drop)[0]
+
+    @torch.no_grad()
+    def target_velocities(self, model: ModelFn, z_t: dict[str, Tensor], v: dict[str, Tensor], t: Tensor,
+                          y: Tensor | None, drop: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:  # fmt: skip
+        """``(v_g, tangent)``: the guided velocity and the JVP's z-tangent, which is ``v_g`` (MeanFlow) or the
+        network's conditional velocity ``u(z_t, t, t | c)`` with the label kept (iMF's ``v_c``, also where the
+        label is dropped), taken from the guidance call when that one has it."""
+        own = self.tangent == "model"
+        guides = self.guides and y is not None
+        v_c = v_u = None
+        if guides and (self.kappa != 0 or own):  # both halves in one call of twice the batch
+            null = torch.full_like(y, self.null_label)
+            both = self.predict(model, {k: torch.cat([z, z]) for k, z in z_t.items()}, torch.cat([t, t]),
+                                torch.cat([y, null]))  # fmt: skip
+            v_c, v_u = {k: b.chunk(2)[0] for k, b in both.items()}, {k: b.chunk(2)[1] for k, b in both.items()}
+        elif guides:  # only the null-label velocity is needed (official: one call)
+            v_u = self.predict(model, z_t, t, torch.full_like(y, self.null_label))
+        elif own:
+            v_c = self.predict(model, z_t, t, y)
+        if not guides:
+            return v, (v_c if own else v)
         lo, hi = self.guidance_interval
         inside = (t >= lo) & (t <= hi)
-        null = torch.full_like(y, self.null_label)
-        if self.kappa == 0:  # only the null-label velocity is needed (official: one call)
-            v_u, v_c = full_precision_pred(model(z_t, t, null)), None
-        else:  # both halves in one call of twice the batch
-            both = full_precision_pred(model({k: torch.cat([z, z]) for k, z in z_t.items()}, torch.cat([t, t]),
-                                             torch.cat([y, null])))  # fmt: skip
-            v_c, v_u = {k: b.chunk(2)[0] for k, b in both.items()}, {k: b.chunk(2)[1] for k, b in both.items()}
         out = {}
         for k, v_k in v.items():
-            omega = expand_t(torch.where(inside, self.omega, 1.0).to(v_k.dtype), v_k)
-            kappa = expand_t(torch.where(inside, self.kappa, 0.0).to(v_k.dtype), v_k)
-            guided = omega * v_k + (1 - omega - kappa) * v_u[k] + (kappa * v_c[k] if v_c is not None else 0)
+            on = expand_t(inside.to(v_k.dtype), v_k)  # omega and kappa in v's precision (a float64 run: float64)
+            omega, kappa = 1 + on * (self.omega - 1), on * self.kappa
+            guided = omega * v_k + (1 - omega - kappa) * v_u[k] + (kappa * v_c[k] if self.kappa != 0 else 0)
             out[k] = torch.where(drop.view(-1, *[1] * (v_k.ndim - 1)), v_k, guided)  # dropped labels: unguided
-        return out
+        return out, (v_c if own else out)
 
     def average_velocity(self, model: ModelFn, z_t: dict[str, Tensor], t: Tensor, r: Tensor, y: Tensor | None,
                          tangent: dict[str, Tensor], return_hidden: Sequence[int] = ()):  # fmt: skip
@@ -147,7 +182,7 @@ class MeanFlowLoss:
 
         def u_fn(z: dict[str, Tensor], time: Tensor):
             out = model(z, time, y, return_hidden=tuple(return_hidden), h=time - r)
-            return out.pred, out.hidden
+            return self.as_average_velocity(out.pred, z, time), out.hidden
 
         if self.derivative == "jvp":
             # the fused attention kernels (flash, memory-efficient; CPU's flash too) have no forward-mode
@@ -163,6 +198,17 @@ class MeanFlowLoss:
             du_dt = {k: (full_precision(plus[k]) - full_precision(minus[k])) / (2 * d) for k in plus}
         return u, du_dt, hidden
 
+    def as_average_velocity(self, pred: Mapping[str, Tensor], z: Mapping[str, Tensor], t: Tensor) -> dict[str, Tensor]:
+        """The network's output as u: itself, or (pMF) ``(z_t - x) / max(t, min_denominator)``."""
+        if self.prediction == "v":
+            return dict(pred)
+        return {k: self.path.convert(p, "x", "v", z[k], t, self.min_denominator) for k, p in pred.items()}
+
+    def predict(self, model: ModelFn, z: dict[str, Tensor], t: Tensor, y: Tensor | None, **kw) -> dict[str, Tensor]:
+        """The average velocity of one call, in full precision."""
+        pred = model(z, t, y, **kw).pred
+        return self.as_average_velocity({k: full_precision(p) for k, p in pred.items()}, z, t)
+
     # -- the loss --------------------------------------------------------------------------------------------
     def __call__(self, model: ModelFn, clean: Mapping[str, Tensor], y: Tensor | None,
                  weights: Mapping[str, float] | None = None, draw: MeanFlowDraw | None = None,
@@ -173,10 +219,15 @@ class MeanFlowLoss:
         t, r = draw.t, draw.r
         clean = {k: full_precision(v) for k, v in clean.items()}
         z_t = {k: self.path.interpolate(v, draw.eps[k], t) for k, v in clean.items()}
-        v = {k: self.path.velocity(c, draw.eps[k], t) for k, c in clean.items()}
-        v_g = self.guided_velocity(model, z_t, v, t, y, draw.drop)
+        if self.prediction == "v":
+            v = {k: self.path.velocity(c, draw.eps[k], t) for k, c in clean.items()}
+        else:  # pMF: the true velocity as the network's, (z_t - x) / max(t, 0.05)
+            v = self.as_average_velocity(clean, z_t, t)
+        v_g, tangent = self.target_velocities(model, z_t, v, t, y, draw.drop)
         y = drop_labels(y, draw.drop, self.class_dropout, self.null_label)
-        u, du_dt, hidden = self.average_velocity(model, z_t, t, r, y, v_g, return_hidden)
+        u, du_dt, hidden = self.average_velocity(model, z_t, t, r, y, tangent, return_hidden)
+        # iMF's auxiliary velocity loss, on the network's instantaneous velocity u(z_t, t, t) (with gradient)
+        velocity = self.predict(model, z_t, t, y, h=torch.zeros_like(t)) if self.velocity_weight else {}
         terms: dict[str, Tensor] = {}
         total = 0.0
         for k in clean:
@@ -186,8 +237,8 @@ class MeanFlowLoss:
             terms[f"meanflow_{k}"] = adaptive_weight(error, self.norm_p, self.norm_eps).mean()
             terms[f"meanflow_{k}_mse"] = error.detach().mean() / target[0].numel()  # per value, unweighted (log)
             total = total + weights.get(k, 1.0) * terms[f"meanflow_{k}"]
+            if k in velocity:
+                error_v = sum_flat((full_precision(velocity[k]) - v_g[k].detach()) ** 2)
+                terms[f"meanflow_{k}_v"] = adaptive_weight(error_v, self.norm_p, self.norm_eps).mean()
+                total = total + weights.get(k, 1.0) * self.velocity_weight * terms[f"meanflow_{k}_v"]
         return LossOutput(total=total, terms=terms), FlowSample(t=t, x_t=z_t, y=y, output=Prediction(u, hidden))
-
-
-def full_precision_pred(out) -> dict[str, Tensor]:
-    return {k: full_precision(p) for k, p in out.pred.items()}

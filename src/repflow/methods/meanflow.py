@@ -35,6 +35,10 @@ class MeanFlowConfig(MethodConfig):
     norm_eps: float = checked(0.01, positive)
     derivative: Literal["jvp", "finite_difference"] = "jvp"  # finite_difference: MF-RAE's central difference
     fd_step: float = checked(5e-3, lambda v: None if 0 < v < 0.5 else "must lie in (0, 0.5)")
+    # iMF: the JVP's tangent is the network's own conditional velocity u(z_t, t, t | c), not the noisy v_g ...
+    tangent: Literal["target", "model"] = "target"
+    # ... and an auxiliary loss on its instantaneous velocity u(z_t, t, t) against v_g, this weight (iMF: 1)
+    velocity_weight: float = checked(0.0, nonnegative)
 
     def validate(self) -> None:
         lo, hi = self.guidance_interval
@@ -58,6 +62,10 @@ def build_meanflow_loss(cfg: Config, null_label: int) -> MeanFlowLoss:
         derivative=m.derivative,
         fd_step=m.fd_step,
         noise_scale=cfg.flow.noise_scale,
+        tangent=m.tangent,
+        velocity_weight=m.velocity_weight,
+        prediction=cfg.flow.prediction,
+        min_denominator=cfg.flow.min_denominator,
     )
 
 
@@ -78,13 +86,19 @@ class MeanFlowMethod(FlowMethod):
         lo, hi = m.guidance_interval
         guidance = f"guidance in the target omega {m.omega:g} kappa {m.kappa:g} on t in [{lo:g}, {hi:g}]"
         guidance = guidance if self.flow.guides else "no guidance"
-        return f"meanflow ({terms}; {how}; r = t on {m.r_equals_t:g} of each batch; {guidance})"
+        imf = "; x-prediction, u = (z - x) / t (pMF)" if self.cfg.flow.prediction == "x" else ""
+        imf += "; tangent u(z, t, t | c) (iMF)" if m.tangent == "model" else ""
+        imf += f"; velocity loss x{m.velocity_weight:g} (iMF)" if m.velocity_weight else ""
+        return f"meanflow ({terms}; {how}; r = t on {m.r_equals_t:g} of each batch; {guidance}{imf})"
 
     @classmethod
     def resolve_static(cls, cfg: Config) -> Config:
-        if cfg.flow.prediction != "v":
-            raise ConfigError(f"method.kind=meanflow trains the output as the average velocity: it needs "
-                              f"flow.prediction=v, got {cfg.flow.prediction}")  # fmt: skip
+        f = cfg.flow
+        if f.prediction == "eps" or f.loss_space != "v" or (f.prediction == "x" and f.path != "linear"):
+            raise ConfigError(f"method.kind=meanflow predicts the average velocity (flow.prediction=v) or pMF's "
+                              f"x = z_t - t u on the linear path (flow.prediction=x), with its loss in velocity "
+                              f"space (flow.loss_space=v); got prediction {f.prediction}, loss_space {f.loss_space}, "
+                              f"path {f.path}")  # fmt: skip
         if getattr(cfg.model, "internal_depth", 0):
             raise ConfigError("method.kind=meanflow does not train an internal output: set model.internal_depth=0")
         if cfg.train.grad_checkpointing and cfg.method.derivative == "jvp":
