@@ -73,7 +73,7 @@ def _greyscale(img: Image.Image) -> bool:
     if img.mode not in ("RGB", "RGBA", "P"):
         return False
     small = img.convert("RGB").resize((32, 32))
-    r, g, b = (list(band.getdata()) for band in small.split())
+    r, g, b = (band.tobytes() for band in small.split())  # 8-bit bands: one byte a pixel
     return all(abs(x - y) <= 2 and abs(x - z) <= 2 for x, y, z in zip(r, g, b, strict=True))
 
 
