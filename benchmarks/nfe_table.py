@@ -23,6 +23,16 @@ from repflow.commands.options import add_sampling_args, int_list, sampling_chang
 NFE_PER_STEP = {"euler": 1, "dpmpp_2m": 1, "mean": 1}  # heun: 2 per step but the last; mean: MeanFlow jumps
 
 
+def write_csv(out: Path, rows: list[dict]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["sampler", "budget", "steps", "nfe", "fid"])
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(out)
+
+
 def steps_for(sampler: str, nfe: int) -> tuple[int, int]:
     """(steps, the NFE they cost) for a budget of ``nfe`` evaluations."""
     if sampler == "heun":
@@ -69,6 +79,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for s in samplers:
         steps_for(s, 1)  # an unusable sampler fails before any sampling
     changes = sampling_changes(args)
+    out = args.out or Path(args.run) / "eval" / "nfe.csv"
     rows = []
     for sampler in samplers:
         for budget in budgets:
@@ -79,12 +90,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append({"sampler": sampler, "budget": budget, "steps": steps, "nfe": nfe, "fid": result["fid"]})
             print(f"{sampler:>9} {steps:>3} steps, NFE {nfe:>3}: FID-{args.num_samples} {result['fid']:.2f}",
                   file=sys.stderr)  # fmt: skip
-    out = args.out or Path(args.run) / "eval" / "nfe.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["sampler", "budget", "steps", "nfe", "fid"])
-        writer.writeheader()
-        writer.writerows(rows)
+            write_csv(out, rows)  # after every cell: an interrupted table keeps what it measured
     print(f"FID-{args.num_samples} against NFE ({out}):\n{table(rows, budgets, samplers)}")
     return rows
 
