@@ -42,3 +42,24 @@ def test_the_table_on_a_tiny_run(tmp_path, fake_inception_env, capsys):
     assert "| dpmpp_2m |" in shown and "(1) |" in shown  # heun at budget 2 used 1 evaluation
     folders = {p.name for p in (run / "eval").iterdir() if p.is_dir()}
     assert "ckpt-00000002-ema-0.9-dpmpp_2m2-cfg1.5-seed0" in folders and len(folders) == 5  # heun1 shared
+
+
+def test_an_interrupted_table_keeps_the_cells_it_measured(tmp_path, monkeypatch):
+    import repflow
+
+    calls = []
+
+    def fake_evaluate(run, **kw):
+        calls.append(kw["sampler"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return {"fid": float(len(calls))}
+
+    monkeypatch.setattr(repflow, "evaluate", fake_evaluate)
+    out = tmp_path / "nfe.csv"
+    with pytest.raises(KeyboardInterrupt):
+        load_script().main([str(tmp_path / "run"), "--nfe", "1,2", "--samplers", "euler,heun", "--out", str(out)])
+    assert [(r["sampler"], r["budget"], r["fid"]) for r in csv.DictReader(out.open())] == [
+        ("euler", "1", "1.0"), ("euler", "2", "2.0")
+    ]  # fmt: skip
+    assert not out.with_suffix(".csv.tmp").exists()

@@ -106,3 +106,15 @@ def test_encoder_reuse_needs_ddt_and_the_split_is_checked():
     preset = load_config("ddt-xl2-in256")
     assert (preset.model.encoder_depth, preset.repa.depth, preset.sample.cfg_rule) == (22, 8, "evaluation_strict")
     assert DDT.resolve(DDTConfig(arch="DDT-L/2")).encoder_depth == 20
+
+
+@pytest.mark.parametrize("layout", ["eva", "ddt"])
+def test_rope_tables_are_the_same_cpu_tables_under_a_device_context(layout):
+    # a parameter count builds the network under torch.device("meta"); the tables must not mix devices there
+    from repflow.models.layers import rope_2d
+
+    cos, sin = rope_2d(16, 4, front=1, back=2, layout=layout)
+    with torch.device("meta"):
+        cos_meta, sin_meta = rope_2d(16, 4, front=1, back=2, layout=layout)
+    assert cos_meta.device.type == sin_meta.device.type == "cpu"
+    assert torch.equal(cos, cos_meta) and torch.equal(sin, sin_meta)
