@@ -3,6 +3,7 @@ resumed run appends to the same W&B run; TensorBoard stays the default; bad sett
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ EVAL = ["train.eval_every=2", "train.eval.num_samples=6", "train.eval.ref_count=
 def wandb_records(path: Path) -> list:
     """The records of an offline W&B run file (``run-<id>.wandb``): W&B's LevelDB-style log (a 7-byte header,
     32 KiB blocks of chunks ``crc32 (4) | length (2) | kind (1) | data``), each record a ``Record`` protobuf."""
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = path.read_bytes()
@@ -32,12 +34,15 @@ def wandb_records(path: Path) -> list:
             pos += left
             continue
         length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if kind not in (1, 2, 3, 4) or pos + 7 + length > len(data):  # the unwritten (or preallocated) tail
+            break
         buf += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # a full record, or the last chunk of one
             rec = pb.Record()
-            rec.ParseFromString(buf)
-            out.append(rec)
+            with contextlib.suppress(DecodeError):  # a record W&B's service was still writing: the checks say
+                rec.ParseFromString(buf)  # what must be there, so a lost one fails them, not the reader
+                out.append(rec)
             buf = b""
     return out
 
