@@ -56,6 +56,7 @@ class VAECodecConfig(CodecConfig):
                               "at auto")  # fmt: skip
 
 
+PACKAGED = Path(__file__).resolve().parent.parent / "presets"  # codec.path: autoencoders/<name>
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # not part of what a latent cache stores: the decoder side, and the normalisation applied after the cache
 _DECODER_SIDE = ("decoder.", "post_quant_conv.", "bn.")
@@ -76,6 +77,9 @@ def _first_line(err: BaseException) -> str:
 def locate_vae(path: str) -> tuple[str, str | None, dict]:
     """(source for from_pretrained, subfolder, config dict) for a local directory or a hub id."""
     local = Path(path).expanduser()
+    packaged = PACKAGED / path  # an architecture shipped with repflow (config.json only: REPA-E from scratch)
+    if not local.exists() and (packaged / "config.json").is_file():
+        local = packaged
     if local.exists() or not _HUB_ID.match(path) or path.startswith((".", "~")):
         if not local.is_dir():
             raise FileNotFoundError(f"VAE directory '{path}' does not exist (codec.path: a directory or a hub id)")
@@ -122,9 +126,11 @@ class VAECodec:
         precision: str = "auto",
         chunk: int = 32,
         vae=None,
+        normalisation: Normalisation | None = None,
     ):
         """``scale`` / ``shift`` None: the VAE config's; ``stats``: a per-channel statistics file instead.
-        ``vae``: an autoencoder already loaded (a diffusers pipeline's), used instead of reading ``path``."""
+        ``vae``: an autoencoder already loaded (a diffusers pipeline's, a REPA-E run's), used instead of reading
+        ``path``; ``normalisation``: its (shift, scale) given (a REPA-E run's batch-norm statistics)."""
         self.path, self.chunk, self.precision = path, int(chunk), precision
         self.source, self.subfolder, self.config = (
             (path, None, dict(vae.config)) if vae is not None else locate_vae(path)
@@ -137,10 +143,10 @@ class VAECodec:
         self.device = torch.device(device)
         self._vae = vae.eval().requires_grad_(False).to(self.device) if vae is not None else None
         self._overrides, self.stats = (shift, scale), stats
-        self._normalisation: Normalisation | None = None
-        if stats:
+        self._normalisation: Normalisation | None = normalisation
+        if normalisation is None and stats:
             self._normalisation = self._stats_normalisation(stats)
-        elif self.autoencoder.name != "AutoencoderKLFlux2":  # FLUX.2's lives in its weights: read on first use
+        elif normalisation is None and self.autoencoder.name != "AutoencoderKLFlux2":  # FLUX.2's: in its weights
             self._normalisation = self._config_normalisation()
 
     # -- normalisation ----------------------------------------------------------------------------------------
@@ -188,18 +194,25 @@ class VAECodec:
     @property
     def vae(self):
         if self._vae is None:
-            from .._compat import require
-
-            cls = getattr(require("diffusers"), self.autoencoder.name, None)
-            if cls is None:  # an older diffusers than the class needs
-                refuse(self.autoencoder.name, self.path)
-            try:
-                with _quiet_hub():
-                    vae = cls.from_pretrained(self.source, subfolder=self.subfolder, torch_dtype=torch.float32)
-            except (OSError, ValueError) as err:
-                raise FileNotFoundError(f"cannot load the VAE weights of '{self.path}': {_first_line(err)}") from err
-            self._vae = vae.eval().requires_grad_(False).to(self.device)
+            self._vae = self.load(pretrained=True).eval().requires_grad_(False).to(self.device)
         return self._vae
+
+    def load(self, pretrained: bool = True):
+        """A new instance of the autoencoder on the CPU, trainable (REPA-E tunes one): its weights, or with
+        ``pretrained`` False its architecture freshly initialised (from torch's current seed; a directory
+        holding only a ``config.json`` is enough)."""
+        from .._compat import require
+
+        cls = getattr(require("diffusers"), self.autoencoder.name, None)
+        if cls is None:  # an older diffusers than the class needs
+            refuse(self.autoencoder.name, self.path)
+        if not pretrained:
+            return cls.from_config(self.config)
+        try:
+            with _quiet_hub():
+                return cls.from_pretrained(self.source, subfolder=self.subfolder, torch_dtype=torch.float32)
+        except (OSError, ValueError) as err:
+            raise FileNotFoundError(f"cannot load the VAE weights of '{self.path}': {_first_line(err)}") from err
 
     def to(self, device: torch.device | str) -> VAECodec:
         self.device = torch.device(device)

@@ -48,6 +48,9 @@ def export_diffusers(run: str | Path, out: str | Path, ema: float | None = None,
         )
         raise ConfigError(f"{ckpt.path} was trained with method {cfg.method.kind}, which does not generate images "
                           f"(no diffusers pipeline to export; {how})")  # fmt: skip
+    if cfg.method.kind == "repa_e":  # its pipeline would need the tuned VAE in vae/: not written yet
+        raise ConfigError(f"{ckpt.path} is a repa_e run: export its tuned VAE with `repflow export RUN --vae DIR` "
+                          "and sample it with `repflow sample` (--to diffusers takes no repa_e run yet)")  # fmt: skip
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; export into a new folder")
     changes, ema, _ = with_swept(ckpt.path, {}, ema)
@@ -77,6 +80,33 @@ def export_diffusers(run: str | Path, out: str | Path, ema: float | None = None,
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     (out / "pipeline.py").write_text(PIPELINE_FILE)
     write_card(out, ckpt, stored, decay, license)
+    return out
+
+
+def export_vae(run: str | Path, out: str | Path, ema: float | None = None) -> Path:
+    """``repflow export RUN --vae OUT``: a repa_e run's tuned VAE as a diffusers ``AutoencoderKL`` directory, its
+    latent batch norm's statistics (EMA ``ema``; None: the run's first, as the official ``save_vae_weights.py``
+    takes the EMA model's) as ``latents_mean`` / ``latents_std`` with ``scaling_factor`` 1, so a frozen
+    ``codec.kind=vae`` normalises exactly as the run's SiT saw its latents: ``(z - mean) / sqrt(var + eps)``."""
+    from ..methods.repa_e import tuned_codec
+    from ..runtime.checkpoint import select_weights
+
+    out = Path(out)
+    ckpt = load_checkpoint(run)
+    cfg = ckpt.config
+    if cfg.method.kind != "repa_e":
+        raise ConfigError(f"{ckpt.path} was trained with method {cfg.method.kind}; --vae exports the VAE a repa_e run "
+                          "tunes (a frozen codec's VAE is its codec.path already)")  # fmt: skip
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; export into a new folder")
+    nets = method_class(cfg).inference_networks(cfg)
+    nets["vae"].load_state_dict(ckpt.weights("vae"))
+    file, _ = select_weights(cfg.train.ema_decays, "latent_norm", -1.0 if ema is None else ema, ckpt.weight_names())
+    nets["latent_norm"].load_state_dict(ckpt.weights(file))
+    vae = tuned_codec(cfg, nets).vae
+    mean, std = nets["latent_norm"].mean_std()
+    vae.register_to_config(scaling_factor=1.0, shift_factor=None, latents_mean=mean.tolist(), latents_std=std.tolist())
+    vae.save_pretrained(str(out), safe_serialization=True)
     return out
 
 

@@ -105,6 +105,9 @@ class Method(ResolvesConfig, nn.Module):
     ema_networks: ClassVar[tuple[str, ...]] = ("model",)
     #: the batch must carry pixel images besides the model-space ``x``
     needs_images: ClassVar[bool] = False
+    #: the method encodes pixels with a network it trains (REPA-E's VAE): the batch's ``x`` holds the images in
+    #: [-1, 1], the run's codec only gives the latent shape (no encoding, no posterior noise, no latent cache)
+    encodes_pixels: ClassVar[bool] = False
     #: the config's ``model`` section describes one of its networks (the start-up summary shows it)
     uses_model_section: ClassVar[bool] = True
     uses_data: ClassVar[bool] = True  # False: the method makes its own data (the manifold toy): no data line

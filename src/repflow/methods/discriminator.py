@@ -159,6 +159,35 @@ def spread_blocks(depth: int) -> tuple[int, ...]:
     return tuple(sorted({max(0, round(depth * k / 4) - 1) for k in (1, 2, 3, 4)}))
 
 
+class PatchDiscriminator(nn.Module):
+    """taming-transformers' PatchGAN ``NLayerDiscriminator`` (pix2pix's), REPA-E's critic (``loss/
+    discriminator.py``): 4x4 convolutions, stride 2 for the first ``layers``, channel width ``width`` doubling up
+    to 8x, BatchNorm2d and LeakyReLU(0.2) between them, one logit per patch. Parameter names match the official
+    state dict (``main.<i>.*``), so a discriminator checkpoint loads as it is. Initialisation as taming's
+    ``weights_init``: convolution weights N(0, 0.02) (biases keep torch's default), BN weights N(1, 0.02)."""
+
+    def __init__(self, channels: int = 3, width: int = 64, layers: int = 3):
+        super().__init__()
+        seq: list[nn.Module] = [nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
+        mult = 1
+        for n in range(1, layers + 1):
+            prev, mult = mult, min(2**n, 8)
+            stride = 2 if n < layers else 1
+            seq += [nn.Conv2d(width * prev, width * mult, 4, stride=stride, padding=1, bias=False),
+                    nn.BatchNorm2d(width * mult), nn.LeakyReLU(0.2, True)]  # fmt: skip
+        seq.append(nn.Conv2d(width * mult, 1, 4, stride=1, padding=1))
+        self.main = nn.Sequential(*seq)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, images: Tensor) -> Tensor:  # (B, C, H, W) in [-1, 1] -> (B, 1, h, w) logits
+        return self.main(images)
+
+
 _LEGACY_SN = {".parametrizations.weight.original": ".weight_orig", ".parametrizations.weight.0._u": ".weight_u",
               ".parametrizations.weight.0._v": ".weight_v"}  # fmt: skip
 

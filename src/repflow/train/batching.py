@@ -25,9 +25,11 @@ from ..methods.base import TrainBatch
 
 class BatchPreparer:
     def __init__(self, cfg: Config, codec, device: torch.device, encoders: list | None = None,
-                 keep_images: bool = False):  # fmt: skip
-        """``keep_images``: the batch carries the pixel images too (methods that look at pixels)."""
+                 keep_images: bool = False, pixels: bool = False):  # fmt: skip
+        """``keep_images``: the batch carries the pixel images too (methods that look at pixels); ``pixels``:
+        its ``x`` is the images themselves (a method that encodes them with a network it trains)."""
         self.cfg, self.codec, self.device, self.keep_images = cfg, codec, device, keep_images
+        self.pixels = pixels
         self.encoders = list(encoders or [])
         self.conditional = cfg.model.num_classes > 0
         self.shape = (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size)
@@ -35,7 +37,7 @@ class BatchPreparer:
 
     def begin_step(self, generator: torch.Generator | None, global_batch: int) -> None:
         """Draw this step's codec noise for the whole global batch (call at micro-step 0, before the flow draw)."""
-        if self.codec.stochastic:
+        if self.codec.stochastic and not self.pixels:
             device = generator.device if generator is not None else self.device
             self._eps = torch.randn((global_batch, *self.shape), generator=generator, device=device)
 
@@ -48,6 +50,8 @@ class BatchPreparer:
                           images=images if self.keep_images else None)  # fmt: skip
 
     def model_space(self, raw: Batch, images: Tensor | None, chunk: int) -> Tensor:
+        if self.pixels:
+            return images
         cached = f"{LATENTS}.mean" in raw.arrays  # a cached posterior (or a deterministic codec's latent)
         if not cached and not self.codec.stochastic:
             return self.codec.encode(images)

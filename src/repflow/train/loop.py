@@ -92,7 +92,8 @@ class Trainer:
         cfg = kind.resolve(cfg, env)
         self.cfg = cfg
         self.dataset = attach_caches(cfg, self.dataset, self.codec, self.encoders, images=kind.needs_images)
-        self.preparer = BatchPreparer(cfg, self.codec, self.device, self.encoders, keep_images=kind.needs_images)
+        self.preparer = BatchPreparer(cfg, self.codec, self.device, self.encoders, keep_images=kind.needs_images,
+                                      pixels=kind.encodes_pixels)  # fmt: skip
         self.method = build_method(cfg, env).to(self.device)
         for net in self.method.networks().values():
             net.grad_checkpointing = cfg.train.grad_checkpointing
