@@ -83,6 +83,9 @@ class RepaEMethod(FlowMethod):
             norm.set_statistics(shift, torch.as_tensor(scale, dtype=torch.float64) ** -2)
         norm.to(env.device)
         if m.gan_weight > 0:
+            if cfg.data.resolution < 3 * 2**m.disc_layers:  # each stride-2 layer halves, the last two take 1 each
+                raise ConfigError(f"method.disc_layers={m.disc_layers} needs images of at least "
+                                  f"{3 * 2**m.disc_layers} px (data.resolution={cfg.data.resolution})")  # fmt: skip
             disc = PatchDiscriminator(codec.in_channels, m.disc_width, m.disc_layers)
             if m.disc_weights:
                 load_discriminator(disc, m.disc_weights)
