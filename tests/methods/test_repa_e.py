@@ -167,3 +167,24 @@ def test_from_scratch_with_a_packaged_architecture(tmp_path):
     assert trainer.cfg.model.in_channels == 4 and trainer.cfg.model.input_size == 4
     assert torch.equal(trainer.method.latent_norm.running_var.data, torch.ones(4))
     assert trainer.fit().steps == 1
+
+
+@pytest.mark.parametrize("official_range", [True, False])
+def test_lpips_term_sees_the_official_input_range(files, tmp_path, official_range):
+    """The official LPIPS maps [0, 1] inputs by x * 2 - 1 but receives [-1, 1] images: it compares 2x - 1."""
+    from repflow.methods.lpips import load_lpips, save_lpips, vgg16_features
+
+    torch.manual_seed(0)
+    lin = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate((64, 128, 256, 512, 512))}
+    vgg = {f"features.{k}": v for k, v in vgg16_features().state_dict().items()}
+    path = save_lpips(vgg, lin, tmp_path / "lpips.safetensors")
+    cfg = repa_e_config(files, f"method.lpips={path}", f"method.lpips_official_range={official_range}",
+                        "data.resolution=16")  # VGG16 pools 4 times before relu5_3
+    trainer = Trainer(cfg, tmp_path / "run")
+    batch = trainer.fixed_batch(4)
+    method = trainer.method
+    out = method(batch, method.draw(batch, 4, torch.Generator().manual_seed(1)), "vae")
+    _, x_hat = method._held[id(batch)]
+    x, lpips = batch.x, load_lpips(path)
+    want = lpips(2 * x - 1, 2 * x_hat - 1) if official_range else lpips(x, x_hat)
+    torch.testing.assert_close(out.terms["lpips"], want.mean())

@@ -32,6 +32,7 @@ from ..codecs.vae import VAECodec
 from ..config import Config, ConfigError, checked, nonnegative, positive, replace, to_dict, unit
 from ..flow.loss import FlowDraw, LossOutput
 from ..registry import METHODS
+from ..runtime.precision import full_precision
 from .base import MethodEnv, Phase, TrainBatch
 from .decoder_losses import hinge_d_loss
 from .discriminator import PatchDiscriminator
@@ -53,6 +54,9 @@ class RepaEConfig(FlowMethodConfig):
     lpips: str = ""  # LPIPS weights as for rae_decoder (lin layers or one save_lpips file); "": off, said once
     lpips_vgg: str = ""
     lpips_weight: float = checked(1.0, nonnegative)
+    # the official LPIPS maps its inputs from [0, 1] (x * 2 - 1, loss/lpips.py) but train_repae.py hands it images
+    # in [-1, 1]: it measures 2x - 1 against 2x^ - 1. True reproduces that; False: LPIPS of the images as they are
+    lpips_official_range: bool = True
     kl_weight: float = checked(1e-6, nonnegative)  # on sum(KL) / batch
     gan_weight: float = checked(0.1, nonnegative)  # discriminator_weight x discriminator_factor; 0: no critic
     disc_start: int = checked(0, nonnegative)  # the critic and the VAE's GAN term from this step
@@ -122,7 +126,7 @@ class RepaEMethod(FlowMethod):
         z, x_hat = self._held[id(batch)]
         if phase == "disc":
             self.disc.train()
-            real, fake = self.disc(batch.x.float()), self.disc(x_hat.float())  # official order: real first
+            real, fake = self.disc(full_precision(batch.x)), self.disc(full_precision(x_hat))  # real first, as theirs
             loss = hinge_d_loss(real, fake)
             return LossOutput(total=loss, terms={"d_hinge": loss, "d_real": real.mean().detach(),
                                                  "d_fake": fake.mean().detach()})  # fmt: skip
@@ -135,16 +139,17 @@ class RepaEMethod(FlowMethod):
         z = posterior.mean + posterior.std * draw.eps["posterior"].to(posterior.mean.dtype)  # (B, C, h, w)
         x_hat = self.vae.decode(z).sample
         self._held[id(batch)] = (z.detach(), x_hat.detach())
-        terms = {"l1": (images.float() - x_hat.float()).abs().mean()}
+        terms = {"l1": (full_precision(images) - full_precision(x_hat)).abs().mean()}
         total = m.l1_weight * terms["l1"]
         if self._lpips:
-            terms["lpips"] = self._lpips[0](images, x_hat).mean()
+            a, b = (2 * images - 1, 2 * x_hat - 1) if m.lpips_official_range else (images, x_hat)
+            terms["lpips"] = self._lpips[0](a, b).mean()
             total = total + m.lpips_weight * terms["lpips"]
-        terms["kl"] = posterior.kl().float().sum() / images.shape[0]
+        terms["kl"] = full_precision(posterior.kl()).sum() / images.shape[0]
         total = total + m.kl_weight * terms["kl"]
         if m.gan_weight > 0 and step >= m.disc_start:
             self.disc.train()
-            terms["gan"] = -self.disc(x_hat.float()).mean()
+            terms["gan"] = -self.disc(full_precision(x_hat)).mean()
             total = total + m.gan_weight * terms["gan"]
         terms["align"] = self.vae_alignment(batch, z, draw)
         return LossOutput(total=total + m.align_weight * terms["align"], terms=terms)
