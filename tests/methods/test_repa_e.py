@@ -178,8 +178,9 @@ def test_lpips_term_sees_the_official_input_range(files, tmp_path, official_rang
     lin = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate((64, 128, 256, 512, 512))}
     vgg = {f"features.{k}": v for k, v in vgg16_features().state_dict().items()}
     path = save_lpips(vgg, lin, tmp_path / "lpips.safetensors")
-    cfg = repa_e_config(files, f"method.lpips={path}", f"method.lpips_official_range={official_range}",
-                        "data.resolution=16")  # VGG16 pools 4 times before relu5_3
+    cfg = repa_e_config(
+        files, f"method.lpips={path}", f"method.lpips_official_range={official_range}", "data.resolution=16"
+    )  # VGG16 pools 4 times before relu5_3
     trainer = Trainer(cfg, tmp_path / "run")
     batch = trainer.fixed_batch(4)
     method = trainer.method
