@@ -123,7 +123,7 @@ def test_runs_of_older_repflow_sample_as_before_and_resume(tmp_path, fixture):
     [
         (
             "method.kind=gan",
-            "unknown method.kind 'gan'; choose from dsd, flow, manifold, meanflow, rae_decoder, simclr",
+            "unknown method.kind 'gan'; choose from dsd, flow, manifold, meanflow, rae_decoder, repa_e, simclr",
         ),  # fmt: skip
         ("model.family=unet", "unknown model.family 'unet'; choose from ddt, dit_dh, dsd, jit, lightningdit, sit"),
         ("codec.kind=vq", "unknown codec.kind 'vq'; choose from pixel, rae, sd_vae"),

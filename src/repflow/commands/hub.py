@@ -10,16 +10,15 @@ from .options import add_run_argument, examples
 def _export(args) -> int:
     from ..hub.export import export_diffusers, export_vae
 
-    if args.vae:
-        path = export_vae(args.run, args.vae, ema=args.ema)
-        print(f"wrote {path} (a diffusers AutoencoderKL with its latent statistics; train on it frozen: "
-              f"codec.kind=vae codec.path={path})")  # fmt: skip
-        if not args.to:
-            return 0
-    if not (args.to and args.out):
+    if args.vae == bool(args.to):
         from ..errors import ConfigError
 
-        raise ConfigError("repflow export: give --to diffusers OUT, or --vae DIR (a repa_e run's tuned VAE)")
+        raise ConfigError("repflow export: give --to diffusers OUT, or --vae OUT (a repa_e run's tuned VAE)")
+    if args.vae:
+        path = export_vae(args.run, args.out, ema=args.ema)
+        print(f"wrote {path} (a diffusers AutoencoderKL with its latent statistics; train on it frozen: "
+              f"codec.kind=vae codec.path={path})")  # fmt: skip
+        return 0
     path = export_diffusers(args.run, args.out, ema=args.ema, license=args.license)
     print(f"wrote {path} (diffusers: DiffusionPipeline.from_pretrained('{path}', trust_remote_code=True); "
           f"repflow: repflow.load('{path}'); share: repflow push {path} ORG/NAME)")  # fmt: skip
@@ -47,13 +46,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "repflow export runs/repa-e --vae vaes/e2e-vae"))  # fmt: skip
     add_run_argument(e)
     e.add_argument("--to", choices=["diffusers"], help="the format (diffusers)")
-    e.add_argument("out", nargs="?", default="", help="the folder to write (new or empty)")
-    e.add_argument(
-        "--vae",
-        default="",
-        metavar="DIR",
-        help="write a repa_e run's tuned VAE as a diffusers AutoencoderKL (a new or empty folder)",
-    )
+    e.add_argument("out", help="the folder to write (new or empty)")
+    e.add_argument("--vae", action="store_true",
+                   help="write a repa_e run's tuned VAE to OUT as a diffusers AutoencoderKL")  # fmt: skip
     _common(e)
     e.set_defaults(func=_export)
     p = sub.add_parser("push", help="upload a run (exported on the fly) or an export folder to the Hugging Face Hub",

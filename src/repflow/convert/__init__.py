@@ -21,7 +21,15 @@ from ..errors import CheckpointError, ConfigError
 from ..runtime.checkpoint import ema_name, first_nonfinite, save_checkpoint
 from ..runtime.lookup import load_checkpoint, resolve_checkpoint
 from ..runtime.safe_load import load_plain
-from . import official_ddt, official_jit, official_lightningdit, official_rae, official_rae_decoder, official_sit
+from . import (
+    official_ddt,
+    official_jit,
+    official_lightningdit,
+    official_rae,
+    official_rae_decoder,
+    official_repa_e,
+    official_sit,
+)
 
 FORMATS = (
     *official_sit.KINDS,
@@ -29,6 +37,7 @@ FORMATS = (
     *official_rae.KINDS,
     *official_lightningdit.KINDS,
     *official_ddt.KINDS,
+    *official_repa_e.KINDS,
 )
 EMA_DECAY = 0.9999  # the official EMA's decay (REPA / REG / SiT); a format module may name its own
 
@@ -36,7 +45,7 @@ EMA_DECAY = 0.9999  # the official EMA's decay (REPA / REG / SiT); a format modu
 def _module(kind: str):
     if kind not in FORMATS:
         raise CheckpointError(f"unknown format {kind!r}; choose from {', '.join(FORMATS)}")
-    modules = (official_sit, official_jit, official_rae, official_lightningdit, official_ddt)
+    modules = (official_sit, official_jit, official_rae, official_lightningdit, official_ddt, official_repa_e)
     return next(m for m in modules if kind in m.KINDS)
 
 
@@ -104,6 +113,8 @@ def import_checkpoint(kind: str, path: str | Path, out: str | Path, overrides: l
     """Write ``out`` as a repflow run holding the official checkpoint ``path``; returns the checkpoint dir."""
     fmt = _module(kind)
     _refuse_used_folder(out)
+    if kind in official_repa_e.KINDS:
+        return _import_repa_e(path, out, overrides)
     emas, raw, step = read_official(path, kind)
     first = next(iter(emas.values()))
     if kind in official_rae.KINDS and official_rae_decoder.is_decoder(first):
@@ -141,6 +152,22 @@ def _refuse_used_folder(out: str | Path) -> None:
                           "new run; choose a new or empty folder")  # fmt: skip
 
 
+def _import_repa_e(path, out, overrides) -> Path:
+    """A REPA-E training checkpoint as a ``repa_e`` run, its VAE also as ``RUN/vae`` (the run's codec)."""
+    fmt = official_repa_e
+    obj = load_plain(Path(path), "checkpoint file", allowed=(argparse.Namespace,))
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a REPA-E training checkpoint")
+    fmt.check_file(obj, path)
+    _refuse_nonfinite(obj, Path(path))
+    out = Path(out)
+    cfg = fmt.infer_config(obj, out.resolve(), overrides)
+    weights = fmt.from_official(obj, cfg)
+    check_fits(cfg, fmt.KINDS[0], weights["model"])  # the VAE's names and shapes: from_ldm and write_codec
+    fmt.write_codec(weights, fmt.ldm_config(obj["vae"]), cfg.method.bn_eps, out / "vae")
+    return _write_run(out, int(obj.get("steps", 0) or 0), weights, cfg, path, fmt.KINDS[0])
+
+
 def _import_decoder(kind: str, ema: dict, raw: dict | None, step: int, path, out, overrides) -> Path:
     """A stage-1 decoder of RAE / RAEv2 as a ``rae_decoder`` run (the decoder and its EMA; no discriminator)."""
     dec = official_rae_decoder
@@ -167,6 +194,11 @@ def export_checkpoint(kind: str, run: str | Path, path: str | Path) -> Path:
                     "decoder")  # fmt: skip
         return _save(official_rae_decoder.to_official(ckpt.weights(file)), path)
     names = ckpt.weight_names()
+    if (cfg.method.kind == "repa_e") != (kind in official_repa_e.KINDS):
+        raise CheckpointError(f"{ckpt.path} is a {cfg.method.kind} run: export it as "
+                              f"{'official-repa-e' if cfg.method.kind == 'repa_e' else 'another format'}")  # fmt: skip
+    if kind in official_repa_e.KINDS:
+        return _save(official_repa_e.to_official(ckpt.weights, names, cfg, int(ckpt.state()["step"])), path)
     extra = ckpt.weights("official") if "official" in names else {}
     objective = ckpt.weights("objective") if "objective" in names else {}
     decays = [d for d in cfg.train.ema_decays if ema_name(d) in names]
