@@ -15,6 +15,7 @@ FORMATS = [
     "official-raev2",
     "official-lightningdit",
     "official-ddt",
+    "official-repa-e",
 ]  # repflow.convert.FORMATS
 
 
@@ -39,7 +40,7 @@ def _convert(args) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    about = "official REG/REPA/SiT/JiT/RAE/RAEv2/LightningDiT/DDT checkpoints into repflow runs, and back"
+    about = "official REG/REPA/SiT/JiT/RAE/RAEv2/LightningDiT/DDT/REPA-E checkpoints into repflow runs, and back"
     c = sub.add_parser("convert", help=about, **examples(
         "repflow convert official-reg REG-SiT-XL-2-4M.pt --out runs/reg-xl2-official",
         "repflow convert official-sit SiT-XL-2-256x256.pt codec.path=/weights/sd-vae-ft-ema --out runs/sit-xl2",
@@ -49,6 +50,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "repflow convert official-rae stage2_model.pt --out runs/rae-xl codec.decoder=/weights/RAE-ViTXL-n08 "
         "codec.stats=/weights/stat.pt",
         "repflow convert official-raev2 checkpoint.pt --out runs/raev2 codec.stats=/weights/stats.pt",
+        "repflow convert official-repa-e sit-repae-sdvae/checkpoints/0400000.pt --out runs/repa-e",
         "repflow convert --to official-repa runs/my-repa --out my-repa.pt"))  # fmt: skip
     c.add_argument("items", nargs="+", help="FORMAT CHECKPOINT [key=value ...], or with --to: RUN_OR_CKPT")
     c.add_argument("--to", choices=FORMATS, help="export a run in this format")

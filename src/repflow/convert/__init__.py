@@ -163,8 +163,8 @@ def _import_repa_e(path, out, overrides) -> Path:
     out = Path(out)
     cfg = fmt.infer_config(obj, out.resolve(), overrides)
     weights = fmt.from_official(obj, cfg)
+    fmt.write_codec(weights, fmt.ldm_config(obj["vae"]), cfg.method.bn_eps, out / "vae")  # first: the codec
     check_fits(cfg, fmt.KINDS[0], weights["model"])  # the VAE's names and shapes: from_ldm and write_codec
-    fmt.write_codec(weights, fmt.ldm_config(obj["vae"]), cfg.method.bn_eps, out / "vae")
     return _write_run(out, int(obj.get("steps", 0) or 0), weights, cfg, path, fmt.KINDS[0])
 
 
