@@ -20,8 +20,10 @@ from torch import Tensor
 
 from ..config import Config
 from ..errors import CheckpointError
-from . import official_sit
 from .ldm_vae import from_ldm, to_ldm
+from .official_sit import from_official as sit_from_official
+from .official_sit import infer_config as sit_config
+from .official_sit import to_official as sit_to_official
 
 KINDS = ("official-repa-e",)
 EMA_DECAY = 0.9999  # train_repae.py's update_ema
@@ -57,7 +59,7 @@ def infer_config(obj: dict, out: Path, overrides: list[str] | None = None) -> Co
     """The repa_e run's config: the SiT's from its shapes (REPA's rules), the official loss settings."""
     sit = {k: v for k, v in obj["ema"].items() if not k.startswith("bn.")}
     factor = 2 ** (len(ldm_config(obj["vae"])["block_out_channels"]) - 1)
-    grid = official_sit.infer_config("official-repa", sit).model.input_size
+    grid = sit_config("official-repa", sit).model.input_size
     critic = obj["discriminator"]
     convs = [k for k in critic if re.match(r"^main\.\d+\.weight$", k) and critic[k].dim() == 4]
     args = obj.get("args")
@@ -70,7 +72,7 @@ def infer_config(obj: dict, out: Path, overrides: list[str] | None = None) -> Co
         f"method.disc_width={critic['main.0.weight'].shape[0]}", "method.disc_start=0",
         f"train.ema_decays=[{EMA_DECAY}]", *(overrides or []),
     ]  # fmt: skip
-    return official_sit.infer_config("official-repa", sit, items)
+    return sit_config("official-repa", sit, items)
 
 
 def _sit(sd: dict[str, Tensor], cfg: Config) -> tuple[dict, dict, dict, dict]:
@@ -78,7 +80,7 @@ def _sit(sd: dict[str, Tensor], cfg: Config) -> tuple[dict, dict, dict, dict]:
     missing = [k for k in _BN if k not in sd]
     if missing:
         raise CheckpointError(f"the REPA-E SiT state dict has no {missing[0]}: not a REPA-E checkpoint")
-    model, objective, extra = official_sit.from_official(
+    model, objective, extra = sit_from_official(
         "official-repa", {k: v for k, v in sd.items() if not k.startswith("bn.")}, cfg
     )
     norm = {k.split(".", 1)[1]: sd[k] for k in _BN}
@@ -115,7 +117,7 @@ def to_official(weights, names: list[str], cfg: Config, step: int) -> dict:
         projectors = {k[len("objective.") :]: v for k, v in own.items() if k.startswith("objective.")}
         own = {k: v for k, v in own.items() if not k.startswith("objective.")}
         tracked = own.pop("bn.num_batches_tracked", torch.tensor(0, dtype=torch.long))
-        sd = official_sit.to_official("official-repa", weights(file), projectors or weights("objective"), own, cfg)
+        sd = sit_to_official("official-repa", weights(file), projectors or weights("objective"), own, cfg)
         norm = weights(norm_file)
         return {**sd, "bn.running_mean": norm["running_mean"], "bn.running_var": norm["running_var"],
                 "bn.num_batches_tracked": tracked}  # fmt: skip
