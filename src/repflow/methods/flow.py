@@ -264,6 +264,7 @@ class FlowMethod(Method):
             null_label=model.null_label if conditional else None, shift=shift, noise_scale=cfg.flow.noise_scale,
             min_denominator=cfg.flow.min_denominator, precision=cfg.train.precision,
             scales=lambda opts: guidance_scales(cfg, opts), interval_input=cfg.model.interval_input,
+            guidance_input=cfg.model.guidance_input,
         ).for_options(cfg.sample)  # fmt: skip
 
     @classmethod

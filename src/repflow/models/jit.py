@@ -31,7 +31,6 @@ from .layers import (
     LabelEmbedder,
     RMSNorm,
     RoPEBlock,
-    TimestepEmbedder,
     modulate,
     rope_2d,
     run_block,
@@ -41,6 +40,7 @@ from .layers import (
     vector_stream_layers,
 )
 from .presets import fill_from_arch, size_table
+from .time_embedding import TimestepEmbedder
 
 # (depth, hidden, heads, bottleneck, context start block, dropout) of the paper's sizes; "T" for tests/demos
 JIT_SIZES: dict[str, tuple[int, int, int, int, int, float]] = {
@@ -113,8 +113,9 @@ class JiT(nn.Module):
         self.grad_checkpointing = False
         self.x_embedder = BottleneckPatchEmbed(c, cfg.bottleneck, d, p)
         self.t_embedder = TimestepEmbedder(
-            d, time_scale=cfg.time_scale, time_offset=cfg.time_offset, interval=cfg.interval_input
-        )
+            d, time_scale=cfg.time_scale, time_offset=cfg.time_offset, interval=cfg.interval_input,
+            guidance=cfg.guidance_input,
+        )  # fmt: skip
         self.y_embedder = (
             LabelEmbedder(self.num_classes, d, null_class=cfg.class_dropout > 0) if self.num_classes else None
         )
@@ -164,9 +165,10 @@ class JiT(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, states: dict[str, Tensor], t: Tensor, y: Tensor | None = None,
-                return_hidden: Sequence[int] = (), h: Tensor | None = None) -> ModelOutput:  # fmt: skip
+                return_hidden: Sequence[int] = (), h: Tensor | None = None,
+                guidance: Tensor | None = None) -> ModelOutput:  # fmt: skip
         """The network's call (every family's): ``h`` is the interval t - r of a MeanFlow network
-        (``model.interval_input``)."""
+        (``model.interval_input``), ``guidance`` (B, 3) iMF's ``(w, t_lo, t_hi)`` (``model.guidance_input``)."""
         x = states["x"]
         if x.shape[-1] != self.grid * self.patch_size or x.shape[-2] != x.shape[-1]:
             raise ValueError(f"JiT was built for {self.grid * self.patch_size}px inputs, got {tuple(x.shape[-2:])}")
@@ -175,7 +177,7 @@ class JiT(nn.Module):
         s = len(streams)
         if streams:
             tokens = torch.cat([*streams, tokens], dim=1)  # (B, S + N, D)
-        c = self.t_embedder(t, h)
+        c = self.t_embedder(t, h, guidance)
         label = None
         if self.y_embedder is not None:
             if y is None:
