@@ -75,8 +75,6 @@ class NetworkDenoiser:
         encoder reuse, a fresh count for every generation)."""
         network, guidance = self.network, self.guidance
         if self.guidance_input:  # the scale is an input of the network, not a mix of two calls
-            if opts.cfg < 1:
-                raise ValueError(f"--cfg {opts.cfg:g}: this network was trained on guidance scales w >= 1")
             guidance = (opts.cfg, *map(float, opts.cfg_interval))
         if opts.encoder_reuse != 1:
             if not hasattr(network, "with_encoder_reuse"):
