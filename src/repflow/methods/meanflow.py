@@ -6,6 +6,10 @@ the flow method's terms compose as they do with flow matching: REPA aligns the h
 differentiated call, REG's class token is one more stream with its own average velocity. Sampling jumps with
 the average velocity (``sample.sampler=mean``: ``z_r = z_t - (t - r) u``), so ``--steps 1`` is one network call;
 the other samplers integrate the instantaneous velocity ``u(z_t, t, t)``.
+
+iMF's options: ``method.guidance_conditioning`` draws w and its interval per sample and gives them to the
+network (``model.guidance_input``, set here; sampling feeds it ``sample.cfg`` and ``sample.cfg_interval``), and
+``model.velocity_head`` gives the network a second head for the velocity loss and the guidance calls.
 """
 
 from __future__ import annotations
