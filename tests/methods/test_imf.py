@@ -22,6 +22,7 @@ from .test_meanflow import FAMILIES, FAMILY_IDS, MF, rows
 IMF = ("method.kind=meanflow", "method.guidance_conditioning=true", "method.tangent=model",
        "method.velocity_weight=1.0", "model.velocity_head=1", "sample.sampler=mean", "sample.steps=1",
        "sample.cfg=3.0", "sample.cfg_interval=[0.2,0.8]")  # fmt: skip
+JIT = ("model.family=jit", "model.arch=JiT-B/16", "model.patch_size=2", "model.bottleneck=8", "model.context_start=1")
 
 
 @pytest.mark.parametrize("cfg", FAMILIES, ids=FAMILY_IDS)
@@ -97,16 +98,8 @@ def test_imf_resumes_bit_for_bit_and_samples_any_w_in_one_call(tmp_path, capsys)
         (("sample.cfg=0.5",), "sample.cfg=0.5: a guidance-conditioned run was trained on w >= 1"),
         (("model.num_classes=0",), "guidance_conditioning learns classifier-free guidance"),
         (("method.velocity_weight=0",), "model.velocity_head=1 is trained by the velocity loss"),
-        (
-            (
-                "model.family=jit",
-                "model.arch=JiT-B/16",
-                "model.patch_size=2",
-                "model.bottleneck=8",
-                "model.context_start=1",
-            ),
-            "model.family=jit has no velocity head",
-        ),  # fmt: skip
+        (("model.family=ddt", "model.arch=DDT-T/2", "model.encoder_depth=1"), "model.family=ddt has no velocity head"),
+        (JIT, "model.velocity_head=1 must leave the blocks up to the in-context tokens' (block 2 of 2) shared"),
     ],
 )
 def test_bad_imf_settings_are_one_line(capsys, tmp_path, overrides, needle):
@@ -114,12 +107,52 @@ def test_bad_imf_settings_are_one_line(capsys, tmp_path, overrides, needle):
     one_line_error(capsys, argv, needle)
 
 
-def test_a_velocity_head_on_a_flow_network_without_guidance_trains(tmp_path):
+@pytest.mark.parametrize("cfg", [c for c in FAMILIES if c.family in ("sit", "jit", "lightningdit")],
+                         ids=["sit", "jit", "lightningdit"])  # fmt: skip
+def test_a_velocity_head_holding_the_last_blocks_weights_predicts_what_the_network_predicts(cfg):
+    """The head branches off after block depth - k with the same condition (and RoPE, in-context tokens): with a
+    copy of the last k blocks and of the output layer it gives the network's own prediction, and adding it
+    changes nothing the network predicts."""
+    base = dataclasses.replace(cfg, depth=4, num_classes=3, input_size=8, in_channels=3, interval_input=True,
+                               guidance_input=True)  # fmt: skip
+    torch.manual_seed(0)
+    net = build_model(dataclasses.replace(base, velocity_head=2))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.1)
+    plain = build_model(resolve_arch(base))
+    loaded = plain.load_state_dict(net.state_dict(), strict=False)
+    assert not loaded.missing_keys and all(k.startswith("velocity_") for k in loaded.unexpected_keys)
+    x, t, y = {"x": torch.randn(2, 3, 8, 8)}, torch.tensor([0.3, 0.9]), torch.tensor([0, 2])
+    kw = {"h": torch.tensor([0.2, 0.5]), "guidance": torch.tensor([[4.0, 0.2, 0.7], [1.5, 0.4, 0.6]])}
+    out = net(x, t, y, **kw)
+    assert torch.equal(out.pred["x"], plain(x, t, y, **kw).pred["x"]) and not plain(x, t, y, **kw).velocity
+    assert not torch.allclose(out.velocity["x"], out.pred["x"])
+    renames = {
+        "blocks.2.": "velocity_blocks.0.",
+        "blocks.3.": "velocity_blocks.1.",
+        "final_norm.": "velocity_norm.",
+        "norm_final.": "velocity_norm.",
+        "final_modulation.": "velocity_modulation.",
+        "out_x.": "velocity_out.",
+    }
+    state = net.state_dict()
+    for key, value in plain.state_dict().items():
+        for old, new in renames.items():
+            if key.startswith(old):
+                state[new + key[len(old) :]] = value
+    net.load_state_dict(state)
+    out = net(x, t, y, **kw)
+    assert torch.allclose(out.velocity["x"], out.pred["x"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", [(), (*JIT, "model.context_start=0")], ids=["sit", "jit"])
+def test_a_velocity_head_on_a_flow_network_without_guidance_trains(tmp_path, family):
     """The velocity head without the guidance conditioning (MeanFlow's fixed omega, kappa): its loss is the
     head's, and the guidance call reads the head too."""
-    trainer = Trainer(tiny_config(*MF, "method.velocity_weight=0.5", "model.velocity_head=2", "train.steps=2"),
-                      tmp_path)  # fmt: skip
-    assert "a velocity head of 2 blocks (iMF)" in trainer.method.describe()
+    trainer = Trainer(tiny_config(*MF, *family, "method.velocity_weight=0.5", "model.velocity_head=1",
+                                  "train.steps=2"), tmp_path)  # fmt: skip
+    assert "a velocity head of 1 blocks (iMF)" in trainer.method.describe()
     trainer.fit()
     last = rows(tmp_path)[-1]
     assert last["loss"] == pytest.approx(last["meanflow_x"] + 0.5 * last["meanflow_x_v"], rel=1e-5)

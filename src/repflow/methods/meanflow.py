@@ -147,7 +147,7 @@ class MeanFlowMethod(FlowMethod):
         head = cfg.model.velocity_head
         if head and not getattr(network_class(cfg.model), "VELOCITY_HEAD", False):
             raise ConfigError(f"model.velocity_head={head}: model.family={cfg.model.family} has no velocity head "
-                              "(sit and lightningdit have); set it to 0")  # fmt: skip
+                              "(sit, lightningdit and jit have); set it to 0")  # fmt: skip
         if head and not cfg.method.velocity_weight:
             raise ConfigError(f"model.velocity_head={head} is trained by the velocity loss: set method.velocity_weight "
                               "> 0 (iMF: 1)")  # fmt: skip
