@@ -11,11 +11,13 @@ from repflow.cli import main
 from repflow.flow.generate import sample_images
 from repflow.models import build_model, resolve_arch
 from repflow.models.time_embedding import GuidanceEmbedder
+from repflow.runtime.lookup import load_checkpoint
 from repflow.sample.load import load_run
 from repflow.train.loop import Trainer
 
 from ..conftest import TINY, tiny_config
 from ..test_bad_inputs import one_line_error
+from ..train.test_distributed import ARGS, assert_close, torchrun
 from ..train.test_resume import straight_and_resumed, weights
 from .test_meanflow import FAMILIES, FAMILY_IDS, MF, rows
 
@@ -156,3 +158,15 @@ def test_a_velocity_head_on_a_flow_network_without_guidance_trains(tmp_path, fam
     trainer.fit()
     last = rows(tmp_path)[-1]
     assert last["loss"] == pytest.approx(last["meanflow_x"] + 0.5 * last["meanflow_x_v"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_imf_with_two_processes_matches_one(tmp_path):
+    args = (*ARGS, *IMF)  # w and its interval drawn for the global batch, each process its slice
+    single = Trainer(tiny_config(*args), tmp_path / "single")
+    single.fit()
+    torchrun(tmp_path / "ddp", 4, *args)
+    ddp = load_checkpoint(tmp_path / "ddp")
+    assert ddp.state()["world_size"] == 2
+    assert_close(ddp.weights("model"), single.model.state_dict())
+    assert_close(ddp.weights("ema-0.9"), single.ema.state_dict(0.9))
