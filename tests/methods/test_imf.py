@@ -109,6 +109,11 @@ def test_bad_imf_settings_are_one_line(capsys, tmp_path, overrides, needle):
     one_line_error(capsys, argv, needle)
 
 
+def test_a_velocity_head_on_a_flow_matching_run_is_one_line(capsys, tmp_path):
+    flow = ["train", "demo-fashion-sit", *TINY, "model.velocity_head=1", "--out", str(tmp_path / "f")]
+    one_line_error(capsys, flow, "method.kind=flow would leave it untrained")
+
+
 @pytest.mark.parametrize("cfg", [c for c in FAMILIES if c.family in ("sit", "jit", "lightningdit")],
                          ids=["sit", "jit", "lightningdit"])  # fmt: skip
 def test_a_velocity_head_holding_the_last_blocks_weights_predicts_what_the_network_predicts(cfg):

@@ -107,6 +107,8 @@ def build_meanflow_loss(cfg: Config, null_label: int) -> MeanFlowLoss:
 class MeanFlowMethod(FlowMethod):
     """The flow method's network and terms, trained by the MeanFlow objective."""
 
+    TRAINS_VELOCITY_HEAD = True
+
     def __init__(self, cfg: Config, env: MethodEnv):
         super().__init__(cfg, env)
         self.flow = build_meanflow_loss(cfg, getattr(self.model, "null_label", 0))
