@@ -86,6 +86,7 @@ class GuidanceEmbedder(nn.Module):
     def __init__(self, hidden: int, freq_dim: int = 256):
         super().__init__()
         self.scale, self.start, self.end = (TimestepEmbedder(hidden, freq_dim) for _ in range(3))
+        self.initialize()  # a family that initialises its time embedder calls this again after its own scheme
 
     @staticmethod
     def unguided(t: Tensor) -> Tensor:
