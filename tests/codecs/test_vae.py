@@ -212,6 +212,11 @@ def test_codec_stats_are_exact_at_any_batch_size_and_normalise_per_channel(name,
     z = torch.randn(2, 4, 3, 3, dtype=torch.float64)
     shift, std = a["mean"].double(), a["var"].double().sqrt()
     torch.testing.assert_close(codec.normalise(z), (z - shift) / std, rtol=1e-12, atol=1e-12)
+    codec.encode(images[:1])  # the VAE they were computed with: taken
+    save_autoencoder(name, tmp_path / "other", seed=1)  # the same class and config, other weights
+    other = [*overrides[:-1], f"codec.path={tmp_path / 'other'}", f"codec.stats={files[0]}"]
+    with pytest.raises(ConfigError, match="was computed with another VAE .* encoder_sha256 differ"):
+        codec_for(load_config("demo-fashion-sit", other)).encode(images[:1])
 
 
 def test_a_latent_cache_of_another_vae_is_refused_in_one_line(tmp_path):

@@ -62,6 +62,18 @@ def test_every_official_xl2_key_has_its_place(qk_norm):
     assert {k: v.shape for k, v in back.items()} == {k: v.shape for k, v in sd.items()}
 
 
+def test_a_release_in_va_vae_latents_gets_the_va_vae_recipe_around_it():
+    """Their releases are XL/1 on VA-VAE's 16x16x32: the importer puts the vae codec and their VA-VAE sampling
+    (CFG in channels 0-2, their interval and shift) around the network."""
+    sd = official_state_dict({**XL, "patch": 1, "channels": 32}, device="meta")
+    cfg = official_lightningdit.infer_config(KIND, sd, ["codec.path=/weights/va-vae"])
+    assert (cfg.model.arch, cfg.model.in_channels, cfg.codec.kind, cfg.codec.path) == (
+        "LightningDiT-XL/1", 32, "vae", "/weights/va-vae")  # fmt: skip
+    assert (cfg.sample.cfg, cfg.sample.cfg_interval, cfg.sample.cfg_channels) == (10.0, (0.0, 0.9), 3)
+    four = official_lightningdit.infer_config(KIND, official_state_dict(XL, device="meta"))
+    assert four.codec.kind == "sd_vae"
+
+
 def test_round_trip_is_exact_and_the_network_runs_in_repflow_time(tmp_path, tiny_vae):
     ema, raw = official_state_dict(TINY, seed=1, qk_norm=True), official_state_dict(TINY, seed=2, qk_norm=True)
     torch.save({"model": raw, "ema": ema, "opt": {}, "config": {"model": {"model_type": "LightningDiT-B/2"}}},

@@ -15,11 +15,12 @@ from repflow.flow.timesteps import TimeSampler, time_grid
 from repflow.models import SiTConfig, build_model
 
 
-def tiny_network(interval: bool = True, classes: int = 3) -> nn.Module:
-    """A float64 SiT with every weight random (the zero-initialised heads would make u = 0 and hide errors)."""
+def tiny_network(interval: bool = True, classes: int = 3, **kw) -> nn.Module:
+    """A float64 SiT with every weight random (the zero-initialised heads would make u = 0 and hide errors);
+    ``kw``: more of its config (iMF's guidance_input, velocity_head)."""
     torch.manual_seed(0)
     cfg = SiTConfig(arch="SiT-T/4", depth=2, hidden_size=32, num_heads=2, patch_size=4, input_size=8,
-                    in_channels=2, num_classes=classes, interval_input=interval)  # fmt: skip
+                    in_channels=2, num_classes=classes, interval_input=interval, **kw)  # fmt: skip
     net = build_model(cfg).double()
     with torch.no_grad():
         for p in net.parameters():

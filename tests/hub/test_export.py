@@ -21,6 +21,8 @@ from ..conftest import TINY
 
 JIT = ["model.arch=JiT-T/2", "model.depth=2", "model.hidden_size=32", "model.num_heads=2", "model.bottleneck=8",
        "model.context_tokens=2", "model.context_start=1"]  # fmt: skip
+IMF = ["method.omega=1", "method.kappa=0", "method.guidance_conditioning=true", "method.tangent=model",
+       "method.velocity_weight=1", "model.velocity_head=1"]  # fmt: skip
 RUNS = {
     # REG (+ REPA, as the demo): two streams, the class token guided with its own scale
     "reg": ["demo-fashion-reg", *TINY, "sample.cfg=2.0", "sample.cfg_cls=1.5", "sample.cfg_interval=[0.0,0.7]"],
@@ -28,6 +30,8 @@ RUNS = {
     "jit": ["demo-fashion-jit", *TINY, *JIT],
     # MeanFlow: the interval input, two jumps of the average velocity (guided at sampling too, to test it travels)
     "meanflow": ["demo-fashion-meanflow", *TINY, "sample.steps=2", "sample.cfg=1.5"],
+    # iMF: w and the interval are network inputs (the pipeline's cfg goes into the network), a velocity head
+    "imf": ["demo-fashion-meanflow", *TINY, *IMF, "sample.steps=2", "sample.cfg=1.5", "sample.cfg_interval=[0.2,0.8]"],
 }
 
 

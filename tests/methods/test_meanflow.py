@@ -84,29 +84,29 @@ def test_pmf_x_prediction_on_a_jit_network_trains_and_samples_in_one_jump(tmp_pa
     assert nfe == 1 and torch.isfinite(images).all()
 
 
-@pytest.mark.parametrize(
-    "cfg",
-    [
-        SiTConfig(arch="SiT-T/2", depth=2, hidden_size=32, num_heads=2),
-        JiTConfig(arch="JiT-B/16", depth=2, hidden_size=32, num_heads=2, patch_size=2, bottleneck=8, context_start=1),
-        *(
-            DiTDHConfig(
-                arch="DiTDH-T/2",
-                depth=2,
-                hidden_size=32,
-                num_heads=2,
-                head_width=32,
-                head_heads=2,
-                head_depth=1,
-                backbone=b,
-            )
-            for b in ("lightning", "in_context", "sit")
-        ),  # fmt: skip
-        LightningDiTConfig(arch="LightningDiT-T/2", depth=2, hidden_size=32, num_heads=2),
-        DDTConfig(arch="DDT-T/2", depth=2, encoder_depth=1, hidden_size=32, num_heads=2),
-    ],
-    ids=["sit", "jit", "dit_dh-lightning", "dit_dh-in_context", "dit_dh-sit", "lightningdit", "ddt"],
-)
+FAMILIES = [
+    SiTConfig(arch="SiT-T/2", depth=2, hidden_size=32, num_heads=2),
+    JiTConfig(arch="JiT-B/16", depth=2, hidden_size=32, num_heads=2, patch_size=2, bottleneck=8, context_start=1),
+    *(
+        DiTDHConfig(
+            arch="DiTDH-T/2",
+            depth=2,
+            hidden_size=32,
+            num_heads=2,
+            head_width=32,
+            head_heads=2,
+            head_depth=1,
+            backbone=b,
+        )
+        for b in ("lightning", "in_context", "sit")
+    ),  # fmt: skip
+    LightningDiTConfig(arch="LightningDiT-T/2", depth=2, hidden_size=32, num_heads=2),
+    DDTConfig(arch="DDT-T/2", depth=2, encoder_depth=1, hidden_size=32, num_heads=2),
+]
+FAMILY_IDS = ["sit", "jit", "dit_dh-lightning", "dit_dh-in_context", "dit_dh-sit", "lightningdit", "ddt"]
+
+
+@pytest.mark.parametrize("cfg", FAMILIES, ids=FAMILY_IDS)
 def test_every_family_takes_the_interval_as_a_second_time_input(cfg):
     base = dataclasses.replace(cfg, num_classes=3, input_size=8, in_channels=3)
     torch.manual_seed(0)

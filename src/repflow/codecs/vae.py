@@ -144,6 +144,7 @@ class VAECodec:
         self._vae = vae.eval().requires_grad_(False).to(self.device) if vae is not None else None
         self._overrides, self.stats = (shift, scale), stats
         self._normalisation: Normalisation | None = normalisation
+        self._stats_codec: dict = {}  # the identity of the VAE a `repflow codec stats` file was computed with
         if normalisation is None and stats:
             self._normalisation = self._stats_normalisation(stats)
         elif normalisation is None and self.autoencoder.name != "AutoencoderKLFlux2":  # FLUX.2's: in its weights
@@ -153,7 +154,8 @@ class VAECodec:
     def _stats_normalisation(self, path: str) -> Normalisation:
         from ..data.latent_stats import load_stats
 
-        mean, var, _ = load_stats(path)
+        mean, var, meta = load_stats(path)
+        self._stats_codec = meta.get("codec") or {}
         if tuple(mean.shape) != (self.latent_channels, 1, 1):
             raise ConfigError(f"codec.stats '{path}' holds {tuple(mean.shape)} statistics but the VAE's latent has "
                               f"{self.latent_channels} channels; recompute them: `repflow codec stats`")  # fmt: skip
@@ -195,6 +197,7 @@ class VAECodec:
     def vae(self):
         if self._vae is None:
             self._vae = self.load(pretrained=True).eval().requires_grad_(False).to(self.device)
+            self._check_stats_identity()
         return self._vae
 
     def load(self, pretrained: bool = True):
@@ -213,6 +216,17 @@ class VAECodec:
                 return cls.from_pretrained(self.source, subfolder=self.subfolder, torch_dtype=torch.float32)
         except (OSError, ValueError) as err:
             raise FileNotFoundError(f"cannot load the VAE weights of '{self.path}': {_first_line(err)}") from err
+
+    def _check_stats_identity(self) -> None:
+        """Statistics of another VAE's latents would normalise these wrongly without a sign: refuse them (files
+        made elsewhere, LightningDiT's or REPA-E's, carry no identity and are taken as given)."""
+        if not self._stats_codec:
+            return
+        mine = self.identity()
+        differ = sorted(k for k in set(mine) | set(self._stats_codec) if mine.get(k) != self._stats_codec.get(k))
+        if differ:
+            raise ConfigError(f"codec.stats '{self.stats}' was computed with another VAE than '{self.path}' (its "
+                              f"{', '.join(differ)} differ); recompute them: `repflow codec stats`")  # fmt: skip
 
     def to(self, device: torch.device | str) -> VAECodec:
         self.device = torch.device(device)

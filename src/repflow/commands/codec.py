@@ -1,4 +1,5 @@
-"""``repflow codec stats``: exact latent statistics of a codec over a dataset, in one streaming pass.
+"""``repflow codec stats``: exact latent statistics of a codec over a dataset, in one streaming pass; ``repflow
+codec import``: an LDM-format VAE checkpoint (VA-VAE, REPA-E's) as a diffusers directory for ``codec.kind: vae``.
 
 A ``vae`` codec gets one mean and variance per channel, (C, 1, 1), of a posterior draw (what training sees);
 an ``rae`` codec one per latent element, (C, h, w) (``repflow rae stats`` is this command for RAE configs).
@@ -70,9 +71,21 @@ def add_stats_command(group: argparse._SubParsersAction, kinds: tuple[str, ...],
     s.set_defaults(func=lambda args: latent_stats(args, kinds))
 
 
+def import_vae(args) -> int:
+    from ..codecs.ldm_vae import import_vae
+
+    config = import_vae(args.checkpoint, args.out, args.stats)
+    levels = "".join("a" if "Attn" in t else "-" for t in config["down_block_types"])
+    normalised = "(z - mean) / std per channel" if config.get("latents_mean") else "none yet: give codec.stats"
+    print(f"wrote {args.out}: AutoencoderKL, {config['latent_channels']} latent channels at 1/"
+          f"{2 ** (len(levels) - 1)} of the image side, widths {config['block_out_channels']}, attention at levels "
+          f"{levels}; normalisation {normalised}; use it with codec.kind=vae codec.path={args.out}")  # fmt: skip
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     group = command_group(
-        sub, "codec", "codecs: latent statistics",
+        sub, "codec", "codecs: latent statistics, LDM-format VAE checkpoints",
         "repflow codec stats vae.yaml codec.path=/weights/sd-vae-ft-ema data.root=/data/in/train --out s.safetensors",
     )  # fmt: skip
     add_stats_command(
@@ -80,3 +93,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "repflow codec stats demo-fashion-sit codec.kind=vae codec.path=/weights/va-vae --out s.safetensors",
         "repflow codec stats rae-ditdh-xl-in256 data.root=/data/in/train --out s.safetensors",
     )  # fmt: skip
+    i = command(
+        group,
+        "import",
+        "an LDM-format AutoencoderKL checkpoint (VA-VAE, REPA-E) as a diffusers directory",
+        "repflow codec import vavae-imagenet256-f16d32-dinov2.pt --stats latents_stats.pt --out /weights/va-vae",
+        "repflow codec import e2e-vavae-400k.pt --stats e2e-vavae-latents-stats.pt --out /weights/e2e-vavae",
+    )
+    i.add_argument("checkpoint", help="the .pt/.ckpt: a VAE state dict, {state_dict}, {model} or a REPA-E checkpoint")
+    i.add_argument("--out", required=True, help="the diffusers AutoencoderKL directory to write (new or empty)")
+    i.add_argument("--stats", help="per-channel latent statistics: LightningDiT's latents_stats.pt, REPA-E's "
+                   "*-latents-stats.pt, a `repflow codec stats` file (REPA-E checkpoints hold theirs)")  # fmt: skip
+    i.set_defaults(func=import_vae)

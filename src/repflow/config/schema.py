@@ -99,6 +99,8 @@ class ModelConfig(Tagged):
     input_size: int = checked(0, nonnegative)  # spatial size the network sees; 0: from data and codec
     in_channels: int = checked(0, nonnegative)  # 0: from data channels and codec
     interval_input: bool = False  # a second time input, the interval h = t - r (MeanFlow sets it; sit, jit, dit_dh)
+    guidance_input: bool = False  # iMF: the guidance scale w and its interval (t_lo, t_hi) as inputs (MeanFlow sets it)
+    velocity_head: int = checked(0, nonnegative)  # iMF: a second head of this many final blocks predicting v (sit, jit)
 
     @classmethod
     def infer_tag(cls, data: Mapping) -> str:

@@ -65,8 +65,10 @@ def infer_config(kind: str, sd: dict[str, Tensor], overrides: list[str] | None =
         f"model.qk_norm={'rmsnorm' if 'blocks.0.attn.q_norm.weight' in sd else 'none'}",
         "model.time_offset=1.0", "model.time_scale=-1.0",
     ]  # fmt: skip
-    # the authors' recipe around it (their sampler and guidance rule included)
-    return load_config("lightningdit-b2-in256", items + list(overrides or []))
+    # the authors' recipe around it (their sampler and guidance rule included): their releases live in VA-VAE's 32
+    # channels (codec.path: the directory `repflow codec import` made), an SD-VAE model in 4
+    preset = "lightningdit-xl1-vavae-in256" if channels == 32 else "lightningdit-b2-in256"
+    return load_config(preset, items + list(overrides or []))
 
 
 def from_official(kind: str, sd: dict[str, Tensor], cfg: Config) -> tuple[dict, dict, dict]:

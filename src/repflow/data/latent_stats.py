@@ -100,11 +100,23 @@ def save_stats(path: str | Path, mean: Tensor, var: Tensor, count: int, meta: di
     return path
 
 
+def _as_mean_var(tensors: dict) -> dict:
+    """LightningDiT's ``{mean, std}`` and REPA-E's ``{latents_bias, latents_scale}`` as ``{mean, var}`` (in
+    float64: ``1 / sqrt(var)`` then gives their scale back to rounding)."""
+    if set(tensors) == {"mean", "std"} and all(isinstance(t, Tensor) for t in tensors.values()):
+        return {"mean": tensors["mean"], "var": tensors["std"].double() ** 2}
+    if set(tensors) == {"latents_bias", "latents_scale"} and all(isinstance(t, Tensor) for t in tensors.values()):
+        return {"mean": tensors["latents_bias"], "var": tensors["latents_scale"].double() ** -2}
+    return tensors
+
+
 def load_stats(path: str | Path) -> tuple[Tensor, Tensor, dict]:
     """(mean, var, metadata), per element (C, h, w) or per channel (C, 1, 1): a ``repflow codec stats`` file
-    (.safetensors), or the official RAE ``stat.pt`` / RAEv2 ``stats.pt`` (``torch.save({"mean": ..., "var":
-    ...})``, population variance), read without unpickling code. Both normalise ``(z - mean) / sqrt(var +
-    1e-5)``, so either is used as it is."""
+    (.safetensors), the official RAE ``stat.pt`` / RAEv2 ``stats.pt`` (``torch.save({"mean": ..., "var":
+    ...})``, population variance; both normalise ``(z - mean) / sqrt(var + 1e-5)``, so either is used as it is),
+    LightningDiT's ``latents_stats.pt`` (``{"mean", "std"}``: ``(z - mean) / std``) or REPA-E's
+    ``*-latents-stats.pt`` (``{"latents_bias", "latents_scale"}``: ``(z - bias) * scale``), read without
+    unpickling code."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -119,9 +131,12 @@ def load_stats(path: str | Path) -> tuple[Tensor, Tensor, dict]:
         from ..runtime.safe_load import load_plain
 
         tensors = load_plain(path, "latent statistics")
+    tensors = _as_mean_var(tensors) if isinstance(tensors, dict) else tensors
     if not isinstance(tensors, dict) or set(tensors) != {"mean", "var"}:
         what = sorted(map(str, tensors)) if isinstance(tensors, dict) else type(tensors).__name__
-        raise ValueError(f"'{path}' holds {what}; latent statistics are a dict of two tensors, 'mean' and 'var'")
+        raise ValueError(f"'{path}' holds {what}; latent statistics are a dict of two tensors, 'mean' and "
+                         "'var' (or LightningDiT's 'mean' and 'std', REPA-E's 'latents_bias' and "
+                         "'latents_scale')")  # fmt: skip
     mean, var = tensors["mean"], tensors["var"]
     if not (isinstance(mean, Tensor) and isinstance(var, Tensor)) or mean.shape != var.shape:
         shapes = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in (mean, var)]

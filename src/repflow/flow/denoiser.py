@@ -61,6 +61,8 @@ class NetworkDenoiser:
     internal_scale: float = 1.0  # RAEv2's internal guidance: shallow + w (full - shallow), for t in the interval
     internal_interval: tuple[float, float] = (0.0, 1.0)
     interval_input: bool = False  # MeanFlow: the network also takes the interval h = t - r (average_velocity)
+    guidance_input: bool = False  # iMF: the network takes (w, t_lo, t_hi): sample.cfg and cfg_interval go in
+    guidance: tuple[float, float, float] = (1.0, 0.0, 1.0)  # that input, set from the options by for_options
     device: torch.device = field(init=False)
     dtype: torch.dtype = field(init=False)  # of the state: float64 for a float64 network (checks), else float32
 
@@ -71,17 +73,19 @@ class NetworkDenoiser:
     def for_options(self, opts: SampleConfig) -> NetworkDenoiser:
         """This denoiser with the sampling options that change the velocity itself (internal guidance; DDT's
         encoder reuse, a fresh count for every generation)."""
-        network = self.network
+        network, guidance = self.network, self.guidance
+        if self.guidance_input:  # the scale is an input of the network, not a mix of two calls
+            guidance = (opts.cfg, *map(float, opts.cfg_interval))
         if opts.encoder_reuse != 1:
             if not hasattr(network, "with_encoder_reuse"):
                 raise ValueError(f"sample.encoder_reuse={opts.encoder_reuse} needs a network with a condition "
                                  "encoder (model.family=ddt); set it to 1")  # fmt: skip
             network = network.with_encoder_reuse(opts.encoder_reuse)
         if (opts.internal_guidance == self.internal_scale and tuple(opts.internal_interval) == self.internal_interval
-                and network is self.network):  # fmt: skip
+                and network is self.network and guidance == self.guidance):  # fmt: skip
             return self
         return dataclasses.replace(self, network=network, internal_scale=opts.internal_guidance,
-                                   internal_interval=tuple(opts.internal_interval))  # fmt: skip
+                                   internal_interval=tuple(opts.internal_interval), guidance=guidance)  # fmt: skip
 
     def _to_velocity(self, preds: Mapping[str, Tensor], state: State, t_vec: Tensor) -> State:
         return {k: self.path.convert(preds[k].to(s.dtype), self.prediction, "v", s, expand_t(t_vec, s).to(s.dtype),
@@ -101,9 +105,11 @@ class NetworkDenoiser:
     def _velocity(self, state: State, t: float, y: Tensor | None, interval: float | None = None) -> State:
         x = next(iter(state.values()))
         t_vec = torch.full((x.shape[0],), t, device=x.device, dtype=self.dtype)
-        h = {} if interval is None else {"h": torch.full_like(t_vec, interval)}  # a flow network takes no h
+        inputs = {} if interval is None else {"h": torch.full_like(t_vec, interval)}  # a flow network takes no h
+        if self.guidance_input:
+            inputs["guidance"] = torch.tensor(self.guidance, device=x.device, dtype=self.dtype).expand(x.shape[0], 3)
         with autocast_for(self.device, self.precision):
-            out = self.network({k: full_precision(v) for k, v in state.items()}, t_vec, y, **h)
+            out = self.network({k: full_precision(v) for k, v in state.items()}, t_vec, y, **inputs)
         v = self._to_velocity(out.pred, state, t_vec)
         lo, hi = self.internal_interval
         if self.internal_scale != 1.0 and lo <= t <= hi:  # decided at each evaluation's own t, as RAEv2
@@ -117,4 +123,6 @@ class NetworkDenoiser:
         return self.decoder(state)
 
     def guidance_scales(self, opts: SampleConfig) -> dict[str, float]:
+        if self.guidance_input:  # the network guides itself (one call): nothing to mix
+            return {k: 1.0 for k in self.shapes}
         return self.scales(opts) if self.scales is not None else {k: opts.cfg for k in self.shapes}

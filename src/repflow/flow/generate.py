@@ -50,6 +50,8 @@ def check_sampler(denoiser: Denoiser, opts: SampleConfig) -> None:
             "meanflow); this model predicts the instantaneous velocity: use euler, heun, dpmpp_2m, sde "
             "or dopri5"
         )
+    if getattr(denoiser, "guidance_input", False) and opts.cfg < 1:
+        raise ValueError(f"--cfg {opts.cfg:g}: this network was trained on guidance scales w >= 1 (iMF)")
 
 
 def generate(

@@ -165,6 +165,8 @@ class FlowMethodConfig(MethodConfig):
 class FlowMethod(Method):
     """SiT / REPA / REG / ...: one network trained by flow matching, with the enabled terms."""
 
+    TRAINS_VELOCITY_HEAD = False  # model.velocity_head (iMF's): MeanFlow trains it
+
     def __init__(self, cfg: Config, env: MethodEnv):
         super().__init__(cfg, env)
         model = self.add_network("model", build_flow_network(cfg))
@@ -218,6 +220,10 @@ class FlowMethod(Method):
         if not getattr(network_class(cfg.model), "flow_network", True):
             raise ConfigError(f"model.family={cfg.model.family} is trained by method.kind={cfg.model.family}")
         check_width(cfg)
+        if cfg.model.velocity_head and not cls.TRAINS_VELOCITY_HEAD:
+            raise ConfigError(f"model.velocity_head={cfg.model.velocity_head} is iMF's, trained by method.kind="
+                              f"meanflow with method.velocity_weight > 0; method.kind={cfg.method.kind} would leave it "
+                              "untrained: set it to 0")  # fmt: skip
         if cfg.sample.encoder_reuse != 1 and not hasattr(network_class(cfg.model), "with_encoder_reuse"):
             raise ConfigError(f"sample.encoder_reuse={cfg.sample.encoder_reuse} needs a network with a condition "
                               f"encoder (model.family=ddt), not {cfg.model.family}; set it to 1")  # fmt: skip
@@ -264,6 +270,7 @@ class FlowMethod(Method):
             null_label=model.null_label if conditional else None, shift=shift, noise_scale=cfg.flow.noise_scale,
             min_denominator=cfg.flow.min_denominator, precision=cfg.train.precision,
             scales=lambda opts: guidance_scales(cfg, opts), interval_input=cfg.model.interval_input,
+            guidance_input=cfg.model.guidance_input,
         ).for_options(cfg.sample)  # fmt: skip
 
     @classmethod

@@ -6,6 +6,10 @@ the flow method's terms compose as they do with flow matching: REPA aligns the h
 differentiated call, REG's class token is one more stream with its own average velocity. Sampling jumps with
 the average velocity (``sample.sampler=mean``: ``z_r = z_t - (t - r) u``), so ``--steps 1`` is one network call;
 the other samplers integrate the instantaneous velocity ``u(z_t, t, t)``.
+
+iMF's options: ``method.guidance_conditioning`` draws w and its interval per sample and gives them to the
+network (``model.guidance_input``, set here; sampling feeds it ``sample.cfg`` and ``sample.cfg_interval``), and
+``model.velocity_head`` gives the network a second head for the velocity loss and the guidance calls.
 """
 
 from __future__ import annotations
@@ -13,10 +17,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..config import Config, ConfigError, MethodConfig, checked, each, nonnegative, positive, probability, unit
+from ..config import (
+    Config,
+    ConfigError,
+    MethodConfig,
+    at_least,
+    checked,
+    each,
+    nonnegative,
+    positive,
+    probability,
+    unit,
+)
 from ..flow.meanflow import MeanFlowLoss
 from ..flow.path import build_path
 from ..flow.timesteps import TimeSampler
+from ..models import network_class
 from ..registry import METHODS
 from .base import MethodEnv
 from .flow import FlowMethod
@@ -39,11 +55,23 @@ class MeanFlowConfig(MethodConfig):
     tangent: Literal["target", "model"] = "target"
     # ... and an auxiliary loss on its instantaneous velocity u(z_t, t, t) against v_g, this weight (iMF: 1)
     velocity_weight: float = checked(0.0, nonnegative)
+    # iMF: w drawn per sample in [1, guidance_max] (density ~ w^-guidance_beta) with its interval t_lo ~
+    # U(guidance_start_range), t_hi ~ U(guidance_end_range), all given to the network (model.guidance_input), so
+    # that `repflow sample --cfg W --cfg-interval LO HI` feeds any w to one network call
+    guidance_conditioning: bool = False
+    guidance_max: float = checked(8.0, at_least(1.0))
+    guidance_beta: float = checked(1.0, nonnegative)
+    guidance_start_range: tuple[float, float] = checked((0.0, 0.5), each(unit))
+    guidance_end_range: tuple[float, float] = checked((0.5, 1.0), each(unit))
 
     def validate(self) -> None:
-        lo, hi = self.guidance_interval
-        if lo > hi:
-            raise ConfigError(f"config key 'method.guidance_interval' needs lo <= hi, got {(lo, hi)!r}")
+        for key in ("guidance_interval", "guidance_start_range", "guidance_end_range"):
+            lo, hi = getattr(self, key)
+            if lo > hi:
+                raise ConfigError(f"config key 'method.{key}' needs lo <= hi, got {(lo, hi)!r}")
+        if self.guidance_conditioning and (self.omega != 1.0 or self.kappa != 0.0):
+            raise ConfigError(f"method.guidance_conditioning draws w per sample: it replaces method.omega="
+                              f"{self.omega:g}, method.kappa={self.kappa:g}; set omega=1 and kappa=0")  # fmt: skip
 
 
 def build_meanflow_loss(cfg: Config, null_label: int) -> MeanFlowLoss:
@@ -64,6 +92,12 @@ def build_meanflow_loss(cfg: Config, null_label: int) -> MeanFlowLoss:
         noise_scale=cfg.flow.noise_scale,
         tangent=m.tangent,
         velocity_weight=m.velocity_weight,
+        velocity_head=cfg.model.velocity_head > 0,
+        guidance_conditioning=m.guidance_conditioning,
+        guidance_max=m.guidance_max,
+        guidance_beta=m.guidance_beta,
+        guidance_start_range=tuple(m.guidance_start_range),
+        guidance_end_range=tuple(m.guidance_end_range),
         prediction=cfg.flow.prediction,
         min_denominator=cfg.flow.min_denominator,
     )
@@ -72,6 +106,8 @@ def build_meanflow_loss(cfg: Config, null_label: int) -> MeanFlowLoss:
 @METHODS.register("meanflow", MeanFlowConfig)
 class MeanFlowMethod(FlowMethod):
     """The flow method's network and terms, trained by the MeanFlow objective."""
+
+    TRAINS_VELOCITY_HEAD = True
 
     def __init__(self, cfg: Config, env: MethodEnv):
         super().__init__(cfg, env)
@@ -86,9 +122,15 @@ class MeanFlowMethod(FlowMethod):
         lo, hi = m.guidance_interval
         guidance = f"guidance in the target omega {m.omega:g} kappa {m.kappa:g} on t in [{lo:g}, {hi:g}]"
         guidance = guidance if self.flow.guides else "no guidance"
+        if m.guidance_conditioning:
+            (a, b), (c, d) = m.guidance_start_range, m.guidance_end_range
+            guidance = (f"guidance conditioning: w in [1, {m.guidance_max:g}] (density ~ w^-{m.guidance_beta:g}) on "
+                        f"t in [U({a:g}, {b:g}), U({c:g}, {d:g})] per sample, given to the network (iMF)")  # fmt: skip
         imf = "; x-prediction, u = (z - x) / t (pMF)" if self.cfg.flow.prediction == "x" else ""
         imf += "; tangent u(z, t, t | c) (iMF)" if m.tangent == "model" else ""
         imf += f"; velocity loss x{m.velocity_weight:g} (iMF)" if m.velocity_weight else ""
+        head = self.cfg.model.velocity_head
+        imf += f"; a velocity head of {head} blocks (iMF)" if head else ""
         return f"meanflow ({terms}; {how}; r = t on {m.r_equals_t:g} of each batch; {guidance}{imf})"
 
     @classmethod
@@ -104,7 +146,19 @@ class MeanFlowMethod(FlowMethod):
         if cfg.train.grad_checkpointing and cfg.method.derivative == "jvp":
             raise ConfigError("train.grad_checkpointing does not run under the JVP (forward-mode AD): turn it off "
                               "or use method.derivative=finite_difference")  # fmt: skip
-        return super().resolve_static(cfg.replace(**{"model.interval_input": True}))
+        head = cfg.model.velocity_head
+        if head and not getattr(network_class(cfg.model), "VELOCITY_HEAD", False):
+            raise ConfigError(f"model.velocity_head={head}: model.family={cfg.model.family} has no velocity head "
+                              "(sit, lightningdit and jit have); set it to 0")  # fmt: skip
+        if head and not cfg.method.velocity_weight:
+            raise ConfigError(f"model.velocity_head={head} is trained by the velocity loss: set method.velocity_weight "
+                              "> 0 (iMF: 1)")  # fmt: skip
+        if cfg.method.guidance_conditioning and cfg.sample.cfg < 1:
+            raise ConfigError(f"sample.cfg={cfg.sample.cfg:g}: a guidance-conditioned run was trained on w >= 1")
+        conditioning = cfg.method.guidance_conditioning
+        return super().resolve_static(
+            cfg.replace(**{"model.interval_input": True, "model.guidance_input": conditioning})
+        )
 
     @classmethod
     def resolve(cls, cfg: Config, env: MethodEnv) -> Config:
@@ -114,6 +168,9 @@ class MeanFlowMethod(FlowMethod):
             raise ConfigError(f"method.omega={m.omega:g}, method.kappa={m.kappa:g} fold classifier-free guidance into "
                               "the target: that needs a class-conditional run with model.class_dropout > 0; set "
                               "omega=1 and kappa=0 for this one")  # fmt: skip
+        if m.guidance_conditioning and (cfg.model.num_classes <= 0 or cfg.model.class_dropout <= 0):
+            raise ConfigError("method.guidance_conditioning learns classifier-free guidance: that needs a "
+                              "class-conditional run with model.class_dropout > 0")  # fmt: skip
         return cfg
 
 

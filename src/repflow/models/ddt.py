@@ -31,13 +31,13 @@ from .layers import (
     FinalNorm,
     LabelEmbedder,
     RoPEBlock,
-    TimestepEmbedder,
     rope_2d,
     run_block,
     unpatchify,
     vector_stream_layers,
 )
 from .presets import fill_from_arch
+from .time_embedding import TimestepEmbedder
 
 # (depth, hidden, heads, encoder blocks): XL 22 + 6 is the released model (its config); the B (8 + 4) and L
 # (20 + 4) splits are repflow's reading of the paper's ablations, not checked against it here; T, S for tests
@@ -88,7 +88,7 @@ class DDT(nn.Module):
         self.x_embedder = nn.Conv2d(c, d, p, p)  # the decoder's patch embedding (a Linear on patches there)
         self.s_embedder = nn.Conv2d(c, d, p, p)  # the encoder's
         self.t_embedder = TimestepEmbedder(d, time_scale=cfg.time_scale, time_offset=cfg.time_offset, max_period=10,
-                                           interval=cfg.interval_input)  # fmt: skip
+                                           interval=cfg.interval_input, guidance=cfg.guidance_input)  # fmt: skip
         self.y_embedder = LabelEmbedder(self.num_classes, d, null_class=True) if self.num_classes else None
         self.blocks = nn.ModuleList(
             RoPEBlock(d, cfg.num_heads, cfg.mlp_ratio, bias=False, activated=True) for _ in range(cfg.depth)
@@ -135,10 +135,11 @@ class DDT(nn.Module):
         return tokens
 
     def encode(self, states: dict[str, Tensor], t: Tensor, y: Tensor | None, taps: Sequence[int] = (),
-               hidden: dict[int, Tensor] | None = None, h: Tensor | None = None) -> Tensor:  # fmt: skip
+               hidden: dict[int, Tensor] | None = None, h: Tensor | None = None,
+               guidance: Tensor | None = None) -> Tensor:  # fmt: skip
         """The decoder's per-token condition ``s = silu(t + encoder tokens)`` (B, S + N, D); the encoder blocks
         in ``taps`` (1-indexed) leave their tokens in ``hidden``."""
-        t_emb = self.t_embedder(t, h)  # (B, D); h: a MeanFlow network's interval t - r
+        t_emb = self.t_embedder(t, h, guidance)  # (B, D); h: MeanFlow's interval t - r; guidance: iMF's
         c = t_emb
         if self.y_embedder is not None:
             c = c + self.y_embedder(torch.full_like(t, self.num_classes, dtype=torch.long) if y is None else y)
@@ -166,12 +167,13 @@ class DDT(nn.Module):
         return pred
 
     def forward(self, states: dict[str, Tensor], t: Tensor, y: Tensor | None = None,
-                return_hidden: Sequence[int] = (), h: Tensor | None = None) -> ModelOutput:  # fmt: skip
+                return_hidden: Sequence[int] = (), h: Tensor | None = None,
+                guidance: Tensor | None = None) -> ModelOutput:  # fmt: skip
         hidden: dict[int, Tensor] = {}
         missing = set(return_hidden) - set(range(1, len(self.blocks) + 1))
         if missing:
             raise ValueError(f"hidden states requested after blocks {sorted(missing)}, model has {len(self.blocks)}")
-        s = self.encode(states, t, y, return_hidden, hidden, h)
+        s = self.encode(states, t, y, return_hidden, hidden, h, guidance)
         pred = self.decode(states, s, return_hidden, hidden)
         return ModelOutput(pred=pred, hidden=hidden)
 
@@ -194,9 +196,10 @@ class EncoderReuse(nn.Module):
         self.calls, self.s = 0, None
 
     def forward(self, states: dict[str, Tensor], t: Tensor, y: Tensor | None = None,
-                return_hidden: Sequence[int] = (), h: Tensor | None = None) -> ModelOutput:  # fmt: skip
+                return_hidden: Sequence[int] = (), h: Tensor | None = None,
+                guidance: Tensor | None = None) -> ModelOutput:  # fmt: skip
         if self.s is None or self.calls % self.every == 0 or self.s.shape[0] != t.shape[0]:
-            self.s, self.calls = self.network.encode(states, t, y, h=h), 0
+            self.s, self.calls = self.network.encode(states, t, y, h=h, guidance=guidance), 0
         self.calls += 1
         return ModelOutput(pred=self.network.decode(states, self.s))
 

@@ -26,13 +26,13 @@ from .layers import (
     DiTBlock,
     FinalNorm,
     LabelEmbedder,
-    TimestepEmbedder,
     run_block,
     sincos_pos_embed_2d,
     unpatchify,
     vector_stream_layers,
 )
 from .presets import ARCHS, fill_from_arch
+from .time_embedding import TimestepEmbedder
 
 
 @dataclass(frozen=True)
@@ -59,12 +59,14 @@ class ModelOutput:
     pred: dict[str, Tensor]  # one prediction per stream, same shapes as the inputs
     hidden: dict[int, Tensor] = field(default_factory=dict)  # block index -> (B, T, D)
     shallow: dict[str, Tensor] = field(default_factory=dict)  # an internal output's predictions (RAEv2's guidance)
+    velocity: dict[str, Tensor] = field(default_factory=dict)  # a velocity head's predictions (iMF's auxiliary v)
 
 
 @ARCHITECTURES.register("sit", SiTConfig)
 class FlowTransformer(nn.Module):
     ARCHS: ClassVar[dict[str, dict[str, int]]] = ARCHS
     FRONT_TOKENS: ClassVar[tuple[str, ...]] = ("stream", "learned")  # what terms may add: REG's token, its ablation
+    VELOCITY_HEAD: ClassVar[bool] = True  # builds model.velocity_head
 
     @classmethod
     def resolve(cls, cfg: ModelConfig) -> ModelConfig:
@@ -87,8 +89,9 @@ class FlowTransformer(nn.Module):
 
         self.x_embedder = nn.Conv2d(cfg.in_channels, d, kernel_size=p, stride=p)
         self.t_embedder = TimestepEmbedder(
-            d, time_scale=cfg.time_scale, time_offset=cfg.time_offset, interval=cfg.interval_input
-        )
+            d, time_scale=cfg.time_scale, time_offset=cfg.time_offset, interval=cfg.interval_input,
+            guidance=cfg.guidance_input,
+        )  # fmt: skip
         self.y_embedder = (
             LabelEmbedder(self.num_classes, d, null_class=cfg.class_dropout > 0) if self.num_classes else None
         )
@@ -101,6 +104,15 @@ class FlowTransformer(nn.Module):
         self.vector_streams = dict(vector_streams or {})  # REG's class token: zero-initialised out
         self.stream_in, self.stream_out = vector_stream_layers(self.vector_streams, d)
         self.learned_tokens = nn.Parameter(torch.zeros(1, learned_tokens, d)) if learned_tokens else None
+        # iMF's velocity head: its own copy of the last velocity_head blocks and of the output layer, branching
+        # off the trunk after block depth - velocity_head (imfDiT: shared blocks, then u and v heads)
+        k = cfg.velocity_head
+        if k > cfg.depth:
+            raise ValueError(f"model.velocity_head={k} copies more blocks than the network has ({cfg.depth})")
+        self.velocity_blocks = nn.ModuleList(self.make_block(cfg) for _ in range(k)) if k else None
+        self.velocity_norm = FinalNorm(d, rms=self.rms_final) if k else None
+        self.velocity_out = nn.Linear(d, p * p * cfg.in_channels) if k else None
+        self.velocity_stream_out = vector_stream_layers(self.vector_streams, d)[1] if k else None
         self.initialize_weights()
 
     rms_final: ClassVar[bool] = False  # the final adaLN's norm: LayerNorm (SiT) or RMSNorm (LightningDiT)
@@ -140,12 +152,12 @@ class FlowTransformer(nn.Module):
         self.t_embedder.initialize()
         if self.learned_tokens is not None:
             nn.init.normal_(self.learned_tokens, std=0.02)
-        for block in self.blocks:
+        velocity = [] if self.velocity_blocks is None else [*self.velocity_blocks, self.velocity_norm]
+        for block in [*self.blocks, self.final_norm, *velocity]:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_norm.adaLN_modulation[-1].weight)
-        nn.init.zeros_(self.final_norm.adaLN_modulation[-1].bias)
-        for head in [self.out_x, *self.stream_out.values()]:
+        outs = [] if self.velocity_out is None else [self.velocity_out, *self.velocity_stream_out.values()]
+        for head in [self.out_x, *self.stream_out.values(), *outs]:
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
 
@@ -154,8 +166,9 @@ class FlowTransformer(nn.Module):
             return self.pos_embed
         return sincos_pos_embed_2d(self.cfg.hidden_size, grid_h, grid_w).to(self.pos_embed.device)
 
-    def condition(self, t: Tensor, y: Tensor | None, h: Tensor | None = None) -> Tensor:
-        c = self.t_embedder(t, h)  # (B, D)
+    def condition(self, t: Tensor, y: Tensor | None, h: Tensor | None = None,
+                  guidance: Tensor | None = None) -> Tensor:  # fmt: skip
+        c = self.t_embedder(t, h, guidance)  # (B, D)
         if self.y_embedder is not None:
             if y is None:
                 y = torch.full_like(t, self.null_label, dtype=torch.long)
@@ -163,9 +176,10 @@ class FlowTransformer(nn.Module):
         return c
 
     def forward(self, states: dict[str, Tensor], t: Tensor, y: Tensor | None = None,
-                return_hidden: Sequence[int] = (), h: Tensor | None = None) -> ModelOutput:  # fmt: skip
+                return_hidden: Sequence[int] = (), h: Tensor | None = None,
+                guidance: Tensor | None = None) -> ModelOutput:  # fmt: skip
         """The network's call (every family's): ``h`` is the interval t - r of a MeanFlow network
-        (``model.interval_input``)."""
+        (``model.interval_input``), ``guidance`` (B, 3) iMF's ``(w, t_lo, t_hi)`` (``model.guidance_input``)."""
         x = states["x"]
         interval = h
         b, _, h, w = x.shape
@@ -181,20 +195,34 @@ class FlowTransformer(nn.Module):
             front.append(self.learned_tokens.expand(b, -1, -1).to(tokens.dtype))
         if front:
             tokens = torch.cat([*front, tokens], dim=1)  # (B, S + N, D)
-        c = self.condition(t, y, interval)
+        c = self.condition(t, y, interval, guidance)
         extra = self.block_inputs(gh, gw)
 
         hidden: dict[int, Tensor] = {}
+        checkpointing = self.grad_checkpointing and self.training
+        shared = len(self.blocks) - (0 if self.velocity_blocks is None else len(self.velocity_blocks))
+        branch = tokens
         for i, block in enumerate(self.blocks, start=1):
-            tokens = run_block(block, self.grad_checkpointing and self.training, tokens, c, *extra)
+            tokens = run_block(block, checkpointing, tokens, c, *extra)
             if i in return_hidden:
                 hidden[i] = tokens
+            if i == shared:
+                branch = tokens  # where the velocity head leaves the trunk
         missing = set(return_hidden) - set(hidden)
         if missing:
             raise ValueError(f"hidden states requested after blocks {sorted(missing)}, model has {len(self.blocks)}")
+        pred = self.read_out(self.final_norm(tokens, c), self.out_x, self.stream_out, gh, gw)
+        if self.velocity_blocks is None:
+            return ModelOutput(pred=pred, hidden=hidden)
+        for block in self.velocity_blocks:
+            branch = run_block(block, checkpointing, branch, c, *extra)
+        velocity = self.read_out(self.velocity_norm(branch, c), self.velocity_out, self.velocity_stream_out, gh, gw)
+        return ModelOutput(pred=pred, hidden=hidden, velocity=velocity)
 
-        tokens = self.final_norm(tokens, c)
-        pred = {"x": unpatchify(self.out_x(tokens[:, self.num_front_tokens :]), gh, gw, p, self.in_channels)}
+    def read_out(self, tokens: Tensor, out_x: nn.Module, stream_out: nn.ModuleDict, gh: int, gw: int):
+        """Every stream's prediction from the final tokens: the image's patches, one token per vector stream."""
+        p, front = self.patch_size, self.num_front_tokens
+        pred = {"x": unpatchify(out_x(tokens[:, front:]), gh, gw, p, self.in_channels)}
         for j, k in enumerate(self.vector_streams):
-            pred[k] = self.stream_out[k](tokens[:, j])
-        return ModelOutput(pred=pred, hidden=hidden)
+            pred[k] = stream_out[k](tokens[:, j])
+        return pred

@@ -36,7 +36,6 @@ from ..registry import ARCHITECTURES
 from .dit import FlowTransformer, ModelOutput, SiTConfig
 from .layers import (
     AdaLNFinal,
-    FourierTimeEmbedder,
     LabelEmbedder,
     RoPEBlock,
     rope_2d,
@@ -45,6 +44,7 @@ from .layers import (
     unpatchify,
 )
 from .presets import SIZES, fill_from_arch, size_table
+from .time_embedding import FourierTimeEmbedder
 
 DH_ARCHS = size_table(("DiTDH",), {**SIZES, "XL+": (28, 1440, 20)}, (1, 2))  # XL+: RAEv2's 1440-wide model
 # every field a DiT^DH config of repflow 0.2 stored: such a config (and only such) lacks `backbone`
@@ -113,8 +113,9 @@ class _Backbone(nn.Module):
         self.grad_checkpointing = False
         self.x_embedder = nn.Conv2d(c, d, p, p)
         self.t_embedder = FourierTimeEmbedder(
-            d, time_scale=cfg.time_scale, time_offset=cfg.time_offset, interval=cfg.interval_input
-        )
+            d, time_scale=cfg.time_scale, time_offset=cfg.time_offset, interval=cfg.interval_input,
+            guidance=cfg.guidance_input,
+        )  # fmt: skip
         self.y_embedder = LabelEmbedder(self.num_classes, d, null_class=True) if self.num_classes else None
         self.blocks = nn.ModuleList(
             RoPEBlock(d, cfg.num_heads, cfg.mlp_ratio, qk_norm=cfg.qk_norm == "rmsnorm", modulated=modulated)
@@ -150,17 +151,19 @@ class LightningBackbone(_Backbone):
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
 
-    def embed(self, x: Tensor, t: Tensor, y: Tensor | None, h: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def embed(self, x: Tensor, t: Tensor, y: Tensor | None, h: Tensor | None,
+              guidance: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
         """Image tokens (B, N, D), the time embedding (B, D) and the blocks' condition (B, D)."""
         tokens = self.x_embedder(x).flatten(2).transpose(1, 2)
         if self.pos_embed is not None:
             tokens = tokens + self.pos_embed
-        t_emb = self.t_embedder(t, h)
+        t_emb = self.t_embedder(t, h, guidance)
         c = t_emb if self.y_embedder is None else t_emb + self.y_embedder(_labels(y, t, self.num_classes))
         return tokens, t_emb, F.silu(c)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None, taps: set[int], h: Tensor | None = None):
-        tokens, t_emb, c = self.embed(x, t, y, h)
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None, taps: set[int], h: Tensor | None = None,
+                guidance: Tensor | None = None):  # fmt: skip
+        tokens, t_emb, c = self.embed(x, t, y, h, guidance)
         tokens, hidden = self.run(tokens, c, taps, tokens.shape[1])
         return tokens, t_emb, hidden
 
@@ -176,9 +179,10 @@ class InContextBackbone(_Backbone):
         self.time_tokens = nn.Parameter(torch.randn(cfg.time_tokens, d) / math.sqrt(d))
         self.class_tokens = nn.Parameter(torch.randn(classes, d) / math.sqrt(d)) if classes else None
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None, taps: set[int], h: Tensor | None = None):
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None, taps: set[int], h: Tensor | None = None,
+                guidance: Tensor | None = None):  # fmt: skip
         tokens = self.x_embedder(x).flatten(2).transpose(1, 2)  # (B, N, D)
-        t_emb = self.t_embedder(t, h)
+        t_emb = self.t_embedder(t, h, guidance)
         seq = [tokens, self.time_tokens + t_emb.unsqueeze(1)]
         if self.y_embedder is not None:
             seq.append(self.class_tokens + self.y_embedder(_labels(y, t, self.num_classes)).unsqueeze(1))
@@ -193,16 +197,17 @@ class SiTBackbone(FlowTransformer):
         super().__init__(cfg)
         del self.final_norm, self.out_x  # the head predicts: no unused parameters (DDP)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None, taps: set[int], h: Tensor | None = None):
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None, taps: set[int], h: Tensor | None = None,
+                guidance: Tensor | None = None):  # fmt: skip
         gh, gw = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         tokens = self.x_embedder(x).flatten(2).transpose(1, 2) + self.position_embedding(gh, gw).to(x.dtype)
-        c = self.condition(t, y, h)
+        c = self.condition(t, y, h, guidance)
         hidden = {}
         for i, block in enumerate(self.blocks, start=1):
             tokens = run_block(block, self.grad_checkpointing and self.training, tokens, c)
             if i in taps:
                 hidden[i] = tokens
-        return tokens, self.t_embedder(t, h), hidden
+        return tokens, self.t_embedder(t, h, guidance), hidden
 
 
 def _labels(y: Tensor | None, t: Tensor, num_classes: int) -> Tensor:
@@ -262,14 +267,15 @@ class DiTDH(nn.Module):
     blocks = property(lambda self: self.backbone.blocks)  # FSDP shards these; REPA reads their hidden states
 
     def forward(self, states: dict[str, Tensor], t: Tensor, y: Tensor | None = None,
-                return_hidden: Sequence[int] = (), h: Tensor | None = None) -> ModelOutput:  # fmt: skip
+                return_hidden: Sequence[int] = (), h: Tensor | None = None,
+                guidance: Tensor | None = None) -> ModelOutput:  # fmt: skip
         """The network's call (every family's): ``h`` is the interval t - r of a MeanFlow network
-        (``model.interval_input``)."""
+        (``model.interval_input``), ``guidance`` (B, 3) iMF's ``(w, t_lo, t_hi)`` (``model.guidance_input``)."""
         x = states["x"]
         gh, gw = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         internal = self.cfg.internal_depth if self.internal is not None else 0
         taps = set(return_hidden) | ({internal} if internal else set())
-        tokens, t_emb, hidden = self.backbone(x, t, y, taps, h)  # (B, N, D), (B, D)
+        tokens, t_emb, hidden = self.backbone(x, t, y, taps, h, guidance)  # (B, N, D), (B, D)
         missing = set(return_hidden) - set(hidden)
         if missing:
             raise ValueError(f"hidden states requested after blocks {sorted(missing)}, model has {len(self.blocks)}")

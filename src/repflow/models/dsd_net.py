@@ -25,8 +25,9 @@ from torch import Tensor, nn
 from ..config import checked, positive
 from ..registry import ARCHITECTURES
 from .dit import SiTConfig
-from .layers import DiTBlock, FinalNorm, LabelEmbedder, TimestepEmbedder, sincos_pos_embed_2d, unpatchify
+from .layers import DiTBlock, FinalNorm, LabelEmbedder, sincos_pos_embed_2d, unpatchify
 from .presets import fill_from_arch, size_table
+from .time_embedding import TimestepEmbedder
 
 # (depth of the trunk, width, heads). The paper reports 42M / 118M / 205M parameters without sizes; these are
 # repflow's guesses that land near them with 32 latent channels at 256 px / patch 16 (tests/models/test_dsd_net.py).

@@ -31,7 +31,6 @@ from .layers import (
     LabelEmbedder,
     RMSNorm,
     RoPEBlock,
-    TimestepEmbedder,
     modulate,
     rope_2d,
     run_block,
@@ -41,6 +40,7 @@ from .layers import (
     vector_stream_layers,
 )
 from .presets import fill_from_arch, size_table
+from .time_embedding import TimestepEmbedder
 
 # (depth, hidden, heads, bottleneck, context start block, dropout) of the paper's sizes; "T" for tests/demos
 JIT_SIZES: dict[str, tuple[int, int, int, int, int, float]] = {
@@ -89,6 +89,7 @@ class BottleneckPatchEmbed(nn.Module):
 class JiT(nn.Module):
     ARCHS: ClassVar[dict[str, dict[str, int]]] = JIT_ARCHS
     FRONT_TOKENS: ClassVar[tuple[str, ...]] = ("stream",)  # REG's class token (not the learned-token ablation)
+    VELOCITY_HEAD: ClassVar[bool] = True  # builds model.velocity_head
 
     @classmethod
     def resolve(cls, cfg: ModelConfig) -> ModelConfig:
@@ -113,8 +114,9 @@ class JiT(nn.Module):
         self.grad_checkpointing = False
         self.x_embedder = BottleneckPatchEmbed(c, cfg.bottleneck, d, p)
         self.t_embedder = TimestepEmbedder(
-            d, time_scale=cfg.time_scale, time_offset=cfg.time_offset, interval=cfg.interval_input
-        )
+            d, time_scale=cfg.time_scale, time_offset=cfg.time_offset, interval=cfg.interval_input,
+            guidance=cfg.guidance_input,
+        )  # fmt: skip
         self.y_embedder = (
             LabelEmbedder(self.num_classes, d, null_class=cfg.class_dropout > 0) if self.num_classes else None
         )
@@ -123,16 +125,25 @@ class JiT(nn.Module):
         self.context = cfg.context_tokens if self.y_embedder is not None else 0
         self.in_context_posemb = nn.Parameter(torch.zeros(1, self.context, d)) if self.context else None
         middle = range(cfg.depth // 4, 3 * cfg.depth // 4)  # the official dropout blocks
-        self.blocks = nn.ModuleList(
-            RoPEBlock(d, cfg.num_heads, cfg.mlp_ratio, cfg.attn_dropout if i in middle else 0.0,
-                     cfg.dropout if i in middle else 0.0)
-            for i in range(cfg.depth)
-        )  # fmt: skip
+        block = lambda i: RoPEBlock(d, cfg.num_heads, cfg.mlp_ratio, cfg.attn_dropout if i in middle else 0.0,
+                                    cfg.dropout if i in middle else 0.0)  # noqa: E731  # fmt: skip
+        self.blocks = nn.ModuleList(block(i) for i in range(cfg.depth))
         self.norm_final = RMSNorm(d)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
         self.out_x = nn.Linear(d, p * p * c)
         self.vector_streams = dict(vector_streams or {})
         self.stream_in, self.stream_out = vector_stream_layers(self.vector_streams, d)
+        # iMF/pMF's velocity head: a copy of the last velocity_head blocks and of the output layer, branching off
+        # after block depth - velocity_head, once the in-context tokens are in
+        k, self.shared_depth = cfg.velocity_head, cfg.depth - cfg.velocity_head
+        if k and not (self.context == 0 or cfg.context_start < self.shared_depth) or k > cfg.depth:
+            raise ValueError(f"model.velocity_head={k} must leave the blocks up to the in-context tokens' (block "
+                             f"{cfg.context_start + 1} of {cfg.depth}) shared")  # fmt: skip
+        self.velocity_blocks = nn.ModuleList(block(i) for i in range(self.shared_depth, cfg.depth)) if k else None
+        self.velocity_norm = RMSNorm(d) if k else None
+        self.velocity_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d)) if k else None
+        self.velocity_out = nn.Linear(d, p * p * c) if k else None
+        self.velocity_stream_out = vector_stream_layers(self.vector_streams, d)[1] if k else None
         head_dim, streams = d // cfg.num_heads, len(self.vector_streams)
         for name, front in (("plain", streams), ("context", streams + self.context)):
             cos, sin = rope_2d(head_dim, self.grid, cfg.rope_theta, front)
@@ -159,14 +170,18 @@ class JiT(nn.Module):
             nn.init.normal_(self.in_context_posemb, std=0.02)
         self.t_embedder.initialize()
         heads = [self.final_modulation[-1], self.out_x, *self.stream_out.values()]
+        if self.velocity_blocks is not None:
+            heads += [*(b.adaLN_modulation[-1] for b in self.velocity_blocks), self.velocity_modulation[-1],
+                      self.velocity_out, *self.velocity_stream_out.values()]  # fmt: skip
         for layer in [*(b.adaLN_modulation[-1] for b in self.blocks), *heads]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
     def forward(self, states: dict[str, Tensor], t: Tensor, y: Tensor | None = None,
-                return_hidden: Sequence[int] = (), h: Tensor | None = None) -> ModelOutput:  # fmt: skip
+                return_hidden: Sequence[int] = (), h: Tensor | None = None,
+                guidance: Tensor | None = None) -> ModelOutput:  # fmt: skip
         """The network's call (every family's): ``h`` is the interval t - r of a MeanFlow network
-        (``model.interval_input``)."""
+        (``model.interval_input``), ``guidance`` (B, 3) iMF's ``(w, t_lo, t_hi)`` (``model.guidance_input``)."""
         x = states["x"]
         if x.shape[-1] != self.grid * self.patch_size or x.shape[-2] != x.shape[-1]:
             raise ValueError(f"JiT was built for {self.grid * self.patch_size}px inputs, got {tuple(x.shape[-2:])}")
@@ -175,7 +190,7 @@ class JiT(nn.Module):
         s = len(streams)
         if streams:
             tokens = torch.cat([*streams, tokens], dim=1)  # (B, S + N, D)
-        c = self.t_embedder(t, h)
+        c = self.t_embedder(t, h, guidance)
         label = None
         if self.y_embedder is not None:
             if y is None:
@@ -184,23 +199,39 @@ class JiT(nn.Module):
             c = c + label
         cos, sin, front = self.rope_cos_plain, self.rope_sin_plain, s
         hidden: dict[int, Tensor] = {}
+        checkpointing = self.grad_checkpointing and self.training
+        branch = tokens
         for i, block in enumerate(self.blocks):
             if self.context and i == self.cfg.context_start:
                 ctx = label.unsqueeze(1).expand(-1, self.context, -1) + self.in_context_posemb  # (B, 32, D)
                 tokens = torch.cat([tokens[:, :s], ctx.to(tokens.dtype), tokens[:, s:]], dim=1)
                 cos, sin, front = self.rope_cos_context, self.rope_sin_context, s + self.context
-            tokens = run_block(block, self.grad_checkpointing and self.training, tokens, c, cos, sin)
+            tokens = run_block(block, checkpointing, tokens, c, cos, sin)
             if i + 1 in return_hidden:
                 hidden[i + 1] = torch.cat([tokens[:, :s], tokens[:, front:]], dim=1)  # streams + image
+            if i + 1 == self.shared_depth:
+                branch = tokens  # where the velocity head leaves the trunk
         missing = set(return_hidden) - set(hidden)
         if missing:
             raise ValueError(f"hidden states requested after blocks {sorted(missing)}, model has {len(self.blocks)}")
-        shift, scale = self.final_modulation(c).chunk(2, dim=-1)
-        final = modulate(self.norm_final(tokens), shift, scale)
-        pred = {"x": unpatchify(self.out_x(final[:, front:]), self.grid, self.grid, self.patch_size, self.in_channels)}
+        pred = self.read_out(tokens, c, self.final_modulation, self.norm_final, self.out_x, self.stream_out, front)
+        if self.velocity_blocks is None:
+            return ModelOutput(pred=pred, hidden=hidden)
+        for block in self.velocity_blocks:
+            branch = run_block(block, checkpointing, branch, c, cos, sin)
+        velocity = self.read_out(branch, c, self.velocity_modulation, self.velocity_norm, self.velocity_out,
+                                 self.velocity_stream_out, front)  # fmt: skip
+        return ModelOutput(pred=pred, hidden=hidden, velocity=velocity)
+
+    def read_out(self, tokens: Tensor, c: Tensor, modulation: nn.Module, norm: nn.Module, out_x: nn.Module,
+                 stream_out: nn.ModuleDict, front: int) -> dict[str, Tensor]:  # fmt: skip
+        """Every stream's prediction from the last tokens: adaLN, the image's patches, one token per stream."""
+        shift, scale = modulation(c).chunk(2, dim=-1)
+        final = modulate(norm(tokens), shift, scale)
+        pred = {"x": unpatchify(out_x(final[:, front:]), self.grid, self.grid, self.patch_size, self.in_channels)}
         for j, k in enumerate(self.vector_streams):
-            pred[k] = self.stream_out[k](final[:, j])
-        return ModelOutput(pred=pred, hidden=hidden)
+            pred[k] = stream_out[k](final[:, j])
+        return pred
 
     def forward_flops(self, batch: int = 1) -> int:
         """Matrix products of one forward (2 FLOPs per multiply-add)."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -45,61 +43,6 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> Tensor:
     # DiT/MAE order: first half embeds the column index, second half the row index.
     emb = np.concatenate([axis(dim // 2, gw), axis(dim // 2, gh)], axis=1)
     return torch.from_numpy(emb).float()
-
-
-class TimeEmbedding(nn.Module):
-    """Base of the time embedders: ``mlp(features(t))``, plus, in a network with a second time input (MeanFlow:
-    the interval ``h = t - r``, ``model.interval_input``), ``interval(h)``: an embedder of the same kind, summed
-    with the first as the official MeanFlow DiT does (``c = t_emb + h_emb + y_emb``). Without ``h`` the interval
-    is 0: the network's instantaneous velocity."""
-
-    mlp: nn.Sequential
-    interval: nn.Module | None
-
-    def features(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def forward(self, t: Tensor, h: Tensor | None = None) -> Tensor:
-        emb = self.mlp(self.features(t).to(self.mlp[0].weight.dtype))
-        if self.interval is not None:
-            return emb + self.interval(torch.zeros_like(t) if h is None else h)
-        if h is not None:
-            raise ValueError("this network has no second time input (built without model.interval_input)")
-        return emb
-
-    def initialize(self, std: float = 0.02) -> None:
-        """N(0, std) MLP weights (DiT), the interval embedder's too."""
-        for module in (self, self.interval) if self.interval is not None else (self,):
-            nn.init.normal_(module.mlp[0].weight, std=std)
-            nn.init.normal_(module.mlp[2].weight, std=std)
-
-
-class TimestepEmbedder(TimeEmbedding):
-    """Scalar t -> 256-d sinusoid -> MLP (DiT). ``max_period``: DiT's 10000; DDT's 10 (its t lies in [0, 1])."""
-
-    def __init__(self, hidden: int, freq_dim: int = 256, time_scale: float = 1.0, time_offset: float = 0.0,
-                 max_period: float = 10000.0, interval: bool = False):  # fmt: skip
-        super().__init__()
-        self.freq_dim, self.max_period = freq_dim, max_period
-        self.time_scale, self.time_offset = time_scale, time_offset
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        # the interval is a duration: no flip of the time convention applies to it
-        self.interval = TimestepEmbedder(hidden, freq_dim) if interval else None
-
-    @staticmethod
-    def sinusoid(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-        half = dim // 2
-        dtype = torch.promote_types(t.dtype, torch.float32)  # float32 at least; float64 times stay float64 (checks)
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=dtype, device=t.device) / half)
-        args = t.to(dtype)[:, None] * freqs[None]
-        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-        if dim % 2:
-            emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-        return emb
-
-    def features(self, t: Tensor) -> Tensor:
-        t = t * self.time_scale if self.time_offset == 0 else self.time_offset + self.time_scale * t
-        return self.sinusoid(t, self.freq_dim, self.max_period)
 
 
 def vector_stream_layers(streams: dict[str, int], dim: int) -> tuple[nn.ModuleDict, nn.ModuleDict]:
@@ -357,25 +300,6 @@ class RoPEBlock(nn.Module):
             gate_a, gate_m = gate_a.unsqueeze(1), gate_m.unsqueeze(1)
         x = x + gate_a * self.attn(modulate(self.norm1(x), shift_a, scale_a), cos, sin)
         return x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
-
-
-class FourierTimeEmbedder(TimeEmbedding):
-    """RAE's Gaussian-Fourier time embedding: t -> [sin 2 pi t W, cos 2 pi t W] (``frequencies`` W ~ N(0, 1)) ->
-    Linear -> SiLU -> Linear. W is a parameter: the official training unfreezes it (its
-    ``model.requires_grad_(True)``), so released checkpoints carry trained frequencies."""
-
-    def __init__(self, hidden: int, frequencies: int = 256, time_scale: float = 1.0, time_offset: float = 0.0,
-                 interval: bool = False):  # fmt: skip
-        super().__init__()
-        self.time_scale, self.time_offset = time_scale, time_offset
-        self.W = nn.Parameter(torch.randn(frequencies))
-        self.mlp = nn.Sequential(nn.Linear(2 * frequencies, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        self.interval = FourierTimeEmbedder(hidden, frequencies) if interval else None
-
-    def features(self, t: Tensor) -> Tensor:
-        t = t if (self.time_scale, self.time_offset) == (1.0, 0.0) else self.time_offset + self.time_scale * t
-        args = t[:, None] * self.W[None, :] * 2 * math.pi  # the official order of products (bitwise in fp32)
-        return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
 
 
 class AdaLNFinal(nn.Module):
