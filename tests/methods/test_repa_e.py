@@ -189,3 +189,23 @@ def test_lpips_term_sees_the_official_input_range(files, tmp_path, official_rang
     x, lpips = batch.x, load_lpips(path)
     want = lpips(2 * x - 1, 2 * x_hat - 1) if official_range else lpips(x, x_hat)
     torch.testing.assert_close(out.terms["lpips"], want.mean())
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_the_latent_statistics_reduced_over_both(files, tmp_path):
+    """DDP (gloo, 2 processes) against one process with the same global batch: the latent batch norm's
+    statistics are the global batch's (SyncBatchNorm's), so VAE, SiT and BN agree. No critic here: its
+    BatchNorm2d is per process, as the official code leaves it."""
+    from safetensors.torch import load_file
+
+    from ..train.test_distributed import torchrun
+
+    extra = [*latent_overrides(files / "vae", files / "data", *SMALL), "method.gan_weight=0", "train.steps=2"]
+    single = Trainer(load_config(None, extra), tmp_path / "single")
+    single.fit()
+    torchrun(tmp_path / "ddp", 2, *extra)
+    ckpt = tmp_path / "ddp" / "checkpoints" / "ckpt-00000002"
+    for name in ("vae", "model", "latent_norm"):
+        theirs, ours = load_file(str(ckpt / f"{name}.safetensors")), getattr(single.method, name).state_dict()
+        for k in ours:
+            torch.testing.assert_close(theirs[k], ours[k], atol=1e-5, rtol=1e-4, msg=f"{name}.{k}")
