@@ -125,6 +125,15 @@ def test_export_loads_in_diffusers_and_serves_as_a_frozen_codec(files, tmp_path)
     codec = VAECodec(str(tmp_path / "e2e"))  # frozen, as any method's codec
     with torch.no_grad():
         torch.testing.assert_close(codec.normalise(z), norm(z), rtol=1e-6, atol=1e-6)
+    from repflow.sample.load import load_run
+
+    loaded = load_run(tmp_path / "run")  # `repflow eval RUN --reconstruct` measures the tuned VAE, not the codec's
+    x = trainer.fixed_batch(2).x
+    with torch.no_grad():
+        tuned = trainer.method.vae.eval().decode(trainer.method.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+        original = VAECodec(str(files / "vae"))
+        assert torch.equal(loaded.reconstruct(x), tuned)
+        assert not torch.equal(tuned, original.decode(original.encode(x)))
     frozen = load_config(None, latent_overrides(tmp_path / "e2e", files / "data", "codec.kind=vae", "train.steps=1"))
     assert Trainer(frozen, tmp_path / "sit").fit().steps == 1
 

@@ -201,6 +201,17 @@ class RepaEMethod(FlowMethod):
         """Decodes with the run's VAE and its batch-norm statistics (``codec`` is ignored: the VAE trained)."""
         return super().denoiser(cfg, networks, device, tuned_codec(cfg, networks, device))
 
+    @classmethod
+    def reconstructor(cls, cfg: Config, networks, codec=None):
+        """The run's VAE, posterior mean in, decode out (``repflow eval RUN --reconstruct``: PSNR, rFID)."""
+        vae = networks["vae"]
+
+        @torch.no_grad()
+        def reconstruct(images: Tensor) -> Tensor:
+            return vae.decode(vae.encode(images).latent_dist.mean).sample.clamp(-1, 1)
+
+        return reconstruct
+
 
 def tuned_codec(cfg: Config, networks, device: torch.device | str = "cpu") -> VAECodec:
     """A frozen ``vae`` codec of a REPA-E run's VAE, normalising by its latent batch norm's statistics."""
