@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..codecs.vae import VAECodec
-from ..config import Config, ConfigError, checked, nonnegative, positive, replace, to_dict, unit
+from ..config import Config, ConfigError, checked, nonnegative, positive, replace, unit
 from ..flow.loss import FlowDraw, LossOutput
 from ..registry import METHODS
 from ..runtime.precision import full_precision
@@ -186,7 +186,7 @@ class RepaEMethod(FlowMethod):
     def resume_key(cls, cfg: Config) -> dict[str, Any]:
         m = cfg.method
         disc = {"method.disc_width": m.disc_width, "method.disc_layers": m.disc_layers} if m.gan_weight > 0 else {}
-        return {**super().resume_key(cfg), **disc, "codec.path": to_dict(cfg.codec).get("path", "")}
+        return {**super().resume_key(cfg), **disc}  # the VAE's shapes are checked as its weights load
 
     @classmethod
     def inference_networks(cls, cfg: Config) -> dict[str, nn.Module]:
