@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from ..config import Config, ConfigError, Section, checked, nonnegative, positive
 from ..flow.loss import FlowSample
 from ..registry import TERMS
+from ..runtime.precision import full_precision
 from .base import MethodEnv, TrainBatch
 from .flow import Term, resolve_block
 from .reg import denoises_vector, global_vector
@@ -125,8 +126,9 @@ def mse(pred: Tensor, target: Tensor) -> Tensor:
 
 
 def negative_cosine(pred: Tensor, target: Tensor) -> Tensor:
-    """-cos averaged over tokens and batch: -1 when every projected token points along its target."""
-    return -(F.normalize(pred.float(), dim=-1) * F.normalize(target.float(), dim=-1)).sum(-1).mean()
+    """-cos averaged over tokens and batch: -1 when every projected token points along its target (fp32, or
+    fp64 for fp64 inputs)."""
+    return -(F.normalize(full_precision(pred), dim=-1) * F.normalize(full_precision(target), dim=-1)).sum(-1).mean()
 
 
 @TERMS.register("repa", RepaConfig)
