@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from repflow.cli import main
+from repflow.codecs.ldm_vae import to_diffusers, to_ldm
 from repflow.config import load_config
-from repflow.convert.ldm_vae import from_ldm, to_ldm
 from repflow.errors import CheckpointError
 from repflow.sample.load import load_run
 from repflow.train.loop import Trainer
@@ -21,10 +21,10 @@ def test_ldm_layout_round_trips_with_attention_in_a_level(tmp_path):
     ldm = to_ldm(vae.state_dict(), dict(vae.config))
     assert ldm["encoder.down.1.attn.0.q.weight"].shape == (32, 32, 1, 1)  # a 1x1 convolution there
     assert "decoder.up.1.attn.1.proj_out.weight" in ldm and "decoder.up.0.upsample.conv.weight" not in ldm
-    back = from_ldm(ldm, dict(vae.config))
+    back = to_diffusers(ldm, dict(vae.config))
     assert all(torch.equal(back[k], v) for k, v in vae.state_dict().items())
     with pytest.raises(CheckpointError, match="lacks"):
-        from_ldm({k: v for k, v in ldm.items() if "mid.attn_1" not in k}, dict(vae.config))
+        to_diffusers({k: v for k, v in ldm.items() if "mid.attn_1" not in k}, dict(vae.config))
 
 
 def test_official_repa_e_round_trip_and_sampling(tmp_path):

@@ -19,6 +19,7 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from ..errors import CheckpointError, ConfigError
@@ -121,8 +122,21 @@ def _rename(sd: dict[str, Tensor], pairs: list[tuple[str, str]], to_diffusers: b
 
 
 def to_diffusers(sd: dict[str, Tensor], config: dict) -> dict[str, Tensor]:
-    """An LDM autoencoder state dict in diffusers' names and shapes."""
-    return _rename(sd, name_pairs(config), to_diffusers=True)
+    """An LDM autoencoder state dict in diffusers' names and shapes; a tensor the architecture ``config`` needs
+    and the dict lacks stops with its LDM name."""
+    from .._compat import require
+
+    out = _rename(sd, name_pairs(config), to_diffusers=True)
+    with torch.device("meta"):
+        init = {k: v for k, v in config.items() if not k.startswith("_")}
+        expected = require("diffusers").AutoencoderKL.from_config(init).state_dict()
+    missing = sorted(set(expected) - set(out))
+    if missing:
+        ldm = to_ldm({missing[0]: expected[missing[0]]}, config)
+        raise CheckpointError(f"the LDM VAE state dict lacks {next(iter(ldm))} (and {len(missing) - 1} more) that an "
+                              f"AutoencoderKL of {list(config['block_out_channels'])} channels needs: another "
+                              "architecture?")  # fmt: skip
+    return out
 
 
 def to_ldm(sd: dict[str, Tensor], config: dict) -> dict[str, Tensor]:

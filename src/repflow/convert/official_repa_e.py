@@ -2,7 +2,7 @@
 
 The file is ``{"model", "ema", "vae", "discriminator", "opt", "opt_vae", "opt_disc", "args", "steps"}``: the SiT
 (REPA's layout, :mod:`.official_sit`, plus its ``bn.*`` latent batch norm), its EMA, the VAE in the LDM layout
-(``models/autoencoder.py``, ``f8d4`` or ``f16d32``: :mod:`.ldm_vae`) and taming's PatchGAN (the same names as
+(``models/autoencoder.py``, ``f8d4`` or ``f16d32``: ``codecs/ldm_vae``) and taming's PatchGAN (the same names as
 repflow's). The run gets the networks ``model`` (+ EMA), ``objective`` (the projectors), ``latent_norm`` (the
 BN's running statistics, + the EMA model's), ``vae``, ``disc``; the VAE is also written as a diffusers
 ``AutoencoderKL`` in ``RUN/vae`` (the run's ``codec.path``, its EMA statistics as ``latents_mean`` / ``std``).
@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..codecs.ldm_vae import architecture, to_diffusers, to_ldm
 from ..config import Config
 from ..errors import CheckpointError
-from .ldm_vae import from_ldm, to_ldm
 from .official_sit import from_official as sit_from_official
 from .official_sit import infer_config as sit_config
 from .official_sit import to_official as sit_to_official
@@ -36,16 +36,7 @@ def ldm_config(vae: dict[str, Tensor]) -> dict:
     of 256; f8d4 has none). GroupNorm of 32 groups, as ``models/autoencoder.py`` always has."""
     if "quant_conv.weight" not in vae or "encoder.conv_in.weight" not in vae:
         raise CheckpointError("the checkpoint's 'vae' is not an LDM AutoencoderKL (no quant_conv / encoder.conv_in)")
-    levels = 1 + max(int(m.group(1)) for k in vae if (m := re.match(r"^encoder\.down\.(\d+)\.", k)))
-    blocks = 1 + max(int(m.group(1)) for k in vae if (m := re.match(r"^encoder\.down\.0\.block\.(\d+)\.", k)))
-    attn = [f"encoder.down.{i}.attn.0.q.weight" in vae for i in range(levels)]
-    return {"_class_name": "AutoencoderKL",
-            "block_out_channels": [vae[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] for i in range(levels)],
-            "down_block_types": ["AttnDownEncoderBlock2D" if a else "DownEncoderBlock2D" for a in attn],
-            "up_block_types": ["AttnUpDecoderBlock2D" if a else "UpDecoderBlock2D" for a in reversed(attn)],
-            "latent_channels": vae["quant_conv.weight"].shape[0] // 2, "layers_per_block": blocks,
-            "norm_num_groups": 32, "in_channels": vae["encoder.conv_in.weight"].shape[1],
-            "out_channels": vae["decoder.conv_out.weight"].shape[0], "scaling_factor": 1.0}  # fmt: skip
+    return {**architecture(vae), "scaling_factor": 1.0}
 
 
 def check_file(obj: dict, path) -> None:
@@ -99,7 +90,7 @@ def from_official(obj: dict, cfg: Config) -> dict[str, dict[str, Tensor]]:
     official = {f"model.{k}": v for k, v in extra.items()}
     official.update({f"{ema_name(EMA_DECAY)}.{k}": v for k, v in ema_extra.items()})
     official.update({f"{ema_name(EMA_DECAY)}.objective.{k}": v for k, v in ema_objective.items()})
-    vae = from_ldm(obj["vae"], ldm_config(obj["vae"]))
+    vae = to_diffusers(obj["vae"], ldm_config(obj["vae"]))
     return {"model": model, ema_name(EMA_DECAY): ema, "objective": objective, "latent_norm": norm,
             ema_file("latent_norm", EMA_DECAY): ema_norm, "vae": vae, "disc": dict(obj["discriminator"]),
             "official": {k: v.clone() for k, v in official.items()}}  # fmt: skip
