@@ -5,14 +5,9 @@
 #   bash benchmarks/backbones_fashion.sh [OUT_DIR] [STEPS]
 #   RUNS="sit-repa ddt-irepa" bash benchmarks/backbones_fashion.sh ...   # only these runs (two lanes in parallel)
 # Finished runs and evaluations are kept, so the script can be rerun after an interruption (or by a second lane).
-set -euo pipefail
-OUT=${1:-/tmp/repflow-backbones-fashion}
-STEPS=${2:-1000}
-PY=${PY:-python}
-export HF_HUB_OFFLINE=1
-mkdir -p "$OUT"
-repflow() { $PY -m repflow.cli "$@"; }
-trained() { [ -d "$1/checkpoints/ckpt-$(printf %08d "$2")" ]; }
+DEFAULT_OUT=/tmp/repflow-backbones-fashion
+# shellcheck source=benchmarks/fashion_runs.sh
+source "$(dirname "$0")/fashion_runs.sh"
 
 declare -A FAMILY=(
     [sit]=""

@@ -5,14 +5,9 @@
 #   bash benchmarks/rae_fashion.sh [OUT_DIR] [STAGE2_STEPS]
 #   SAMPLINGS="none ig1.78" bash benchmarks/rae_fashion.sh ...   # only these sampling settings (default: all three)
 # Finished runs and evaluations are kept, so the script can be rerun after an interruption.
-set -euo pipefail
-OUT=${1:-/tmp/repflow-rae-fashion}
-STEPS=${2:-1000}
-PY=${PY:-python}
-export HF_HUB_OFFLINE=1
-mkdir -p "$OUT"
-repflow() { $PY -m repflow.cli "$@"; }
-trained() { [ -d "$1/checkpoints/ckpt-$(printf %08d "$2")" ]; }
+DEFAULT_OUT=/tmp/repflow-rae-fashion
+# shellcheck source=benchmarks/fashion_runs.sh
+source "$(dirname "$0")/fashion_runs.sh"
 
 # stage 1: one decoder per latent (RAE: the last block; RAEv2: blocks 1-3 + the token mean)
 echo "latent,psnr_db,rfid1000" > "$OUT/rae-fashion-decoders.csv"
