@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SiT vs LightningDiT vs DDT on Fashion-MNIST (CPU, the tiny offline encoder), each with REPA, with iREPA (conv
 # projector + spatial z-score) and with REG (+ REPA): the same images seen by every run (same steps, batch, seed),
-# FID-1000 against 2,000 training images (Euler 50, EMA, no guidance), one CSV, one bar chart and one sample grid.
+# FID-1000 against 2,000 training images (the demo presets' Heun sampler, 50 steps, EMA, no guidance), one CSV, one
+# bar chart and one grid of samples (a row per run: the first 20 of its FID samples, two per class).
 #   bash benchmarks/backbones_fashion.sh [OUT_DIR] [STEPS]
 #   RUNS="sit-repa ddt-irepa" bash benchmarks/backbones_fashion.sh ...   # only these runs (two lanes in parallel)
 # Finished runs and evaluations are kept, so the script can be rerun after an interruption (or by a second lane).
@@ -55,9 +56,23 @@ for j, al in enumerate(aligns):
     ax.bar_label(bars, fmt="%.1f", fontsize=7)
 ax.set_xticks(range(len(families)), [label[f] for f in families])
 ax.set_ylabel("FID-1000 (lower is better)")
-ax.set_title(f"Fashion-MNIST, {steps} steps of 64 images, Euler 50, no guidance", fontsize=9)
-ax.legend(fontsize=8)
+ax.set_title(f"Fashion-MNIST, {steps} steps of 64 images, Heun 50 steps, no guidance", fontsize=9)
+ax.legend(fontsize=8, loc="lower right")
+ax.set_ylim(0, 1.15 * max(fid.values()))
 fig.tight_layout()
 fig.savefig(out / "backbones-fashion.png", dpi=120)
+from PIL import Image, ImageDraw
+rows, size, pad = [], 32, 150
+for n in names:
+    folder = next(p for p in sorted((out / n / "eval").iterdir()) if "reuse" not in p.name)
+    rows.append((n, [Image.open(folder / f"{i:06d}.png").convert("L") for i in range(20)]))
+grid = Image.new("L", (pad + 20 * size, len(rows) * size), 255)
+draw = ImageDraw.Draw(grid)
+for r, (n, images) in enumerate(rows):
+    fam, al = n.split("-")
+    draw.text((4, r * size + 10), f"{label[fam].split(' ')[0]} {align[al]}", fill=0)
+    for i, image in enumerate(images):
+        grid.paste(image, (pad + i * size, r * size))
+grid.save(out / "backbones-fashion-samples.png")
 print((out / "backbones-fashion.csv").read_text())
 PYEOF
