@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,13 @@ def test_wandb_offline_logs_losses_lrs_evaluations_grids_and_config_and_a_resume
     Trainer(cfg, run, hooks=online.training_hooks(cfg)).fit()  # resumes at step 2
     files = sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 2  # one offline directory per process, as W&B writes them
-    (first_id, first, config), (second_id, second, _) = logged(files[0]), logged(files[1])
+    # W&B's service process writes the files after `wandb.finish()` returns (seen under load: a file with no
+    # history yet): read them until both processes' steps are there, for at most a minute
+    for _ in range(120):
+        (first_id, first, config), (second_id, second, _) = logged(files[0]), logged(files[1])
+        if sorted(first) == [1, 2] and sorted(second) == [3, 4]:
+            break
+        time.sleep(0.5)
     # the same W&B run: W&B names each process's file after the run id it used (run-<id>.wandb); the run record
     # inside may be written late by W&B's service process, so it is checked only where it is present
     run_id = (run / "wandb" / "run_id").read_text().strip()
