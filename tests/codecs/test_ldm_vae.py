@@ -123,3 +123,11 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "8 channels" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "n").exists()
+    assert main(["codec", "import", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "a")]) != 0
+    assert "does not exist" in capsys.readouterr().err
+    sd = torch.load(path, weights_only=True)
+    sd["encoder.conv_in.bias"][0] = float("nan")
+    torch.save(sd, tmp_path / "nan.pt")
+    assert main(["codec", "import", str(tmp_path / "nan.pt"), "--out", str(tmp_path / "b")]) != 0
+    err = capsys.readouterr().err
+    assert "encoder.conv_in.bias holds NaN" in err and len(err.strip().splitlines()) == 1

@@ -33,13 +33,19 @@ def rows(run) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_meanflow_resumes_bit_for_bit_and_samples_in_one_and_two_jumps(tmp_path, capsys):
-    cfg = tiny_config(*MF, "train.steps=4", "train.ckpt_every=2")
-    straight, resumed = straight_and_resumed(cfg, tmp_path)
-    assert straight.cfg.model.interval_input and "t_embedder.interval.mlp.0.weight" in straight.model.state_dict()
+def resumes_bit_for_bit(cfg, root) -> Trainer:
+    """The run of ``cfg`` straight (``root/a``) and stopped then resumed (``root/b``): equal weights and logged
+    losses; returns the straight one."""
+    straight, resumed = straight_and_resumed(cfg, root)
     a, b = weights(straight), weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["loss"] for r in rows(tmp_path / "a")] == [r["loss"] for r in rows(tmp_path / "b")]
+    assert [r["loss"] for r in rows(root / "a")] == [r["loss"] for r in rows(root / "b")]
+    return straight
+
+
+def test_meanflow_resumes_bit_for_bit_and_samples_in_one_and_two_jumps(tmp_path, capsys):
+    straight = resumes_bit_for_bit(tiny_config(*MF, "train.steps=4", "train.ckpt_every=2"), tmp_path)
+    assert straight.cfg.model.interval_input and "t_embedder.interval.mlp.0.weight" in straight.model.state_dict()
     assert {"meanflow_x", "meanflow_x_mse"} <= rows(tmp_path / "a")[-1].keys()
     for steps in ("1", "2"):
         assert main(["sample", str(tmp_path / "a"), "--num-samples", "4", "--steps", steps]) == 0
