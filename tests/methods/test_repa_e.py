@@ -133,7 +133,11 @@ def test_export_loads_in_diffusers_and_serves_as_a_frozen_codec(files, tmp_path)
         tuned = trainer.method.vae.eval().decode(trainer.method.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
         original = VAECodec(str(files / "vae"))
         assert torch.equal(loaded.reconstruct(x), tuned)
+        assert loaded.codec.vae is loaded.networks["vae"]  # the API's codec is the tuned VAE too
+        torch.testing.assert_close(loaded.codec.normalise(z), norm(z), rtol=1e-6, atol=1e-6)
         assert not torch.equal(tuned, original.decode(original.encode(x)))
+    explicit = load_run(tmp_path / "run", ema=0.9)  # the VAE kept no EMA copy: its raw weights, no error
+    assert explicit.ema == 0.9 and explicit.networks["vae"] is not None
     frozen = load_config(None, latent_overrides(tmp_path / "e2e", files / "data", "codec.kind=vae", "train.steps=1"))
     assert Trainer(frozen, tmp_path / "sit").fit().steps == 1
 

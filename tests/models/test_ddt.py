@@ -118,3 +118,11 @@ def test_rope_tables_are_the_same_cpu_tables_under_a_device_context(layout):
         cos_meta, sin_meta = rope_2d(16, 4, front=1, back=2, layout=layout)
     assert cos_meta.device.type == sin_meta.device.type == "cpu"
     assert torch.equal(cos, cos_meta) and torch.equal(sin, sin_meta)
+
+
+def test_meanflow_interval_embedder_gets_the_time_embedders_initialisation():
+    torch.manual_seed(0)
+    model = tiny_ddt(interval_input=True, hidden_size=256)
+    for mlp in (model.t_embedder.mlp, model.t_embedder.interval.mlp):  # N(0, 0.02), not torch's default uniform
+        for layer in (mlp[0], mlp[2]):
+            assert abs(layer.weight.std().item() - 0.02) < 2e-3

@@ -211,6 +211,14 @@ class Method(ResolvesConfig, nn.Module):
         return cls.reconstructor.__func__ is not Method.reconstructor.__func__
 
     @classmethod
+    def run_codec(cls, cfg: Config, networks: Mapping[str, nn.Module], device, vae: str = ""):
+        """The codec a trained run generates through (``LoadedRun.codec``): the config's, or ``vae``'s weights;
+        a method that trains its codec overrides this."""
+        from ..build import codec_for
+
+        return codec_for(cfg, device, vae=vae)
+
+    @classmethod
     def reconstructor(cls, cfg: Config, networks: Mapping[str, nn.Module], codec=None):
         """``images -> reconstructions`` (both in [-1, 1]) for a method that trains an autoencoder, else None:
         what ``repflow eval`` measures PSNR and rFID with."""

@@ -197,6 +197,11 @@ class RepaEMethod(FlowMethod):
         return {**super().inference_networks(cfg), "vae": vae, "latent_norm": norm}
 
     @classmethod
+    def run_codec(cls, cfg: Config, networks, device, vae: str = ""):
+        """The tuned VAE with its batch-norm statistics (``vae``: other weights, as for any run)."""
+        return super().run_codec(cfg, networks, device, vae) if vae else tuned_codec(cfg, networks, device)
+
+    @classmethod
     def denoiser(cls, cfg: Config, networks, device: torch.device, codec=None):
         """Decodes with the run's VAE and its batch-norm statistics (``codec`` is ignored: the VAE trained)."""
         return super().denoiser(cfg, networks, device, tuned_codec(cfg, networks, device))

@@ -113,8 +113,7 @@ class DDT(nn.Module):
             nn.init.zeros_(conv.bias)
         if self.y_embedder is not None:
             nn.init.normal_(self.y_embedder.table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        self.t_embedder.initialize()  # N(0, 0.02), MeanFlow's interval embedder too; iMF's guidance zero-output
         for layer in (self.final_norm.adaLN_modulation[-1], self.out_x, *self.stream_out.values()):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)

@@ -49,13 +49,15 @@ def select_weights(
 ) -> tuple[str, float | str]:
     """(weights file, decay or "raw") to load for ``network``: ``ema`` -1 the first of the run's EMA ``decays``
     (the raw weights when it kept none), 0 the raw weights, else that decay. A network that is not
-    ``required`` to have EMA copies falls back to its raw weights under the default."""
+    ``required`` to have EMA copies falls back to its raw weights under the default, and under any decay when
+    it kept no EMA copy at all."""
     if ema == 0 or (ema < 0 and not decays):
         return network, "raw"
     decay = decays[0] if ema < 0 else ema
     name = ema_file(network, decay)
     if name not in available:
-        if not required and ema < 0:
+        kept_none = not any(a.startswith(f"{network}-ema-") for a in available)
+        if not required and (ema < 0 or kept_none):  # a network trained without EMA copies (REPA-E's VAE)
             return network, "raw"
         have = ", ".join(available) or "none"
         raise CheckpointError(f"the checkpoint has no EMA {decay:g} weights for {network} (it has: {have})")

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..build import check_weights_record, codec_for, method_class
+from ..build import check_weights_record, method_class
 from ..config import Config
 from ..errors import CheckpointError
 from ..runtime.checkpoint import CKPT_RE, Checkpoint, select_weights
@@ -80,7 +80,7 @@ def load_run(
             what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
             raise CheckpointError(f"{ckpt.path}/{file}.safetensors does not fit the stored config ({what})")
         net.to(device).eval()
-    codec = codec_for(cfg, device, vae=vae)
+    codec = kind.run_codec(cfg, networks, device, vae=vae)
     denoiser = kind.denoiser(cfg, networks, torch.device(device), codec) if networks else None
     return LoadedRun(cfg, ckpt, networks, codec, denoiser, used, kind.reconstructor(cfg, networks, codec))
 
