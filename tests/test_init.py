@@ -55,12 +55,12 @@ def test_init_writes_a_commented_config_that_trains(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(init, "time_step", lambda s, p: 0.5)  # timing is measured in the next test
     folder = write_folder(tmp_path / "shapes")
     out = tmp_path / "shapes.yaml"
-    assert main(["init", str(folder), "--out", str(out), "--device", "cpu", "--minutes", "10"]) == 0
+    assert main(["init", str(folder), "--out", str(out), "--device", "cpu", "--minutes", "10", "--method", "reg"]) == 0
     text = out.read_text()
     assert "4x4x3 = 48 values a token" in text and "3 classes (Ankle boot, Circle, Square)" in text
     data = yaml.safe_load(text)
     assert data["inherit"] == "demo-fashion-reg" and data["data"]["root"] == str(folder.resolve())
-    assert data["train"]["steps"] == 1200 and data["data"]["channels"] == 3  # 10 min at 0.5 s a step
+    assert data["train"]["steps"] == 1000 and data["data"]["channels"] == 3  # 85% of 10 min at 0.5 s a step
     cfg = load_config(str(out), ["train.steps=2", "train.batch_size=4", "model.depth=1", "model.hidden_size=64",
                                  "model.num_heads=2", "train.sample_num=2", "sample.steps=2"])  # fmt: skip
     assert (cfg.data.resolution, cfg.model.patch_size, cfg.encoders[0].resolution) == (32, 4, 32)
@@ -86,6 +86,24 @@ def test_init_writes_a_commented_config_that_trains(tmp_path, capsys, monkeypatc
     assert "model SiT-T/4 (1 blocks x 64, 32x32x3 input)" in said and "3 classes, 32 px, 3 channel(s)" in said
     assert main(["init", str(folder), "--out", str(out)]) == 2  # never replaces a file
     assert "exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "device,preset,shape",
+    [
+        ("cpu", "demo-fashion-jit", (32, 8)),  # x-prediction, 16 tokens of 8x8x3 = 192 values (README: shapes)
+        ("cuda", "demo-fashion-reg", (48, 4)),  # REG, 12x12 tokens of 4x4x3 = 48 values
+    ],
+)
+def test_init_auto_picks_jit_on_a_cpu_and_reg_on_a_gpu(tmp_path, monkeypatch, device, preset, shape):
+    import repflow.init as init
+
+    monkeypatch.setattr(init, "time_step", lambda s, p: 0.2)
+    out = tmp_path / "auto.yaml"
+    assert main(["init", str(write_folder(tmp_path / "f")), "--out", str(out), "--device", device]) == 0
+    data = yaml.safe_load(out.read_text())
+    assert data["inherit"] == preset and (data["data"]["resolution"], data["model"]["patch_size"]) == shape
+    assert "--method auto" in out.read_text().splitlines()[0]
 
 
 def test_init_times_a_real_step(tmp_path):
@@ -142,8 +160,8 @@ def test_init_rae_writes_both_stages_that_train_in_order(tmp_path, capsys, monke
     # 48 px on a CPU: patches of 6 give the largest latent of at most 8 x 8 tokens; the tiny encoder sees 32 px
     for cfg in (stage1, stage2):
         assert (cfg["data"]["resolution"], cfg["data"]["channels"], cfg["codec"]["decoder_patch"]) == (48, 3, 6)
-    assert stage1["train"]["steps"] == 600 and stage2["train"]["steps"] == 1200  # 5 min each at 0.5 / 0.25 s
-    assert (stage1["method"]["disc_start"], stage1["method"]["gan_start"]) == (300, 400)
+    assert stage1["train"]["steps"] == 500 and stage2["train"]["steps"] == 1000  # 85% of 5 min each at 0.5 / 0.25 s
+    assert (stage1["method"]["disc_start"], stage1["method"]["gan_start"]) == (250, 333)
     assert (
         stage2["codec"]["decoder"] == "runs/shapes-decoder" and stage2["codec"]["stats"] == "shapes-stats.safetensors"
     )

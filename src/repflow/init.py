@@ -20,6 +20,11 @@ RESOLUTIONS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 MAX_TOKEN_VALUES = 48  # values per pixel-space token for the v-predicting families (SiT, REPA, REG, DSD)
 JIT_TOKEN_VALUES = 768  # JiT predicts x: large patches work (its 16 x 16 x 3), through a narrow bottleneck
 CPU_TOKENS, GPU_TOKENS = 64, 256  # at most 8 x 8 tokens on a CPU (a step near a second), 16 x 16 on a GPU
+# JiT's tiny CPU recipe (a 32-wide bottleneck) takes tokens of up to 256 values (its demo: 16 x 16 x 1) on a 4 x 4
+# grid: on the README's shapes folder 32 px / patch 8 drew circles, squares and triangles in 15 CPU minutes where
+# 48 px / patch 12 (432 values) lost the triangles, at the same 16 tokens and step time
+JIT_CPU_TOKEN_VALUES, JIT_CPU_TOKENS = 256, 16
+AUTO = {"cpu": "jit", "cuda": "reg"}  # --method auto: x-prediction shows shapes within a CPU quarter hour (README)
 SURVEYED = 256  # images opened to learn sizes and colour (spread evenly over the folder)
 # the recipe each method starts from: a demo preset (small, tested on CPU), and its patch rule
 RECIPES = {
@@ -123,7 +128,9 @@ def plan(s: Survey, method: str, minutes: float, device: str = "") -> Plan:
     preset, max_values = RECIPES[method]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cpu = device == "cpu"
-    cap = CPU_TOKENS if cpu else GPU_TOKENS
+    cap = token_cap(method, device)
+    if cpu and method == "jit":
+        max_values = JIT_CPU_TOKEN_VALUES
     if method == "rae":
         resolution, patch = choose_latent_size(s.side, cap)
     else:
@@ -140,8 +147,17 @@ def plan(s: Survey, method: str, minutes: float, device: str = "") -> Plan:
     return Plan(**{**draft.__dict__, "steps": _steps(minutes, seconds), "seconds_per_step": seconds})
 
 
+def token_cap(method: str, device: str) -> int:
+    if device != "cpu":
+        return GPU_TOKENS
+    return JIT_CPU_TOKENS if method == "jit" else CPU_TOKENS
+
+
+LOOP_SHARE = 0.85  # of the time left to the steps: logging, checkpoints and the closing samples take the rest
+
+
 def _steps(minutes: float, seconds: float) -> int:
-    return max(100, int(minutes * 60 / seconds) // 100 * 100)
+    return max(100, int(minutes * 60 * LOOP_SHARE / seconds) // 100 * 100)
 
 
 def overrides(s: Survey, p: Plan, stage: str = "") -> list[str]:
@@ -169,8 +185,8 @@ def arch_name(method: str, patch: int) -> str:
 
 
 def time_step(s: Survey, p: Plan, repeats: int = 2, stage: str = "") -> float:
-    """Seconds of one training step of the planned config on this machine: the real training loop on
-    synthetic images of the planned shape, in a scratch folder (the first, warm-up, step is not counted).
+    """Seconds of one training step of the planned config on this machine: the real training loop on the
+    folder's images, in a scratch run folder (the first, warm-up, step is not counted).
     RAE's decoder (``stage`` "decoder") is timed with its discriminator and GAN term on, as its last steps."""
     import contextlib
     import io
@@ -179,7 +195,7 @@ def time_step(s: Survey, p: Plan, repeats: int = 2, stage: str = "") -> float:
     from .config import load_config
     from .train.loop import Trainer
 
-    quiet = ["data.dataset=synthetic", "data.root=", f"data.synthetic_size={p.batch}", "train.sample_num=0"]
+    quiet = ["train.sample_num=0"]  # the folder's own images: reading and resizing them is part of a step
     if stage == "decoder":
         quiet += ["method.disc_start=0", "method.gan_start=0"]
     cfg = load_config(RAE_DECODER if stage == "decoder" else p.preset, [*overrides(s, p, stage), *quiet])
@@ -206,7 +222,7 @@ def render(s: Survey, p: Plan, command: str, path: Path) -> str | tuple[str, str
     values = p.patch * p.patch * s.channels
     rule = ("JiT predicts x, so large patches work" if p.method == "jit" else
             f"a v-predicting model gives noise above ~{MAX_TOKEN_VALUES} values a token: README, JiT")  # fmt: skip
-    cap = CPU_TOKENS if p.device == "cpu" else GPU_TOKENS
+    cap = token_cap(p.method, p.device)
     header = [
         f"# written by `{command}`: {s.count} images, {classes}, {colour}, most common sizes {sizes}",
         "# Every value below was chosen for this folder and machine; edit any of them.",
@@ -252,7 +268,8 @@ def train_lines(batch: int, steps: int, seconds: float, minutes: float, cpus: in
         "train:",
         f"  batch_size: {batch}",
         f"  steps: {steps}  # ~{minutes:g} min: one step of this config took {seconds:.2f} s here "
-        f"({cpus} CPUs available to this process, measured by repflow init)",
+        f"({cpus} CPUs available to this process, measured by repflow init on these images; "
+        f"{LOOP_SHARE:.0%} of the time, the rest for logs, checkpoints and the closing samples)",
         "  threads: auto  # compute threads: OMP_NUM_THREADS if set, else the CPUs left after the loader workers",
         f"  ckpt_every: {max(100, steps // 4 // 100 * 100)}  # rerunning the same command resumes from the newest",
         f"  log_every: {max(10, steps // 40 // 10 * 10)}",
@@ -353,13 +370,14 @@ def render_rae(s: Survey, p: Plan, header: list[str], cap: int, path: Path) -> t
     return "\n".join(stage2), "\n".join(stage1)
 
 
-def write_config(folder: str | Path, method: str = "reg", out: str | Path = "", minutes: float = 0.0,
+def write_config(folder: str | Path, method: str = "auto", out: str | Path = "", minutes: float = 0.0,
                  device: str = "", command: str = "repflow init") -> tuple[Path, Plan]:  # fmt: skip
     """Survey ``folder``, plan for this machine and write the YAML (refusing to replace an existing file)."""
     import torch
 
     s = survey(folder)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    method = AUTO[device] if method == "auto" else method
     p = plan(s, method, minutes or (15.0 if device == "cpu" else 60.0), device)
     path = Path(out or f"{s.root.name}.yaml")
     paths = rae_files(path)[:2] if method == "rae" else (path,)  # RAE: stage 2's, then stage 1's

@@ -42,8 +42,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "repflow train photos.yaml --out runs/photos",
     )
     i.add_argument("folder", help="images: one sub-folder per class (ImageNet layout), or a flat folder")
-    i.add_argument("--method", default="reg", choices=["reg", "repa", "sit", "jit", "dsd", "rae"],
-                   help="the recipe (default reg: SiT + REG + REPA with the packaged tiny encoder)")  # fmt: skip
+    i.add_argument("--method", default="auto", choices=["auto", "reg", "repa", "sit", "jit", "dsd", "rae"],
+                   help="the recipe (auto: jit, pixel-space x-prediction, when planning for a CPU, where it "
+                   "shows shapes in 15 minutes; reg, SiT + REG + REPA with the tiny encoder, on a GPU)")  # fmt: skip
     i.add_argument("--out", default="", help="the YAML to write (default: FOLDER_NAME.yaml here)")
     i.add_argument("--minutes", type=float, default=0.0, help="training time to plan for (default 15 on a CPU, "
                    "60 on a GPU)")  # fmt: skip
