@@ -35,7 +35,9 @@ $PY - "$OUT" "$STEPS" <<'PYEOF'
 import json, sys
 from pathlib import Path
 out, steps = Path(sys.argv[1]), int(sys.argv[2])
-metric = lambda run, file, key: json.load(open(out / run / file))["metrics"][key]
+def metric(run, file, key):
+    result = json.load(open(out / run / file))
+    return result["metrics"].get(key, result.get(key))  # PSNR sits beside the metrics
 with open(out / "repa-e-fashion.csv", "w") as f:
     f.write("run,vae,steps,fid1000,vae_rfid1000,vae_psnr\n")
     for run, vae in (("frozen", "vae"), ("repa-e", "repa-e"), ("frozen-e2e", "repa-e")):
