@@ -6,9 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import torch
-
-from .codecs import Codec, build_codec
+from .codecs import Codec, codec_for
 from .config import Config, ConfigError
 from .data import ImageDataset, build_dataset
 from .errors import CheckpointError
@@ -20,12 +18,6 @@ from .registry import METHODS
 
 def method_class(cfg: Config) -> type[Method]:
     return METHODS.get(cfg.method.kind).target
-
-
-def codec_for(cfg: Config, device: torch.device | str = "cpu", vae: str = "") -> Codec:
-    """The run's codec, as stored in its (resolved) config, so sampling decodes with the codec training used.
-    ``vae`` swaps in other weights explicitly (e.g. sd-vae-ft-mse to decode a model trained on ft-ema latents)."""
-    return build_codec(cfg.codec, device=device, path=vae)
 
 
 def needs_encoders(cfg: Config) -> bool:

@@ -65,6 +65,12 @@ def build_codec(cfg: CodecConfig | str = "pixel", device: torch.device | str = "
     return CODECS.get(cfg.kind).target(cfg, device=device, path=path)
 
 
+def codec_for(cfg: Any, device: torch.device | str = "cpu", vae: str = "") -> Codec:
+    """The run's codec, as stored in its (resolved) config, so sampling decodes with the codec training used.
+    ``vae`` swaps in other weights explicitly (e.g. sd-vae-ft-mse to decode a model trained on ft-ema latents)."""
+    return build_codec(cfg.codec, device=device, path=vae)
+
+
 __all__ = [
     "DEFAULT_VAE",
     "Codec",
@@ -74,4 +80,5 @@ __all__ = [
     "SDVAECodecConfig",
     "VAECodecConfig",
     "build_codec",
+    "codec_for",
 ]

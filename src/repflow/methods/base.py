@@ -214,9 +214,9 @@ class Method(ResolvesConfig, nn.Module):
     def run_codec(cls, cfg: Config, networks: Mapping[str, nn.Module], device, vae: str = ""):
         """The codec a trained run generates through (``LoadedRun.codec``): the config's, or ``vae``'s weights;
         a method that trains its codec overrides this."""
-        from ..codecs import build_codec
+        from ..codecs import codec_for
 
-        return build_codec(cfg.codec, device=device, path=vae)  # as build.codec_for (build imports methods)
+        return codec_for(cfg, device, vae)
 
     @classmethod
     def reconstructor(cls, cfg: Config, networks: Mapping[str, nn.Module], codec=None):

@@ -56,7 +56,7 @@ def select_weights(
     decay = decays[0] if ema < 0 else ema
     name = ema_file(network, decay)
     if name not in available:
-        kept_none = not any(a.startswith(f"{network}-ema-") for a in available)
+        kept_none = not any(ema_file(network, d) in available for d in decays)
         if not required and (ema < 0 or kept_none):  # a network trained without EMA copies (REPA-E's VAE)
             return network, "raw"
         have = ", ".join(available) or "none"
