@@ -71,6 +71,26 @@ def test_image_folder_classes_and_bad_files(tmp_path):
         ImageFolderDataset(tmp_path / "empty", 16)
 
 
+def test_small_folder_keeps_decoded_images_and_a_large_one_does_not(tmp_path, monkeypatch):
+    import repflow.data.datasets as datasets
+
+    for i in range(3):
+        Image.new("RGB", (40, 30), (i * 100, 50, 0)).save(tmp_path / f"{i}.png")
+    ds = ImageFolderDataset(tmp_path, resolution=16)
+    first = ds.get_batch([(0, False), (1, True), (2, False)]).images
+    for f in ds.files:
+        f.unlink()  # from now on only the kept images can answer
+    again = ds.get_batch([(0, False), (1, True), (2, False)])
+    assert torch.equal(again.images, first) and again.bad_files == []
+    monkeypatch.setattr(datasets, "MEMO_BYTES", 3 * 16 * 16 * 3 - 1)  # one byte short of the three images
+    for i in range(3):
+        Image.new("RGB", (40, 30), (i * 100, 50, 0)).save(tmp_path / f"{i}.png")
+    ds = ImageFolderDataset(tmp_path, resolution=16)
+    ds.get_batch([(0, False)])
+    ds.files[0].unlink()
+    assert ds.get_batch([(0, False)]).bad_files == [str(ds.files[0])]  # read again: nothing was kept
+
+
 def test_idx_reader_rejects_truncated_files(tmp_path):
     header = bytes([0, 0, 8, 3]) + (5).to_bytes(4, "big") + (2).to_bytes(4, "big") + (2).to_bytes(4, "big")
     good = tmp_path / "good.idx"
