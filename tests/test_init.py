@@ -8,7 +8,7 @@ from PIL import Image
 
 from repflow.cli import main
 from repflow.config import load_config
-from repflow.init import choose_patch, choose_size, survey
+from repflow.init import arch_name, choose_patch, choose_size, survey
 
 
 def write_folder(root, classes=("Circle", "Square", "Ankle boot"), n=4, size=(48, 48), grey=False):
@@ -36,6 +36,12 @@ def test_size_and_patch_rules(side, channels, max_values, max_tokens, expected):
     assert (resolution, patch) == expected
     assert patch * patch * channels <= max_values and (resolution // patch) ** 2 <= max(max_tokens, 16)
     assert choose_patch(32, 3, 48) == 4 and choose_patch(32, 1, 48) == 4 and choose_patch(48, 1, 48) == 6
+
+
+def test_arch_name_is_the_tiny_size_with_the_nearest_patch():
+    # the named size only fills depth/width; model.patch_size decides, but the name should not contradict it
+    assert [arch_name("jit", p) for p in (2, 6, 8, 12, 16)] == ["JiT-T/2", "JiT-T/4", "JiT-T/8", "JiT-T/8", "JiT-T/16"]
+    assert arch_name("reg", 4) == "SiT-T/4" and arch_name("dsd", 24) == "DSD-T/16"
 
 
 def test_survey_reads_classes_count_channels_and_sizes(tmp_path):

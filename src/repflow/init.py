@@ -174,14 +174,15 @@ def overrides(s: Survey, p: Plan, stage: str = "") -> list[str]:
 
 
 def arch_name(method: str, patch: int) -> str:
-    """The tiny size of the method's family with this patch, or with another (model.patch_size then decides)."""
+    """The tiny size of the method's family with this patch, or with the nearest patch it has (model.patch_size
+    then decides: a JiT at patch 12 is written JiT-T/8 with patch_size 12, not JiT-T/2)."""
     from .models.dsd_net import DSD_ARCHS
     from .models.jit import JIT_ARCHS
     from .models.presets import ARCHS
 
     prefix, table = {"dsd": ("DSD", DSD_ARCHS), "jit": ("JiT", JIT_ARCHS)}.get(method, ("SiT", ARCHS))
-    name = f"{prefix}-T/{patch}"
-    return name if name in table else next(k for k in table if k.startswith(f"{prefix}-T/"))
+    tiny = [k for k in table if k.startswith(f"{prefix}-T/")]
+    return min(tiny, key=lambda k: (abs(int(k.rsplit("/", 1)[1]) - patch), int(k.rsplit("/", 1)[1])))
 
 
 def time_step(s: Survey, p: Plan, repeats: int = 2, stage: str = "") -> float:
