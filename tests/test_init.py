@@ -110,6 +110,9 @@ def test_init_auto_picks_jit_on_a_cpu_and_reg_on_a_gpu(tmp_path, monkeypatch, de
     data = yaml.safe_load(out.read_text())
     assert data["inherit"] == preset and (data["data"]["resolution"], data["model"]["patch_size"]) == shape
     assert "--method auto" in out.read_text().splitlines()[0]
+    # a CPU's JiT: batches of 64 at twice the recipe's lr (README: shapes); a GPU's REG keeps its recipe's lr
+    assert (data["train"]["batch_size"], data["train"].get("lr")) == ((64, 2e-3) if device == "cpu" else (256, None))
+    assert load_config(str(out)).train.lr == (2e-3 if device == "cpu" else 1e-3)
 
 
 def test_init_times_a_real_step(tmp_path):

@@ -4,8 +4,7 @@ It reads the folder (classes, image count, sizes, whether the images are greysca
 user gets wrong first (issue 22): the channels, a resolution the images have, a patch size whose tokens hold
 at most ~48 values in pixel space (a v-predicting SiT gives noise above that: README, "JiT"), an encoder
 input size giving as many tokens as the model has, and a batch size and step count that fit a time budget on
-this machine, measured with one timed training step of the chosen model. Everything it chose is a line of
-the YAML with the reason beside it, for the user to edit.
+this machine, measured with timed training steps of the chosen model. Each choice is a YAML line with its reason.
 """
 
 from __future__ import annotations
@@ -21,9 +20,12 @@ MAX_TOKEN_VALUES = 48  # values per pixel-space token for the v-predicting famil
 JIT_TOKEN_VALUES = 768  # JiT predicts x: large patches work (its 16 x 16 x 3), through a narrow bottleneck
 CPU_TOKENS, GPU_TOKENS = 64, 256  # at most 8 x 8 tokens on a CPU (a step near a second), 16 x 16 on a GPU
 # JiT's tiny CPU recipe (a 32-wide bottleneck) takes tokens of up to 256 values (its demo: 16 x 16 x 1) on a 4 x 4
-# grid: on the README's shapes folder 32 px / patch 8 drew circles, squares and triangles in 15 CPU minutes where
-# 48 px / patch 12 (432 values) lost the triangles, at the same 16 tokens and step time
+# grid: on the README's shapes folder 32 px / patch 8 drew circles, squares and (weak) triangles in 15 CPU minutes
+# where 48 px / patch 12 (432 values) lost the triangles, at the same 16 tokens and step time
 JIT_CPU_TOKEN_VALUES, JIT_CPU_TOKENS = 256, 16
+# with batches of 64 at twice the recipe's lr: 1.5x the step of 32 (more images a second); at the same 15 minutes
+# (3600 steps of 64, 4700 of 32) the triangles came out larger and more often whole (README: shapes)
+JIT_CPU_BATCH, JIT_CPU_LR = 64, 2e-3
 AUTO = {"cpu": "jit", "cuda": "reg"}  # --method auto: x-prediction shows shapes within a CPU quarter hour (README)
 SURVEYED = 256  # images opened to learn sizes and colour (spread evenly over the folder)
 # the recipe each method starts from: a demo preset (small, tested on CPU), and its patch rule
@@ -137,7 +139,7 @@ def plan(s: Survey, method: str, minutes: float, device: str = "") -> Plan:
         resolution, patch = choose_size(s.side, s.channels, max_values, cap)
     grid = resolution // patch
     encoder = grid * 4 if method in ("repa", "reg") else 0  # the tiny encoder's patch is 4: as many tokens
-    batch = 32 if cpu else 256
+    batch = (JIT_CPU_BATCH if method == "jit" else 32) if cpu else 256
     draft = Plan(method, preset, resolution, patch, encoder, batch, 0, 0.0, cpus_per_process(), device, minutes)
     if method == "rae":  # two stages share the time
         minutes /= 2
@@ -167,6 +169,8 @@ def overrides(s: Survey, p: Plan, stage: str = "") -> list[str]:
     items = ["data.dataset=image_folder", f"data.root={s.root}", f"data.resolution={p.resolution}",
              f"data.channels={s.channels}", f"model.patch_size={p.patch}", f"train.batch_size={p.batch}",
              f"train.steps={p.steps}", f"model.num_classes={len(s.classes)}"]  # fmt: skip
+    if p.method == "jit" and p.device == "cpu":
+        items.append(f"train.lr={JIT_CPU_LR}")
     items.append(f"model.arch={arch_name(p.method, p.patch)}")
     if p.encoder_resolution:
         items.append(f"encoders.0.resolution={p.encoder_resolution}")
@@ -174,8 +178,7 @@ def overrides(s: Survey, p: Plan, stage: str = "") -> list[str]:
 
 
 def arch_name(method: str, patch: int) -> str:
-    """The tiny size of the method's family with this patch, or with the nearest patch it has (model.patch_size
-    then decides: a JiT at patch 12 is written JiT-T/8 with patch_size 12, not JiT-T/2)."""
+    """The family's tiny size with the nearest patch it has (model.patch_size decides: patch 12 -> JiT-T/8)."""
     from .models.dsd_net import DSD_ARCHS
     from .models.jit import JIT_ARCHS
     from .models.presets import ARCHS
@@ -187,7 +190,8 @@ def arch_name(method: str, patch: int) -> str:
 
 def time_step(s: Survey, p: Plan, repeats: int = 2, stage: str = "") -> float:
     """Seconds of one training step of the planned config on this machine: the real training loop on the
-    folder's images, in a scratch run folder (the first, warm-up, step is not counted).
+    folder's images, in a scratch run folder (the first, warm-up, step is not counted; a folder small enough to be
+    kept decoded is decoded first, as after the first epoch of a run).
     RAE's decoder (``stage`` "decoder") is timed with its discriminator and GAN term on, as its last steps."""
     import contextlib
     import io
@@ -202,6 +206,8 @@ def time_step(s: Survey, p: Plan, repeats: int = 2, stage: str = "") -> float:
     cfg = load_config(RAE_DECODER if stage == "decoder" else p.preset, [*overrides(s, p, stage), *quiet])
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         trainer = Trainer(cfg, Path(tmp) / "timing", resume=False)
+        if hasattr(trainer.dataset, "keep_all"):  # a small folder is decoded once, then kept: time those steps
+            trainer.dataset.keep_all()
         times = []
         for _ in range(repeats + 1):
             start = time.perf_counter()
@@ -261,6 +267,8 @@ def render(s: Survey, p: Plan, command: str, path: Path) -> str | tuple[str, str
             "model's",
         ]
     lines += train_lines(p.batch, p.steps, p.seconds_per_step, p.minutes, p.cpus)
+    if p.method == "jit" and p.device == "cpu":
+        lines.insert(-1, f"  lr: {JIT_CPU_LR:g}  # twice the recipe's, for batches of {JIT_CPU_BATCH} (README: shapes)")
     return "\n".join(lines)
 
 

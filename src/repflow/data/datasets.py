@@ -8,6 +8,7 @@ Images stay uint8 until they reach the device.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -167,6 +168,13 @@ class ImageFolderDataset(ImageDataset):
                 self._memo[index] = self.decode(index)
             return self._memo[index]
         return self.decode(index, window)
+
+    def keep_all(self) -> None:
+        """Decode every image now when the folder keeps them (a steady-state step can then be timed)."""
+        if self._memo is not None:
+            for index in range(len(self)):
+                with contextlib.suppress(Exception):  # an unreadable file is reported when a batch meets it
+                    self.load(index)
 
     def decode(self, index: int, window: tuple[float, float] | None = None) -> Tensor:
         with Image.open(self.files[index]) as img:
