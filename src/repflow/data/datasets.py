@@ -99,9 +99,10 @@ def prepare_tensor_images(images: Tensor, resolution: int, channels: int) -> Ten
     return images
 
 
-# a folder whose decoded images fit in this many bytes keeps them after the first epoch (per loader process): on a
-# small folder trained on a CPU, decoding and resizing every image every step was a quarter of the step time
-MEMO_BYTES = 1 << 30
+# a folder whose decoded images fit in this many bytes keeps them after the first epoch, in each loader process (8
+# workers on a GPU node: up to 8x this): on a small folder trained on a CPU, decoding and resizing every image every
+# step was an eighth of the step time
+MEMO_BYTES = 256 << 20
 
 
 class ImageFolderDataset(ImageDataset):
