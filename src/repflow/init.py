@@ -23,8 +23,7 @@ CPU_TOKENS, GPU_TOKENS = 64, 256  # at most 8 x 8 tokens on a CPU (a step near a
 # grid: on the README's shapes folder 32 px / patch 8 drew circles, squares and (weak) triangles in 15 CPU minutes
 # where 48 px / patch 12 (432 values) lost the triangles, at the same 16 tokens and step time
 JIT_CPU_TOKEN_VALUES, JIT_CPU_TOKENS = 256, 16
-# with batches of 64 at twice the recipe's lr: 1.5x the step of 32 (more images a second); at the same 15 minutes
-# (3600 steps of 64, 4700 of 32) the triangles came out larger and more often whole (README: shapes)
+# batches of 64 at lr 2e-3: 1.5x the step of 32; in the same 15 min the triangles came out larger (README: shapes)
 JIT_CPU_BATCH, JIT_CPU_LR = 64, 2e-3
 AUTO = {"cpu": "jit", "cuda": "reg"}  # --method auto: x-prediction shows shapes within a CPU quarter hour (README)
 SURVEYED = 256  # images opened to learn sizes and colour (spread evenly over the folder)
@@ -118,6 +117,7 @@ class Plan:
     minutes: float
     decoder_steps: int = 0  # RAE's stage 1 (its patch: ``patch``, the decoder's)
     decoder_seconds: float = 0.0
+    lr: float = 0.0  # 0: the recipe's
 
 
 def plan(s: Survey, method: str, minutes: float, device: str = "") -> Plan:
@@ -130,17 +130,17 @@ def plan(s: Survey, method: str, minutes: float, device: str = "") -> Plan:
     preset, max_values = RECIPES[method]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cpu = device == "cpu"
+    jit_cpu = cpu and method == "jit"
     cap = token_cap(method, device)
-    if cpu and method == "jit":
-        max_values = JIT_CPU_TOKEN_VALUES
+    max_values = JIT_CPU_TOKEN_VALUES if jit_cpu else max_values
     if method == "rae":
         resolution, patch = choose_latent_size(s.side, cap)
     else:
         resolution, patch = choose_size(s.side, s.channels, max_values, cap)
-    grid = resolution // patch
-    encoder = grid * 4 if method in ("repa", "reg") else 0  # the tiny encoder's patch is 4: as many tokens
-    batch = (JIT_CPU_BATCH if method == "jit" else 32) if cpu else 256
-    draft = Plan(method, preset, resolution, patch, encoder, batch, 0, 0.0, cpus_per_process(), device, minutes)
+    encoder = resolution // patch * 4 if method in ("repa", "reg") else 0  # the tiny encoder: patch 4, as many tokens
+    batch = (JIT_CPU_BATCH if jit_cpu else 32) if cpu else 256
+    draft = Plan(method, preset, resolution, patch, encoder, batch, 0, 0.0, cpus_per_process(), device, minutes,
+                 lr=JIT_CPU_LR if jit_cpu else 0.0)  # fmt: skip
     if method == "rae":  # two stages share the time
         minutes /= 2
         seconds = time_step(s, draft, stage="decoder")
@@ -169,8 +169,8 @@ def overrides(s: Survey, p: Plan, stage: str = "") -> list[str]:
     items = ["data.dataset=image_folder", f"data.root={s.root}", f"data.resolution={p.resolution}",
              f"data.channels={s.channels}", f"model.patch_size={p.patch}", f"train.batch_size={p.batch}",
              f"train.steps={p.steps}", f"model.num_classes={len(s.classes)}"]  # fmt: skip
-    if p.method == "jit" and p.device == "cpu":
-        items.append(f"train.lr={JIT_CPU_LR}")
+    if p.lr:
+        items.append(f"train.lr={p.lr}")
     items.append(f"model.arch={arch_name(p.method, p.patch)}")
     if p.encoder_resolution:
         items.append(f"encoders.0.resolution={p.encoder_resolution}")
@@ -267,8 +267,8 @@ def render(s: Survey, p: Plan, command: str, path: Path) -> str | tuple[str, str
             "model's",
         ]
     lines += train_lines(p.batch, p.steps, p.seconds_per_step, p.minutes, p.cpus)
-    if p.method == "jit" and p.device == "cpu":
-        lines.insert(-1, f"  lr: {JIT_CPU_LR:g}  # twice the recipe's, for batches of {JIT_CPU_BATCH} (README: shapes)")
+    if p.lr:
+        lines.insert(-1, f"  lr: {p.lr:g}  # for batches of {p.batch}, not the recipe's (README: shapes)")
     return "\n".join(lines)
 
 

@@ -91,6 +91,18 @@ def test_small_folder_keeps_decoded_images_and_a_large_one_does_not(tmp_path, mo
     assert ds.get_batch([(0, False)]).bad_files == [str(ds.files[0])]  # read again: nothing was kept
 
 
+def test_keep_all_decodes_a_small_folder_up_front(tmp_path):
+    for i in range(3):
+        Image.new("RGB", (40, 30), (i * 100, 50, 0)).save(tmp_path / f"{i}.png")
+    (tmp_path / "3.png").write_bytes(b"not an image")  # skipped now, reported when a batch meets it
+    ds = ImageFolderDataset(tmp_path, resolution=16)
+    ds.keep_all()  # what `repflow init` does before timing steps
+    for f in ds.files[:3]:
+        f.unlink()
+    batch = ds.get_batch([(0, False), (1, False), (2, True)])
+    assert batch.bad_files == [] and batch.images.shape == (3, 3, 16, 16)
+
+
 def test_idx_reader_rejects_truncated_files(tmp_path):
     header = bytes([0, 0, 8, 3]) + (5).to_bytes(4, "big") + (2).to_bytes(4, "big") + (2).to_bytes(4, "big")
     good = tmp_path / "good.idx"
