@@ -118,6 +118,7 @@ def test_resuming_a_finished_run_names_its_checkpoint(capsys, run, tmp_path):
     out = capsys.readouterr().out
     assert "trained 0 steps" in out and "ckpt-00000004" in out and "checkpoint: None" not in out
     assert "resumed from" in out and "image 32" in out  # the start-up summary says where it continues
+    assert f"next: repflow sample {done} --num-samples 16" in out and f"repflow eval {done}" in out
 
 
 def test_dry_run_into_a_closed_pipe_is_quiet():

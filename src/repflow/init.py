@@ -188,10 +188,10 @@ def arch_name(method: str, patch: int) -> str:
     return min(tiny, key=lambda k: (abs(int(k.rsplit("/", 1)[1]) - patch), int(k.rsplit("/", 1)[1])))
 
 
-def time_step(s: Survey, p: Plan, repeats: int = 2, stage: str = "") -> float:
+def time_step(s: Survey, p: Plan, repeats: int = 5, stage: str = "") -> float:
     """Seconds of one training step of the planned config on this machine: the real training loop on the
-    folder's images, in a scratch run folder (the first, warm-up, step is not counted; a folder small enough to be
-    kept decoded is decoded first, as after the first epoch of a run).
+    folder's images, in a scratch run folder (warm-up step not counted; the median of ``repeats``, as 2 planned
+    0.24 s for a run of 0.19 s; a small folder is kept decoded, so decoded first, as after a run's first epoch).
     RAE's decoder (``stage`` "decoder") is timed with its discriminator and GAN term on, as its last steps."""
     import contextlib
     import io

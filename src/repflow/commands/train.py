@@ -29,7 +29,23 @@ def _train(args) -> int:
     out = Path(args.out or f"runs/{cfg.name}")
     result = fit(cfg, out=out, resume=not args.no_resume)  # with the step hooks the config asks for
     print(f"trained {result.steps} steps in {result.seconds:.0f}s; run: {out}; checkpoint: {result.last_checkpoint}")
+    hint = _next_steps(cfg, out)
+    if hint:
+        print(hint)
     return 0
+
+
+def _next_steps(cfg, out: Path) -> str:
+    """What a new user runs after training: look at samples, then measure (README "Train on your own images")."""
+    from ..build import method_class
+
+    kind = method_class(cfg)
+    if kind.generates():
+        return (f"next: repflow sample {out} --num-samples 16   (a grid); "
+                f"repflow eval {out} --num-samples 1000   (FID against the training data)")  # fmt: skip
+    if kind.reconstructs():
+        return f"next: repflow eval {out} --num-samples 1000   (reconstructions: rFID, PSNR)"
+    return ""  # an encoder's own training (SimCLR): nothing to sample or measure here
 
 
 def _presets(args) -> int:
