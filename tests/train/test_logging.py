@@ -33,3 +33,22 @@ def test_evaluations_join_their_step_row_and_get_a_panel(tmp_path):
     again = RunLogger(tmp_path, 10, 3)
     assert again.has_values(3, "eval/") and not again.has_values(3, "probe/")
     again.close()
+
+
+def test_start_up_lines_name_the_real_patch_and_the_time_shift_and_skip_unused_data(tmp_path):
+    """What the run says it is: the arch with the patch it was given (not the preset name's), DiT^DH's time
+    shift, and no data line for a method that draws its own points (the manifold toy)."""
+    from repflow.config import load_config
+    from repflow.train.loop import Trainer
+
+    from ..conftest import tiny_config
+
+    cfg = tiny_config("model.arch=SiT-T/8", "model.patch_size=4", "model.hidden_size=64", "flow.time.shift=2.5")
+    lines = Trainer(cfg, tmp_path / "flow").describe()
+    said = "\n".join(lines)
+    assert "model SiT-T/4 " in said and "time shift 2.5" in said and said.startswith("data: synthetic")
+    unshifted = "\n".join(Trainer(tiny_config(), tmp_path / "plain").describe())
+    assert "time shift" not in unshifted
+    toy = load_config("toy-manifold", ["method.dim=8", "method.width=16", "method.depth=2"])
+    toy_lines = Trainer(toy, tmp_path / "toy").describe()
+    assert not any(line.startswith("data:") for line in toy_lines) and toy_lines[0].startswith("method manifold")
