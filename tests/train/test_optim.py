@@ -15,7 +15,7 @@ from repflow.train.optim import MuonAdamW, build_optimizer, fused_adamw, parts
 
 from ..conftest import tiny_config
 from ..methods import toy_gan  # noqa: F401  (registers the two-phase toy method)
-from .test_distributed import assert_close, torchrun
+from .test_distributed import torchrun
 from .test_resume import straight_and_resumed
 
 CPU = torch.device("cpu")
@@ -292,10 +292,20 @@ def test_muon_under_ddp_matches_one_process_and_resumes_in_one(tmp_path):
     resumed = Trainer(tiny_config(*args), tmp_path / "mixed")
     assert resumed.step == 2 and resumed.optimizer.parts[0].state
     resumed.fit()
-    assert_close(resumed.model.state_dict(), ddp)
-    # Muon rounds its input to bf16: gradients that differ in the 7th digit (two processes sum in another order)
-    # can round apart, moving update entries by bf16 steps (measured: <= 0.10 of lr_adjusted after 4 steps). A rank
-    # stepping on its half of the batch alone moves out_x's first update by 0.41 of lr_adjusted (measured).
-    for k, v in single.model.state_dict().items():
-        atol = 0.25 * 1e-3 * 0.2 * math.sqrt(max(v.shape)) if v.ndim == 2 else 1e-5
-        assert torch.allclose(ddp[k], v, atol=atol, rtol=1e-4), k
+    # Muon rounds its input to bf16 (on a CPU too where bf16 is fast, AVX-512 BF16 or AMX; fp32 elsewhere:
+    # optim.py): gradients that differ in the 7th digit (two processes sum in another order) can round apart,
+    # moving update entries by bf16 steps (measured: <= 0.10 of lr_adjusted after 4 steps). A rank stepping on its
+    # half of the batch alone moves out_x's first update by 0.41 of lr_adjusted (measured), so a quarter of a step
+    # tells the two apart. The resumed run's last two steps sum in one process where the 2-process run summed in
+    # two: the same bound.
+    assert_within_a_quarter_step(resumed.model.state_dict(), ddp)
+    assert_within_a_quarter_step(single.model.state_dict(), ddp)
+
+
+def assert_within_a_quarter_step(a: dict, b: dict, lr: float = 1e-3) -> None:
+    """Muon's matrices within a quarter of one update (lr x 0.2 x sqrt(max dim), torch's match_rms_adamw);
+    the others (biases, norms, the patch convolution: AdamW's) to 1e-5."""
+    assert a.keys() == b.keys()
+    for k, v in a.items():
+        atol = 0.25 * lr * 0.2 * math.sqrt(max(v.shape)) if v.ndim == 2 else 1e-5
+        assert torch.allclose(v, b[k], atol=atol, rtol=1e-4), k
