@@ -1,6 +1,8 @@
 """``repflow init FOLDER`` and presets pointed at one's own folder (issue 22): the channels, resolution and patch
 size come from the images, the token rule holds, the config trains, and every choice is said."""
 
+import time
+
 import numpy as np
 import pytest
 import yaml
@@ -115,13 +117,23 @@ def test_init_auto_picks_jit_on_a_cpu_and_reg_on_a_gpu(tmp_path, monkeypatch, de
     assert load_config(str(out)).train.lr == (2e-3 if device == "cpu" else 1e-3)
 
 
-def test_init_times_a_real_step(tmp_path):
+def test_init_times_a_real_step(tmp_path, monkeypatch):
     from repflow.init import Plan, time_step
+    from repflow.train.loop import Trainer
 
     s = survey(write_folder(tmp_path / "f", n=2, size=(16, 16)))
     p = Plan("sit", "demo-fashion-sit", 16, 4, 0, 4, 0, 0.0, 1, "cpu", 1.0)
-    seconds = time_step(s, p, repeats=1)
-    assert 0 < seconds < 30
+    steps, step = [], Trainer.train_step
+
+    def slow_step(self):  # >= 50 ms a step: a 0.3 s window takes 2 to 7 after the warm-up, more than repeats=1
+        steps.append(time.sleep(0.05))
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", slow_step)
+    seconds = time_step(s, p, repeats=1, min_seconds=0.3)
+    assert 0.05 < seconds < 30 and 3 <= len(steps) <= 8
+    steps.clear()
+    assert time_step(s, p, repeats=3, min_seconds=0) > 0.05 and len(steps) == 4  # the warm-up and 3
 
 
 def test_a_preset_on_a_folder_takes_its_shapes_from_the_images(tmp_path, capsys):
