@@ -14,7 +14,7 @@ def _init(args) -> int:
     if args.minutes < 0:
         raise ValueError(f"--minutes must be > 0 (0: the default), got {args.minutes:g}")
     command = shlex.join(["repflow", "init", args.folder, "--method", args.method])
-    print(f"surveying {args.folder} and timing one training step on this machine ...")
+    print(f"surveying {args.folder} and timing training steps on this machine (a few seconds) ...")
     path, p = write_config(args.folder, args.method, args.out, args.minutes, args.device, command)
     minutes = lambda steps, seconds: f"~{steps * seconds / 60:.0f} min at {seconds:.2f} s/step"  # noqa: E731
     if p.method == "rae":
