@@ -204,3 +204,52 @@ def test_rae_latent_size_rule():
     assert choose_latent_size(48, 64) == (48, 6)  # 8 x 8 latent tokens
     assert choose_latent_size(256, 256) == (256, 16)  # RAE's 16 x 16 at 256 px on a GPU
     assert choose_latent_size(28, 64) == (24, 3)
+
+
+def write_flat_folder(root, n=6, size=(24, 24)):
+    root.mkdir(parents=True)
+    g = np.random.default_rng(1)
+    for i in range(n):
+        Image.fromarray(g.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(root / f"{i}.png")
+    return root
+
+
+TINY_JIT = ["train.steps=2", "train.batch_size=4", "model.depth=3", "model.hidden_size=32", "model.num_heads=2",
+            "train.sample_num=2", "sample.steps=2", "train.ckpt_every=2"]  # fmt: skip
+
+
+def test_a_flat_folder_trains_and_samples_without_guidance(tmp_path, capsys, monkeypatch):
+    """No class folders: init writes sample.cfg 1 (the recipes guide with labels: the run's closing samples
+    failed after training), a preset pointed at the folder takes it and says so, and a config that still asks
+    for guidance is refused before the first step, in one line."""
+    import repflow.init as init
+
+    monkeypatch.setattr(init, "time_step", lambda s, p, stage="": 0.5)
+    folder = write_flat_folder(tmp_path / "flat")
+    out = tmp_path / "flat.yaml"
+    assert main(["init", str(folder), "--out", str(out), "--method", "jit", "--device", "cpu"]) == 0
+    assert yaml.safe_load(out.read_text())["sample"]["cfg"] == 1
+    run = tmp_path / "run"
+    assert main(["train", str(out), *TINY_JIT, "--out", str(run)]) == 0  # closing samples included
+    assert main(["sample", str(run), "--num-samples", "2", "--steps", "2"]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(run), "--num-samples", "2", "--steps", "2", "--cfg", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "(cfg 2) needs a class-conditional model and labels, and this model has no classes" in err
+
+    base = ["demo-fashion-jit", "data.dataset=image_folder", f"data.root={folder}"]
+    assert main(["train", *base, "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith("repflow: ") and "sample.cfg=1.0" in said.splitlines()[0]
+    refused = tmp_path / "refused"
+    assert main(["train", *base, *TINY_JIT, "sample.cfg=2", "--out", str(refused)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("needs classes, and this data has no class folders (an unconditional model): set sample.cfg=1")
+    assert "\n" not in err and not list(refused.glob("checkpoints/ckpt-*"))
+    from repflow.build import check_guidance_has_classes
+
+    unconditional = ["model.num_classes=0", "sample.cfg=2"]
+    check_guidance_has_classes(load_config("demo-fashion-jit", [*unconditional, f"sample.guide={run}"]))  # AutoGuidance
+    check_guidance_has_classes(load_config("demo-fashion-jit", ["model.num_classes=10", "sample.cfg=2"]))
+    with pytest.raises(ValueError, match="set sample.cfg=1"):
+        check_guidance_has_classes(load_config("demo-fashion-jit", unconditional))

@@ -68,6 +68,17 @@ def resolve_config(cfg: Config, dataset: ImageDataset, codec: Codec | None = Non
     return method_class(cfg).resolve_static(dataclasses.replace(cfg, encoders=encoders))
 
 
+def check_guidance_has_classes(cfg: Config) -> None:
+    """A run without classes cannot sample with classifier-free guidance (its previews and ``repflow sample``'s
+    default would fail after training): refused when the run starts. A preset's or a shared YAML's ``sample.cfg``
+    is the usual cause; AutoGuidance (``sample.guide``) and a network taking the scale as input need no labels.
+    Checked after the method's own checks (MeanFlow's guidance in the target says more)."""
+    m, s = cfg.model, cfg.sample
+    if m.num_classes == 0 and s.cfg != 1 and not s.guide and not m.guidance_input and method_class(cfg).generates():
+        raise ConfigError(f"sample.cfg={s.cfg:g} is classifier-free guidance, which needs classes, and this data has "
+                          "no class folders (an unconditional model): set sample.cfg=1")  # fmt: skip
+
+
 def attach_caches(cfg: Config, dataset: ImageDataset, codec: Codec, encoders: list | None = None,
                   images: bool = False) -> ImageDataset:  # fmt: skip
     """Serve the run's caches (codec.cache: latent posteriors; encoders[i].cache: features) instead of

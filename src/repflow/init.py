@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+from .folder_survey import Survey, survey
 
 RESOLUTIONS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 MAX_TOKEN_VALUES = 48  # values per pixel-space token for the v-predicting families (SiT, REPA, REG, DSD)
@@ -26,7 +26,6 @@ JIT_CPU_TOKEN_VALUES, JIT_CPU_TOKENS = 256, 16
 # batches of 64 at lr 2e-3: 1.5x the step of 32; in the same 15 min the triangles came out larger (README: shapes)
 JIT_CPU_BATCH, JIT_CPU_LR = 64, 2e-3
 AUTO = {"cpu": "jit", "cuda": "reg"}  # --method auto: x-prediction shows shapes within a CPU quarter hour (README)
-SURVEYED = 256  # images opened to learn sizes and colour (spread evenly over the folder)
 # the recipe each method starts from: a demo preset (small, tested on CPU), and its patch rule
 RECIPES = {
     "sit": ("demo-fashion-sit", MAX_TOKEN_VALUES),
@@ -36,51 +35,6 @@ RECIPES = {
     "dsd": ("demo-fashion-dsd", MAX_TOKEN_VALUES),
     "rae": ("demo-fashion-rae-ditdh", 0),  # and stage 1, RAE_DECODER: two configs (the RAE section below)
 }
-
-
-@dataclass(frozen=True)
-class Survey:
-    """What a folder of images holds."""
-
-    root: Path
-    count: int
-    classes: tuple[str, ...]  # () for a flat folder (unconditional)
-    channels: int  # 1 when every surveyed image is greyscale, else 3
-    side: int  # the median short side of the surveyed images, in pixels
-    sizes: tuple[tuple[int, int], ...]  # (width, height) of the most common sizes, most common first
-
-
-def survey(root: str | Path) -> Survey:
-    from collections import Counter
-
-    from .data import ImageFolderDataset
-
-    ds = ImageFolderDataset(root, 8)
-    step = max(1, len(ds.files) // SURVEYED)
-    sizes, grey = [], True
-    for f in ds.files[::step][:SURVEYED]:
-        try:
-            with Image.open(f) as img:
-                sizes.append(img.size)
-                grey = grey and _greyscale(img)
-        except (OSError, ValueError, SyntaxError):
-            continue  # training skips unreadable files too, and says so
-    if not sizes:
-        raise ValueError(f"no readable image among the {len(ds.files)} files under '{root}'")
-    sides = sorted(min(s) for s in sizes)
-    common = tuple(s for s, _ in Counter(sizes).most_common(3))
-    return Survey(Path(root).resolve(), len(ds.files), tuple(getattr(ds, "class_names", ())), 1 if grey else 3,
-                  sides[len(sides) // 2], common)  # fmt: skip
-
-
-def _greyscale(img: Image.Image) -> bool:
-    if img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
-        return True
-    if img.mode not in ("RGB", "RGBA", "P"):
-        return False
-    small = img.convert("RGB").resize((32, 32))
-    r, g, b = (band.tobytes() for band in small.split())  # 8-bit bands: one byte a pixel
-    return all(abs(x - y) <= 2 and abs(x - z) <= 2 for x, y, z in zip(r, g, b, strict=True))
 
 
 def choose_patch(resolution: int, channels: int, max_values: int, min_tokens: int = 16) -> int:
@@ -168,13 +122,22 @@ def overrides(s: Survey, p: Plan, stage: str = "") -> list[str]:
         return rae_overrides(s, p, stage)
     items = ["data.dataset=image_folder", f"data.root={s.root}", f"data.resolution={p.resolution}",
              f"data.channels={s.channels}", f"model.patch_size={p.patch}", f"train.batch_size={p.batch}",
-             f"train.steps={p.steps}", f"model.num_classes={len(s.classes)}"]  # fmt: skip
+             f"train.steps={p.steps}", f"model.num_classes={len(s.classes)}", *unguided(s)]  # fmt: skip
     if p.lr:
         items.append(f"train.lr={p.lr}")
     items.append(f"model.arch={arch_name(p.method, p.patch)}")
     if p.encoder_resolution:
         items.append(f"encoders.0.resolution={p.encoder_resolution}")
     return items
+
+
+def unguided(s: Survey) -> list[str]:
+    """A flat folder (no classes) samples without classifier-free guidance (the recipes guide with classes)."""
+    return [] if s.classes else ["sample.cfg=1"]
+
+
+def unguided_lines(s: Survey) -> list[str]:
+    return [] if s.classes else ["sample:", "  cfg: 1  # no class folders: no classifier-free guidance (needs labels)"]
 
 
 def arch_name(method: str, patch: int) -> str:
@@ -266,7 +229,7 @@ def render(s: Survey, p: Plan, command: str, path: Path) -> str | tuple[str, str
             f"    resolution: {p.encoder_resolution}  # {grid}x{grid} tokens of its 4-pixel patches, as many as the "
             "model's",
         ]
-    lines += train_lines(p.batch, p.steps, p.seconds_per_step, p.minutes, p.cpus)
+    lines += unguided_lines(s) + train_lines(p.batch, p.steps, p.seconds_per_step, p.minutes, p.cpus)
     if p.lr:
         lines.insert(-1, f"  lr: {p.lr:g}  # for batches of {p.batch}, not the recipe's (README: shapes)")
     return "\n".join(lines)
@@ -327,7 +290,7 @@ def rae_overrides(s: Survey, p: Plan, stage: str) -> list[str]:
     if stage == "decoder":
         disc, gan = gan_starts(p.decoder_steps)
         return [*items, f"train.steps={p.decoder_steps}", f"method.disc_start={disc}", f"method.gan_start={gan}"]
-    return [*items, f"train.steps={p.steps}", f"model.num_classes={len(s.classes)}"]
+    return [*items, f"train.steps={p.steps}", f"model.num_classes={len(s.classes)}", *unguided(s)]
 
 
 def render_rae(s: Survey, p: Plan, header: list[str], cap: int, path: Path) -> tuple[str, str]:
@@ -362,6 +325,7 @@ def render_rae(s: Survey, p: Plan, header: list[str], cap: int, path: Path) -> t
         "model:",
         f"  num_classes: {len(s.classes)}  # the class folders, in sorted order"
         + ("" if s.classes else " (0: unconditional)"),
+        *unguided_lines(s),
         *train_lines(p.batch, p.steps, p.seconds_per_step, p.minutes / 2, p.cpus),
     ]
     disc, gan = gan_starts(p.decoder_steps)

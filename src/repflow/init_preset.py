@@ -4,7 +4,8 @@ so."""
 
 from __future__ import annotations
 
-from .init import CPU_TOKENS, GPU_TOKENS, JIT_TOKEN_VALUES, MAX_TOKEN_VALUES, choose_patch, choose_size, survey
+from .folder_survey import survey
+from .init import CPU_TOKENS, GPU_TOKENS, JIT_TOKEN_VALUES, MAX_TOKEN_VALUES, choose_patch, choose_size
 
 ADAPTED = ("data.channels", "data.resolution", "model.patch_size")
 
@@ -12,7 +13,8 @@ ADAPTED = ("data.channels", "data.resolution", "model.patch_size")
 def fit_preset_to_folder(cfg, overrides: list[str]):
     """A shipped preset pointed at one's own image folder takes the channels, resolution and patch size from the
     images (a preset's values are for its own data: Fashion-MNIST's one channel would train an RGB folder as
-    greyscale), except those the overrides set. Returns (config, the start-up line saying so, or "").
+    greyscale), and a folder without class folders samples with sample.cfg=1 (the recipe's guidance needs labels),
+    except what the overrides set. Returns (config, the start-up line saying so, or "").
 
     Only a pixel-space preset made for other data (the overrides switch it to ``data.dataset=image_folder``): an
     ImageNet preset is already for a folder of images (its resolution and patch are the recipe, ``data.root`` is
@@ -26,7 +28,7 @@ def fit_preset_to_folder(cfg, overrides: list[str]):
     if "model.arch" in given:
         given.add("model.patch_size")
     free = [k for k in ADAPTED if k not in given]
-    if not free:
+    if not free and "sample.cfg" in given:
         return cfg, ""
     s = survey(cfg.data.root)
     max_values = JIT_TOKEN_VALUES if cfg.model.family == "jit" else MAX_TOKEN_VALUES
@@ -38,6 +40,9 @@ def fit_preset_to_folder(cfg, overrides: list[str]):
     if "data.resolution" in given:
         patch = choose_patch(cfg.data.resolution, channels, max_values)
     chosen = {"data.channels": channels, "data.resolution": resolution, "model.patch_size": patch}
+    if not s.classes and "sample.cfg" not in given:  # the recipe's guidance needs labels a flat folder lacks
+        free.append("sample.cfg")
+        chosen["sample.cfg"] = 1.0
     changes = {k: chosen[k] for k in free if _value(cfg, k) != chosen[k]}
     if not changes:
         return cfg, ""

@@ -89,7 +89,9 @@ def generate(
         how = Guide(guide.velocity)
     elif any(w != 1.0 for w in scales.values()):
         if labels is None or denoiser.num_classes == 0 or denoiser.null_label is None:
-            raise ValueError("classifier-free guidance needs a class-conditional model and labels")
+            which = "this model has no classes" if denoiser.num_classes == 0 else "no labels were given"
+            raise ValueError(f"classifier-free guidance (cfg {opts.cfg:g}) needs a class-conditional model and "
+                             f"labels, and {which}: sample with cfg 1 (--cfg 1)")  # fmt: skip
         how = Guide(null_label=denoiser.null_label)  # the denoiser itself: batched
     else:
         how = None

@@ -15,6 +15,7 @@ from ..build import (
     attach_caches,
     build_encoders,
     build_method,
+    check_guidance_has_classes,
     codec_for,
     method_class,
     needs_encoders,
@@ -90,6 +91,7 @@ class Trainer:
                         device=self.device, codec=self.codec)  # fmt: skip
         kind = method_class(cfg)
         cfg = kind.resolve(cfg, env)
+        check_guidance_has_classes(cfg)
         self.cfg = cfg
         self.dataset = attach_caches(cfg, self.dataset, self.codec, self.encoders, images=kind.needs_images)
         self.preparer = BatchPreparer(cfg, self.codec, self.device, self.encoders, keep_images=kind.needs_images,
