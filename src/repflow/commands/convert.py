@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .options import examples
 
@@ -26,6 +27,8 @@ def _convert(args) -> int:
         if len(args.items) != 1:
             raise ValueError("repflow convert --to FORMAT takes one run or checkpoint: repflow convert --to "
                              "official-reg RUN --out FILE.pt")  # fmt: skip
+        if args.out and Path(args.out).exists():  # a file or a run's own weights would be replaced
+            raise ValueError(f"--out '{args.out}' exists; choose a new file")
         path = export_checkpoint(args.to, args.items[0], args.out)
         print(f"wrote {path} ({args.to} layout)")
         return 0

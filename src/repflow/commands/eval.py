@@ -65,6 +65,8 @@ def metric_options(args, metrics: tuple[str, ...], explicit: bool, reference: st
 
     spaces = tuple(s.strip() for s in args.fdr_spaces.split(",") if s.strip()) if args.fdr_spaces else tuple(FDR6)
     spaces = tuple(parse_space(s).name for s in spaces)  # an unknown space lists the choices
+    if args.k < 1:
+        raise ValueError(f"--k (precision/recall's nearest neighbours) must be >= 1, got {args.k}")
     if args.kid_subsets < 1 or args.kid_subset_size < 2:
         raise ValueError(f"KID needs --kid-subsets >= 1 and --kid-subset-size >= 2, got {args.kid_subsets} and "
                          f"{args.kid_subset_size}")  # fmt: skip
@@ -72,6 +74,21 @@ def metric_options(args, metrics: tuple[str, ...], explicit: bool, reference: st
                        batch_size=args.batch_size, k=args.k, kid_subsets=args.kid_subsets,
                        kid_subset_size=args.kid_subset_size, fdr_spaces=spaces, fdr_norm=args.fdr_norm or "",
                        data_root=data_root, allow_resolution_mismatch=args.allow_resolution_mismatch)  # fmt: skip
+
+
+def check_results_file(path: Path) -> None:
+    """--json may replace an earlier result, never another file (an image of a reference folder, say)."""
+    import json
+
+    if path.is_dir():
+        raise ValueError(f"--json '{path}' is a folder; give a file name")
+    if path.exists():
+        try:
+            earlier = json.loads(path.read_text())
+        except (OSError, ValueError):
+            earlier = None
+        if not (isinstance(earlier, dict) and "metrics" in earlier):
+            raise ValueError(f"--json '{path}' exists and is not an eval result; choose a new file")
 
 
 def _eval(args) -> int:
@@ -86,6 +103,8 @@ def _eval(args) -> int:
 
     metrics, explicit = parse_metrics(args.metrics)
     metric_options(args, metrics, explicit, "", "")  # every name checked before any sampling
+    if args.json:
+        check_results_file(Path(args.json))
     want_logits = explicit and "is" in metrics  # IS asked for by name: fetch the full network if needed
     target = Path(args.samples)
     dist = setup_distributed(args.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from .options import command
+from .options import command, positive_float
 
 
 def _init(args) -> int:
@@ -46,8 +46,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="the recipe (auto: jit, pixel-space x-prediction, when planning for a CPU, where it "
                    "shows shapes in 15 minutes; reg, SiT + REG + REPA with the tiny encoder, on a GPU)")  # fmt: skip
     i.add_argument("--out", default="", help="the YAML to write (default: FOLDER_NAME.yaml here)")
-    i.add_argument("--minutes", type=float, default=0.0, help="training time to plan for (default 15 on a CPU, "
-                   "60 on a GPU)")  # fmt: skip
+    i.add_argument("--minutes", type=positive_float, default=0.0, help="training time to plan for (default 15 on "
+                   "a CPU, 60 on a GPU)")  # fmt: skip
     i.add_argument("--device", default="", choices=["", "cpu", "cuda"], help="plan for this device (default: cuda "
                    "when there is one)")  # fmt: skip
     i.set_defaults(func=_init)

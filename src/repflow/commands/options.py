@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from ..config import CFG_RULES, SAMPLERS
 
@@ -24,6 +25,30 @@ def count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from err
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    if value > MAX_COUNT:  # past C's index range: an OverflowError deep in numpy otherwise
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_COUNT:,}, got {value:,}")
+    return value
+
+
+MAX_COUNT = 10**9
+
+
+def positive(text: str) -> int:
+    """A count that must be at least one (images per batch, repeats, a size)."""
+    value = count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (minutes, seconds)."""
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from err
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 

@@ -27,6 +27,12 @@ def _train(args) -> int:
         print("# model.num_classes/input_size/in_channels and reg.dim are filled in from the data and encoder")
         return 0
     out = Path(args.out or f"runs/{cfg.name}")
+    if args.no_resume:
+        from ..runtime.checkpoint import list_checkpoints
+
+        if list_checkpoints(out):  # a fresh run there would overwrite some and sample from the others
+            raise ValueError(f"--no-resume: '{out}' already holds a run's checkpoints; a fresh run needs a new or "
+                             "empty --out")  # fmt: skip
     result = fit(cfg, out=out, resume=not args.no_resume)  # with the step hooks the config asks for
     print(f"trained {result.steps} steps in {result.seconds:.0f}s; run: {out}; checkpoint: {result.last_checkpoint}")
     hint = _next_steps(cfg, out)
@@ -80,7 +86,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 model.arch=SiT-B/2")
     t.add_argument("--out", help="run directory (default runs/<name>); an existing run is resumed")
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    t.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --out")
+    t.add_argument("--no-resume", action="store_true", help="never resume: refuse an --out holding checkpoints")
     t.add_argument(
         "--init-from",
         metavar="RUN",

@@ -197,7 +197,7 @@ class ImageFolderDataset(ImageDataset):
                     if str(self.files[j]) not in bad:  # a bad file before another is tried by both
                         bad.append(str(self.files[j]))
             else:
-                raise RuntimeError(f"no readable image in '{self.root}'")
+                raise ValueError(f"no readable image among the {len(self)} files under '{self.root}'")
             images.append(img.flip(-1) if flip else img)
             indices.append(j)
         idx = torch.tensor(indices, dtype=torch.long)

@@ -91,8 +91,11 @@ def load_tiny(path: Path) -> tuple[TinyViT, dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"tiny encoder weights '{path}' not found; create them with `repflow encoder train`")
-    with safe_open(str(path), "pt") as f:
-        info = f.metadata() or {}
+    try:
+        with safe_open(str(path), "pt") as f:
+            info = f.metadata() or {}
+    except Exception as err:  # safetensors' own error types: an empty, cut or foreign file
+        raise ValueError(f"'{path}' is not a repflow tiny-encoder file (not readable safetensors: {err})") from err
     if "config" not in info:
         raise ValueError(f"'{path}' is not a repflow tiny-encoder file (no architecture in its metadata)")
     model = TinyViT(TinyViTConfig(**json.loads(info["config"])))

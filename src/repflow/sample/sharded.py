@@ -97,12 +97,28 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _refuse_foreign(folder: Path) -> None:
+    """A run's folder, or PNGs that no manifest describes (one's own images), are never written into."""
+    if (folder / "checkpoints").is_dir() or (folder / "config.yaml").is_file():
+        raise ValueError(f"'{folder}' is a run or checkpoint folder; write samples to another folder")
+    if not (folder / MANIFEST).is_file() and any(folder.glob("[0-9]" * 6 + ".png")):  # written before any image
+        raise ValueError(f"'{folder}' holds numbered PNGs that repflow sample did not write (no {MANIFEST}); "
+                         "write to another folder")  # fmt: skip
+
+
 def _claim_folder(folder: Path, manifest: dict) -> None:
     """Write the manifest, or check that an existing one describes the same images. A manifest over a folder
     without images (a run that failed before its first one) is replaced, not obeyed."""
     path = folder / MANIFEST
-    if path.is_file() and any(folder.glob("[0-9]" * 6 + ".png")):
-        old = _with_defaults(json.loads(path.read_text()))
+    _refuse_foreign(folder)
+    if any(folder.glob("[0-9]" * 6 + ".png")):
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = None
+        if not isinstance(old, dict):
+            raise ValueError(f"{path} is damaged; delete it or write to another folder")
+        old = _with_defaults(old)
         diff = _differences(_without_batch_size(old), _without_batch_size(manifest))
         if diff:
             raise ValueError(f"{folder} holds images made with other settings ({', '.join(diff)} differ); "
@@ -134,6 +150,7 @@ def write_sharded(
     folder = Path(folder)
     if num <= 0:
         raise ValueError(f"the number of images must be positive, got {num}")
+    _refuse_foreign(folder)  # before the lock file is made there
     lock = DirectoryLock(folder, "sample folder").acquire() if dist.is_main else None
     try:
         if dist.is_main:

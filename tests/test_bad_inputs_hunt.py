@@ -1,0 +1,87 @@
+"""The second bad-input hunt (after issue 22): files that a command would have replaced or mixed with its own
+(a run's weights, a reference image, another run's checkpoints, a folder of one's own PNGs), numbers out of any
+sensible range, and files that are empty or not what they claim. Each ends in one line and exit 2, and the file
+or run it names is left as it was."""
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from repflow.cli import main
+
+from .conftest import TINY
+from .test_bad_inputs import one_line_error
+from .test_bad_inputs_files import pixel_run  # noqa: F401  (the module's tiny run and its official-sit export)
+
+
+def checkpoints(run):
+    return sorted(p.name for p in (run / "checkpoints").iterdir())
+
+
+def test_nothing_existing_is_replaced(capsys, pixel_run, tmp_path):  # noqa: F811
+    run, _ = pixel_run
+    weights = run / "checkpoints" / "ckpt-00000004" / "model.safetensors"
+    before = weights.read_bytes()
+    one_line_error(capsys, ["convert", "--to", "official-sit", str(run), "--out", str(weights)], "exists; choose a new")
+    assert weights.read_bytes() == before
+    picture = tmp_path / "picture.png"
+    Image.new("RGB", (8, 8)).save(picture)
+    one_line_error(capsys, ["eval", str(tmp_path), "--json", str(picture)], "exists and is not an eval result")
+    assert picture.read_bytes()[:4] == b"\x89PNG"
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    one_line_error(capsys, ["train", "demo-fashion-sit", *TINY, "--no-resume", "--out", str(copy)],
+                   "already holds a run's checkpoints")  # fmt: skip
+    assert checkpoints(copy) == checkpoints(run)
+
+
+def test_sample_writes_only_into_its_own_folders(capsys, pixel_run, tmp_path):  # noqa: F811
+    run, _ = pixel_run
+    own = tmp_path / "mine"
+    own.mkdir()
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(own / "000000.png")
+    sample = ["sample", str(run), "--num-samples", "1", "--steps", "1", "--out"]
+    one_line_error(capsys, [*sample, str(own)], "numbered PNGs that repflow sample did not write")
+    assert sorted(p.name for p in own.iterdir()) == ["000000.png"]
+    one_line_error(capsys, [*sample, str(run)], "is a run or checkpoint folder")
+    damaged = tmp_path / "damaged"
+    assert main([*sample, str(damaged)]) == 0
+    (damaged / "samples.json").write_text("[]")
+    one_line_error(capsys, [*sample, str(damaged)], "samples.json is damaged")
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["sample", "RUN", "--num-samples", "99999999999999999999"], "must be at most 1,000,000,000"),
+        (["bench", "inception", "--num", "0"], "must be >= 1, got 0"),
+        (["bench", "inception", "--resolution", "0"], "must be >= 1, got 0"),
+        (["bench", "inception", "--threads", "-1"], "must be >= 0, got -1"),
+        (["bench", "throughput", "--repeats", "0"], "must be >= 1, got 0"),
+        (["init", "FOLDER", "--minutes", "inf"], "must be a finite number > 0, got inf"),
+        (["init", "FOLDER", "--minutes", "nan"], "must be a finite number > 0, got nan"),
+        (["init", "FOLDER", "--minutes", "-3"], "must be a finite number > 0, got -3"),
+    ],
+)
+def test_numbers_out_of_range_are_usage_errors(capsys, argv, needle):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and needle in err[0], err
+
+
+def test_empty_and_unreadable_files(capsys, tmp_path):
+    empty = tmp_path / "empty.safetensors"
+    empty.touch()
+    one_line_error(capsys, ["encoder", "info", str(empty)], "is not a repflow tiny-encoder file")
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), np.uint8)).save(tmp_path / "whole.png")
+    for i in range(3):
+        (folder / f"{i}.png").write_bytes((tmp_path / "whole.png").read_bytes()[:60])
+    one_line_error(capsys, ["train", "demo-fashion-sit", *TINY, "model.num_classes=0", "sample.cfg=1",
+                            "data.dataset=image_folder", f"data.root={folder}", "--out", str(tmp_path / "r")],
+                   "no readable image among the 3 files under")  # fmt: skip
+    one_line_error(capsys, ["eval", str(tmp_path), "--metrics", "precision", "--k", "0"], "--k")
