@@ -63,6 +63,10 @@ def test_sample_writes_only_into_its_own_folders(capsys, pixel_run, tmp_path):  
         (["init", "FOLDER", "--minutes", "inf"], "must be a finite number > 0, got inf"),
         (["init", "FOLDER", "--minutes", "nan"], "must be a finite number > 0, got nan"),
         (["init", "FOLDER", "--minutes", "-3"], "must be a finite number > 0, got -3"),
+        (["sample", "RUN", "--num-samples", "0"], "must be >= 1, got 0"),
+        (["eval", "RUN", "--batch-size", "0"], "must be >= 1, got 0"),
+        (["sample", "RUN", "--batch-size", "0"], "must be >= 1, got 0"),
+        (["cache", "features", "demo-fashion-repa", "--out", "x", "--batch-size", "0"], "must be >= 1, got 0"),
     ],
 )
 def test_numbers_out_of_range_are_usage_errors(capsys, argv, needle):
@@ -85,3 +89,12 @@ def test_empty_and_unreadable_files(capsys, tmp_path):
                             "data.dataset=image_folder", f"data.root={folder}", "--out", str(tmp_path / "r")],
                    "no readable image among the 3 files under")  # fmt: skip
     one_line_error(capsys, ["eval", str(tmp_path), "--metrics", "precision", "--k", "0"], "--k")
+
+
+def test_an_empty_config_and_zero_steps(capsys, tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    one_line_error(capsys, ["train", str(empty), "--dry-run"], "is empty: a config file holds settings")
+    one_line_error(capsys, ["train", "demo-fashion-sit", *TINY, "train.steps=0", "--out", str(tmp_path / "r")],
+                   "train.steps=0 trains nothing")  # fmt: skip
+    assert not (tmp_path / "r").exists()

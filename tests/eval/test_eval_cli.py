@@ -62,7 +62,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, fake_inception_env, capsys):
         (["eval", str(tmp_path / "nothing")], "does not exist"),
         (["eval", str(small), "--ref", str(big)], "samples are 8x8 but the reference is 16x16"),
         (["eval", str(small), "--metrics", "is"], "cannot compute IS"),
-        (["eval", str(small), "--metrics", "fid"], "need a reference"),
+        (["eval", str(small), "--metrics", "fid"], "needs a reference"),
         (["eval", str(small), "--metrics", "fid,kd"], "unknown metric 'kd'; choose from fid, sfid, is"),
         (["eval", str(small), "--metrics", "fd_dinov4"], "unknown feature space 'dinov4' (did you mean dinov3 or"),
         (["eval", str(small), "--metrics", "fdr", "--fdr-spaces", "dinov2,clop"], "unknown feature space 'clop'"),

@@ -150,7 +150,7 @@ def _add_gpu(bench_sub: argparse._SubParsersAction) -> None:
     g.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts, in order: {', '.join(PARTS)}")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     g.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    g.add_argument("--repeats", type=positive, default=d.repeats, help="timed training steps per row")
+    g.add_argument("--repeats", type=int, default=d.repeats, help="timed training steps per row")
     g.add_argument("--batch", type=int, default=d.batch, help="the fixed batch (eager, checkpointed, official)")
     g.add_argument("--max-batch", type=int, default=d.max_batch, help="cap of the largest-batch search")
     g.add_argument("--sample-batch", type=int, default=d.sample_batch)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import command_group, count, examples
+from .options import command_group, count, examples, positive
 
 
 def add_cache_arguments(p: argparse.ArgumentParser, dtype: str = "float32") -> None:
@@ -20,7 +20,7 @@ def add_cache_arguments(p: argparse.ArgumentParser, dtype: str = "float32") -> N
         default=None,
         help="also store every image's mirror image (default: data.hflip); needed to train with data.hflip=true",
     )
-    p.add_argument("--batch-size", type=count, default=64, help="images per encoder call (per process)")
+    p.add_argument("--batch-size", type=positive, default=64, help="images per encoder call (per process)")
     p.add_argument("--workers", type=int, default=-1, help="image decoding workers per process (-1: automatic)")
     p.add_argument("--dtype", choices=["float32", "float16"], default=dtype, help=f"storage type (default {dtype})")
     p.add_argument("--shard-size", type=count, default=0, help="images per shard, the unit of resuming (0: automatic)")

@@ -14,6 +14,7 @@ from .options import (
     examples,
     float_list,
     int_list,
+    positive,
     sampling_changes,
 )
 
@@ -26,7 +27,7 @@ def add_inception_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resize", choices=["tf", "clean"], default="tf",
                    help="tf: TF1 bilinear as ADM / original FID (default); clean: clean-fid's PIL bicubic")  # fmt: skip
     p.add_argument(
-        "--batch-size", type=count, default=50, help="feature-extraction batch (results do not depend on it)"
+        "--batch-size", type=positive, default=50, help="feature-extraction batch (results do not depend on it)"
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
@@ -227,7 +228,7 @@ def _add_analysis_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", choices=["null", "true"], default="null", help="class input of the model")
     p.add_argument("--ema", type=float, default=-1.0, help="EMA decay to use (-1: first EMA, 0: raw weights)")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-image noise")
-    p.add_argument("--batch-size", type=count, default=64)
+    p.add_argument("--batch-size", type=positive, default=64)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", help="output folder (default <run>/analysis/<ckpt>)")
 

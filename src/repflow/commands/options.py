@@ -126,7 +126,7 @@ def add_sampling_args(
                    "one by this scale (1 = off)")  # fmt: skip
     p.add_argument("--internal-interval", type=parse_interval, help="LO,HI: internal guidance only for t in [LO, HI]")
     p.add_argument("--seed", type=int, help="sampling seed (sample i uses its own stream of it)")
-    p.add_argument(*batch_flags, dest="sample_batch_size", type=count, help="images generated per batch")
+    p.add_argument(*batch_flags, dest="sample_batch_size", type=positive, help="images generated per batch")
     p.add_argument("--ema", type=float, help="EMA decay to use (-1: first EMA, 0: raw weights; default: the one "
                    "`repflow sweep --write` stored in the run, else the first)")  # fmt: skip
     if choose:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_run_argument, add_sampling_args, command, count, sampling_changes
+from .options import add_run_argument, add_sampling_args, command, positive, sampling_changes
 
 
 def _sample(args) -> int:
@@ -45,7 +45,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     add_run_argument(s)
     # --num alone would stop torchrun: it rejects it as an ambiguous abbreviation of its own --numa-binding
-    s.add_argument("--num-samples", "--num", dest="num", type=count, default=64, help="samples 0..N-1")
+    s.add_argument("--num-samples", "--num", dest="num", type=positive, default=64, help="samples 0..N-1")
     add_sampling_args(s)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--vae", default="", help="decode with this VAE (dir or hub id) instead of the one training used")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from .eval import add_inception_args, add_metric_settings
-from .options import add_run_argument, command, count, float_list, int_list, parse_interval
+from .options import add_run_argument, command, count, float_list, int_list, parse_interval, positive
 
 
 def interval_list(text: str) -> list[tuple[float, float]]:
@@ -72,7 +72,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--steps", type=int_list, help="solver steps, e.g. 25,50")
     s.add_argument("--sampler", type=name_list, help="samplers, e.g. heun,euler")
     s.add_argument("--ema", type=float_list, help="EMA decays the run keeps (0: raw weights), e.g. 0.9999,0.9996")
-    s.add_argument("--num-samples", dest="num", type=count, default=1000, help="samples per cell")
+    s.add_argument("--num-samples", dest="num", type=positive, default=1000, help="samples per cell")
     s.add_argument("--metrics", default="fid", help="comma-separated metrics per cell, as repflow eval's (fid, kid, "
                    "fd_dinov2, fdr6, ...; default: fid)")  # fmt: skip
     s.add_argument("--by", help="the metric the best cell is chosen by (default: the first of --metrics)")
@@ -80,7 +80,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--ref-count", type=count, default=50000, help="images of a dataset/folder reference (0: all)")
     s.add_argument("--data-root", help="dataset root for a dataset reference")
     s.add_argument("--seed", type=int, help="sampling seed of every cell (default: the run's)")
-    s.add_argument("--sample-batch-size", type=count, help="images generated per batch")
+    s.add_argument("--sample-batch-size", type=positive, help="images generated per batch")
     s.add_argument("--out", help="sweep folder (default <run>/sweep/<checkpoint>): sweep.csv, sweep.png, samples/")
     s.add_argument("--write", action="store_true", help="store the best setting as the run's sampling.json")
     s.add_argument("--keep-samples", action="store_true", help="keep each cell's PNGs after measuring them")

@@ -27,6 +27,8 @@ def _train(args) -> int:
         print("# model.num_classes/input_size/in_channels and reg.dim are filled in from the data and encoder")
         return 0
     out = Path(args.out or f"runs/{cfg.name}")
+    if cfg.train.steps == 0:
+        raise ValueError("train.steps=0 trains nothing; set train.steps >= 1")
     if args.no_resume:
         from ..runtime.checkpoint import list_checkpoints
 

@@ -202,8 +202,8 @@ def _read_yaml(path: Path) -> dict:
         raise ConfigError(f"{path}: {err}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
-    if data is None:
-        return {}
+    if data is None:  # not the defaults, silently: an empty file is a mistake (a wrong path, a failed write)
+        raise ConfigError(f"{path} is empty: a config file holds settings (or `inherit: PRESET`)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping at the top level")
     return data

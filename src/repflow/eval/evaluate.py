@@ -139,7 +139,9 @@ def _plan(opts: EvalOptions, extractors: Extractors) -> tuple[list[Metric], dict
     missing = [m.name for m in metrics if m.needs_reference and m.name not in skipped]
     if missing and not opts.reference:
         if opts.explicit:
-            raise ValueError(f"{', '.join(missing)} need a reference: pass --ref (an ADM .npz, a folder or a dataset)")
+            verb = "needs" if len(missing) == 1 else "need"
+            raise ValueError(f"{', '.join(missing)} {verb} a reference: pass --ref (an ADM .npz, a folder or a "
+                             "dataset)")  # fmt: skip
         skipped.update({m: "no reference given (--ref)" for m in missing})
     elif missing and not has_images(opts.reference):
         for m in metrics:
