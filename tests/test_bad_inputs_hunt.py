@@ -98,3 +98,12 @@ def test_an_empty_config_and_zero_steps(capsys, tmp_path):
     one_line_error(capsys, ["train", "demo-fashion-sit", *TINY, "train.steps=0", "--out", str(tmp_path / "r")],
                    "train.steps=0 trains nothing")  # fmt: skip
     assert not (tmp_path / "r").exists()
+
+
+def test_init_from_a_run_sharing_no_weights_and_list_indices(capsys, pixel_run, tmp_path):  # noqa: F811
+    run, _ = pixel_run
+    one_line_error(capsys, ["train", "toy-manifold", "method.dim=8", "method.width=16", "method.depth=2",
+                            "train.steps=1", "--init-from", str(run), "--out", str(tmp_path / "toy")],
+                   "shares no weights with this model")  # fmt: skip
+    one_line_error(capsys, ["train", "demo-fashion-sit", "encoders.3.name=tiny", "--dry-run"],
+                   "the list has 0 entries (it is empty: index 0 adds one)")  # fmt: skip

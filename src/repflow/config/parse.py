@@ -239,7 +239,9 @@ def _merge_indexed(items: Any, over: dict, key: str) -> list:
     for index in sorted(over, key=int):
         i, value = int(index), over[index]
         if i > len(items):
-            raise ConfigError(f"config key '{key}.{i}': the list has {len(items)} entries (indices 0..{len(items)})")
+            n = len(items)
+            hint = "it is empty: index 0 adds one" if n == 0 else f"give an index below {n}, or {n} to add one"
+            raise ConfigError(f"config key '{key}.{i}': the list has {n} entries ({hint})")
         if i == len(items):
             items.append(value)
         elif isinstance(value, dict) and isinstance(items[i], dict):

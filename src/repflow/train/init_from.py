@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..runtime.checkpoint import select_weights
 from ..runtime.lookup import load_checkpoint
 
@@ -36,7 +37,10 @@ def init_from(networks: dict[str, nn.Module], source: str) -> str:
             new += [f"{name}.{k}" for k in own if k not in take]
         else:
             new += [f"{name}.{k}" for k in own]
-    files = ", ".join(sorted(used)) or "no matching network"
+    if not loaded:  # training from scratch under an "initialised from" line is what the user did not ask for
+        raise ConfigError(f"train.init_from: {ckpt.path} shares no weights with this model (no tensor of the same "
+                          "name and shape); start without it or choose a run of the same family")  # fmt: skip
+    files = ", ".join(sorted(used))
     return f"initialised from {ckpt.path} ({files}): {loaded} tensors; new: {', '.join(new) if new else 'none'}"
 
 
