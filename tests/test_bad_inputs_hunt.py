@@ -107,3 +107,13 @@ def test_init_from_a_run_sharing_no_weights_and_list_indices(capsys, pixel_run, 
                    "shares no weights with this model")  # fmt: skip
     one_line_error(capsys, ["train", "demo-fashion-sit", "encoders.3.name=tiny", "--dry-run"],
                    "the list has 0 entries (it is empty: index 0 adds one)")  # fmt: skip
+
+
+def test_images_beside_class_folders_are_not_dropped_silently(capsys, tmp_path):
+    folder = tmp_path / "half"
+    (folder / "thumbs").mkdir(parents=True)
+    for name in ("a.png", "b.png", "thumbs/c.png"):
+        Image.new("RGB", (16, 16)).save(folder / name)
+    said = "holds 2 image(s) (a.png, ...) beside its class folder(s) (thumbs): they would be left out"
+    one_line_error(capsys, ["init", str(folder), "--out", str(tmp_path / "x.yaml")], said)
+    assert not (tmp_path / "x.yaml").exists()

@@ -127,6 +127,14 @@ class ImageFolderDataset(ImageDataset):
                 raise FileNotFoundError(f"image folder '{self.root}' does not exist")
             class_dirs = sorted(d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
             if class_dirs:
+                loose = sorted(f.name for f in self.root.iterdir() if f.is_file() and not f.name.startswith(".")
+                               and f.name.lower().endswith(IMAGE_EXTENSIONS))  # fmt: skip
+                if loose:  # class folders make the layout: images beside them would be left out, silently
+                    raise FileNotFoundError(
+                        f"'{self.root}' holds {len(loose)} image(s) ({loose[0]}, ...) beside its class folder(s) "
+                        f"({', '.join(d.name for d in class_dirs[:3])}): they would be left out; move them into a "
+                        "class folder, or the folders out for an unconditional run"
+                    )
                 self.class_names = tuple(d.name for d in class_dirs)
                 per_class = [_images_in(d) for d in class_dirs]
                 empty = [d.name for d, files in zip(class_dirs, per_class, strict=True) if not files]
