@@ -117,3 +117,15 @@ def test_images_beside_class_folders_are_not_dropped_silently(capsys, tmp_path):
     said = "holds 2 image(s) (a.png, ...) beside its class folder(s) (thumbs): they would be left out"
     one_line_error(capsys, ["init", str(folder), "--out", str(tmp_path / "x.yaml")], said)
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_a_damaged_class_names_file_is_said(capsys, pixel_run, tmp_path):  # noqa: F811
+    copy = tmp_path / "copy"
+    shutil.copytree(pixel_run[0], copy)
+    names = copy / "checkpoints" / "ckpt-00000004" / "classes.json"
+    for damaged in ("[1,2", '{"a": 1}'):
+        names.write_text(damaged)
+        one_line_error(capsys, ["sample", str(copy), "--num-samples", "1", "--steps", "1"],
+                       "classes.json is damaged (not a list of class names)")  # fmt: skip
+    names.unlink()
+    assert main(["sample", str(copy), "--num-samples", "1", "--steps", "1", "--classes", "0"]) == 0

@@ -172,11 +172,16 @@ class Checkpoint:
     def class_names(self) -> list[str]:
         """The training data's class names (``classes.json``), or [] when the run did not record them."""
         f = self.path / "classes.json"
-        try:
-            names = json.loads(f.read_text()) if f.is_file() else []
-        except (OSError, ValueError):
+        if not f.exists():
             return []
-        return [str(n) for n in names] if isinstance(names, list) else []
+        try:
+            names = json.loads(f.read_text())
+        except (OSError, ValueError):
+            names = None
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise CheckpointError(f"{f} is damaged (not a list of class names); restore it, or delete it to sample "
+                                  "by class index")  # fmt: skip
+        return names
 
     def weight_names(self) -> list[str]:
         return sorted(p.name[: -len(".safetensors")] for p in self.path.glob("*.safetensors"))
