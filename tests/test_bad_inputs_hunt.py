@@ -129,3 +129,20 @@ def test_a_damaged_class_names_file_is_said(capsys, pixel_run, tmp_path):  # noq
                        "classes.json is damaged (not a list of class names)")  # fmt: skip
     names.unlink()
     assert main(["sample", str(copy), "--num-samples", "1", "--steps", "1", "--classes", "0"]) == 0
+
+
+def test_sampling_options_that_do_nothing_for_the_run_are_refused(capsys, pixel_run, tmp_path):  # noqa: F811
+    run, _ = pixel_run
+    sample = ["sample", str(run), "--num-samples", "1", "--steps", "1", "--out"]
+    one_line_error(capsys, [*sample, str(tmp_path / "a"), "--vae", str(tmp_path)], "trained in pixel space")
+    one_line_error(capsys, [*sample, str(tmp_path / "b"), "--cfg-cls", "3"], "scales REG's class token")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    from repflow.train.loop import Trainer
+
+    from .conftest import tiny_config
+
+    encoder = tmp_path / "encoder"  # a SimCLR run: nothing to guide with
+    Trainer(tiny_config("method.kind=simclr", "train.steps=1", "train.ema_decays=[]", "train.sample_num=0"),
+            encoder).fit()  # fmt: skip
+    one_line_error(capsys, [*sample, str(tmp_path / "c"), "--cfg", "2", "--guide", str(encoder)],
+                   "its method (simclr) does not generate images")  # fmt: skip

@@ -143,6 +143,10 @@ def sample_run(
     if loaded.denoiser is None:
         raise ValueError(f"{ckpt.path} was trained with method {cfg.method.kind}, which does not generate images")
     opts = replace(cfg.sample, **changes)
+    if vae and cfg.codec.kind == "pixel":  # options that would be recorded in the manifest and do nothing
+        raise ValueError(f"--vae: {ckpt.path} was trained in pixel space; there is no latent to decode")
+    if opts.cfg_cls >= 0 and "cls" not in getattr(loaded.denoiser, "shapes", {}):
+        raise ValueError(f"--cfg-cls scales REG's class token, and {ckpt.path} denoises none")
     if progress and dist.is_main and loaded.ema_warning():
         print(f"warning: {loaded.ema_warning()}", file=sys.stderr)
     from ..flow.generate import check_sampler
@@ -156,6 +160,8 @@ def sample_run(
         opts = replace(opts, guide=str(guide))
     guide = opts.guide
     guide_run = load_run(guide, device=dist.device) if guide else None
+    if guide_run is not None and guide_run.denoiser is None:
+        raise ValueError(f"--guide {guide}: its method ({guide_run.cfg.method.kind}) does not generate images")
     name = folder_name(ckpt.path.name, opts, used_ema, chosen, guide)
     folder = Path(folder or ckpt.run_dir / subdir / name)
     manifest = sampling_manifest(str(ckpt.path.resolve()), used_ema, opts, cfg.model.num_classes, chosen)
