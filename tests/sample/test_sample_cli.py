@@ -21,10 +21,14 @@ def run(tmp_path_factory):
 
 def test_default_folder_name_holds_every_setting_that_matters(run, capsys):
     argv = ["sample", str(run), "--num-samples", "2", "--steps", "2", "--cfg", "1.5", "--cfg-interval", "0,0.7",
-            "--cfg-cls", "1.2", "--classes", "1,3"]  # fmt: skip
+            "--classes", "1,3"]  # fmt: skip
     assert main(argv) == 0
     folders = lambda: sorted(p.name for p in (run / "samples").iterdir() if p.is_dir())  # noqa: E731
-    assert folders() == ["ckpt-00000002-ema-0.9-euler2-cfg1.5-int0-0.7-cls1.2-classes1_3-seed0"]
+    assert folders() == ["ckpt-00000002-ema-0.9-euler2-cfg1.5-int0-0.7-classes1_3-seed0"]
+    from repflow.config import SampleConfig
+
+    # REG's class-token scale (refused on this SiT run, which has no token) names its folder too
+    assert "-cls1.2-" in folder_name("ckpt-1", SampleConfig(cfg=1.5, cfg_cls=1.2), 0.9)
     assert main([*argv[:-2], "--classes", "3,1"]) == 0
     assert len(folders()) == 2  # other classes: another folder
     capsys.readouterr()
