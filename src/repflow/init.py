@@ -137,7 +137,9 @@ def unguided(s: Survey) -> list[str]:
 
 
 def unguided_lines(s: Survey) -> list[str]:
-    return [] if s.classes else ["sample:", "  cfg: 1  # no class folders: no classifier-free guidance (needs labels)"]
+    return (
+        ["sample:", "  cfg: 1  # no class folders: no classifier-free guidance (needs labels)"] if unguided(s) else []
+    )
 
 
 def arch_name(method: str, patch: int) -> str:

@@ -79,15 +79,12 @@ def metric_options(args, metrics: tuple[str, ...], explicit: bool, reference: st
 
 def check_results_file(path: Path) -> None:
     """--json may replace an earlier result, never another file (an image of a reference folder, say)."""
-    import json
+    from ..runtime.safe_load import read_json
 
     if path.is_dir():
         raise ValueError(f"--json '{path}' is a folder; give a file name")
     if path.exists():
-        try:
-            earlier = json.loads(path.read_text())
-        except (OSError, ValueError):
-            earlier = None
+        earlier = read_json(path)
         if not (isinstance(earlier, dict) and "metrics" in earlier):
             raise ValueError(f"--json '{path}' exists and is not an eval result; choose a new file")
 

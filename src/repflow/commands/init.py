@@ -11,8 +11,6 @@ from .options import command, positive_float
 def _init(args) -> int:
     from ..init import rae_files, write_config
 
-    if args.minutes < 0:
-        raise ValueError(f"--minutes must be > 0 (0: the default), got {args.minutes:g}")
     command = shlex.join(["repflow", "init", args.folder, "--method", args.method])
     print(f"surveying {args.folder} and timing training steps on this machine (a few seconds) ...")
     path, p = write_config(args.folder, args.method, args.out, args.minutes, args.device, command)

@@ -85,7 +85,7 @@ def save_tiny(model: TinyViT, path: Path, meta: dict) -> Path:
 
 
 def load_tiny(path: Path) -> tuple[TinyViT, dict]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -94,7 +94,7 @@ def load_tiny(path: Path) -> tuple[TinyViT, dict]:
     try:
         with safe_open(str(path), "pt") as f:
             info = f.metadata() or {}
-    except Exception as err:  # safetensors' own error types: an empty, cut or foreign file
+    except SafetensorError as err:  # an empty, cut or foreign file
         raise ValueError(f"'{path}' is not a repflow tiny-encoder file (not readable safetensors: {err})") from err
     if "config" not in info:
         raise ValueError(f"'{path}' is not a repflow tiny-encoder file (no architecture in its metadata)")

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..config import Config, to_yaml
 from ..errors import CheckpointError
-from .safe_load import load_plain
+from .safe_load import load_plain, read_json
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)$")
 
@@ -174,10 +174,7 @@ class Checkpoint:
         f = self.path / "classes.json"
         if not f.exists():
             return []
-        try:
-            names = json.loads(f.read_text())
-        except (OSError, ValueError):
-            names = None
+        names = read_json(f)
         if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
             raise CheckpointError(f"{f} is damaged (not a list of class names); restore it, or delete it to sample "
                                   "by class index")  # fmt: skip

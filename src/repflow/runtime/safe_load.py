@@ -12,6 +12,16 @@ import torch
 from ..errors import CheckpointError
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON file's value, or None when it cannot be read or parsed: the caller says what it expected there."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def refusal(path: str | Path, what: str, err: BaseException, hint: str = "save it as .safetensors") -> CheckpointError:
     """The one line for a file that would need unpickling code (or is damaged), naming the file and, when
     the unpickler said it, the code it would have had to import."""

@@ -27,6 +27,7 @@ from ..flow.generate import balanced_labels, sample_images
 from ..runtime.distributed import DistInfo, barrier
 from ..runtime.images import save_pngs
 from ..runtime.lock import DirectoryLock
+from ..runtime.safe_load import read_json
 
 MANIFEST = "samples.json"
 
@@ -110,12 +111,8 @@ def _claim_folder(folder: Path, manifest: dict) -> None:
     """Write the manifest, or check that an existing one describes the same images. A manifest over a folder
     without images (a run that failed before its first one) is replaced, not obeyed."""
     path = folder / MANIFEST
-    _refuse_foreign(folder)
-    if any(folder.glob("[0-9]" * 6 + ".png")):
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError):
-            old = None
+    if any(folder.glob("[0-9]" * 6 + ".png")):  # and a manifest: write_sharded refused images without one
+        old = read_json(path)
         if not isinstance(old, dict):
             raise ValueError(f"{path} is damaged; delete it or write to another folder")
         old = _with_defaults(old)
